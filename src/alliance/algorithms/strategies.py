@@ -1,0 +1,179 @@
+"""Aggregation strategies as a few hooks; the round loop lives once, in the coordinator.
+
+A strategy sees the current global weights and the sites' updates (parameter deltas with their
+example counts) and returns the next global weights. It may also adjust the training plan sent
+to sites (FedProx sets the proximal term). Strategies register by name in :data:`STRATEGIES`.
+
+- **FedAvg** (McMahan et al. 2017): the sample-weighted mean of the deltas.
+- **FedProx** (Li et al. 2020): FedAvg aggregation; sites add ``mu/2 · ||w − w_global||²``.
+- **FedAdam** (Reddi et al. 2021): the weighted mean delta is a pseudo-gradient for a server-side
+  Adam step with its own learning rate and state.
+
+Aggregation sums in float64 in sorted site order, so results do not depend on arrival order.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from alliance.core.errors import ConfigError, FederationError
+from alliance.protocol.messages import TrainingPlan
+
+__all__ = [
+    "STRATEGIES",
+    "FedAdam",
+    "FedAvg",
+    "FedProx",
+    "SiteUpdate",
+    "Strategy",
+    "StrategyName",
+    "make_strategy",
+    "weighted_mean_delta",
+]
+
+Weights = Mapping[str, npt.NDArray[np.float32]]
+
+
+@dataclass(frozen=True)
+class SiteUpdate:
+    """One site's contribution to a round."""
+
+    site: str
+    num_examples: int
+    delta: Weights
+
+
+class Strategy(Protocol):
+    """The hooks a strategy provides."""
+
+    name: str
+
+    def configure(self, plan: TrainingPlan) -> TrainingPlan:
+        """The plan to send to sites this round."""
+        ...
+
+    def aggregate(
+        self, weights: Weights, updates: Sequence[SiteUpdate]
+    ) -> dict[str, npt.NDArray[np.float32]]:
+        """The next global weights."""
+        ...
+
+
+def weighted_mean_delta(updates: Sequence[SiteUpdate]) -> dict[str, npt.NDArray[np.float64]]:
+    """Sample-weighted mean of the deltas, accumulated in float64, in sorted site order."""
+    if not updates:
+        raise FederationError("no site update to aggregate: the round has no contribution")
+    total = sum(u.num_examples for u in updates)
+    ordered = sorted(updates, key=lambda u: u.site)
+    out: dict[str, npt.NDArray[np.float64]] = {}
+    for name in ordered[0].delta:
+        acc = np.zeros(ordered[0].delta[name].shape, dtype=np.float64)
+        for u in ordered:
+            acc += (u.num_examples / total) * u.delta[name].astype(np.float64)
+        out[name] = acc
+    return out
+
+
+@dataclass
+class FedAvg:
+    """Sample-weighted federated averaging with a server learning rate (1.0 = plain FedAvg)."""
+
+    server_lr: float = 1.0
+    name: str = "fedavg"
+
+    def configure(self, plan: TrainingPlan) -> TrainingPlan:
+        """FedAvg sends the plan unchanged."""
+        return plan
+
+    def aggregate(
+        self, weights: Weights, updates: Sequence[SiteUpdate]
+    ) -> dict[str, npt.NDArray[np.float32]]:
+        """``w + server_lr · mean(delta)``."""
+        mean = weighted_mean_delta(updates)
+        return {k: (weights[k] + self.server_lr * mean[k]).astype(np.float32) for k in weights}
+
+
+@dataclass
+class FedProx(FedAvg):
+    """FedAvg aggregation with a proximal term in every site's local loss."""
+
+    mu: float = 0.01
+    name: str = "fedprox"
+
+    def configure(self, plan: TrainingPlan) -> TrainingPlan:
+        """Set the proximal weight ``mu`` in the plan."""
+        return replace(plan, proximal_mu=self.mu)
+
+
+@dataclass
+class FedAdam:
+    """Server-side Adam on the mean delta (Reddi et al. 2021, "Adaptive Federated Optimization")."""
+
+    server_lr: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+    name: str = "fedadam"
+
+    def __post_init__(self) -> None:
+        self._m: dict[str, npt.NDArray[np.float64]] = {}
+        self._v: dict[str, npt.NDArray[np.float64]] = {}
+
+    def configure(self, plan: TrainingPlan) -> TrainingPlan:
+        """FedAdam sends the plan unchanged."""
+        return plan
+
+    def aggregate(
+        self, weights: Weights, updates: Sequence[SiteUpdate]
+    ) -> dict[str, npt.NDArray[np.float32]]:
+        """One Adam step with the mean delta as the (negative) gradient."""
+        mean = weighted_mean_delta(updates)
+        out: dict[str, npt.NDArray[np.float32]] = {}
+        for k, w in weights.items():
+            m = self._m.get(k, np.zeros_like(mean[k]))
+            v = self._v.get(k, np.zeros_like(mean[k]))
+            m = self.beta1 * m + (1 - self.beta1) * mean[k]
+            v = self.beta2 * v + (1 - self.beta2) * mean[k] ** 2
+            self._m[k], self._v[k] = m, v
+            out[k] = (w + self.server_lr * m / (np.sqrt(v) + self.tau)).astype(np.float32)
+        return out
+
+
+class StrategyName(enum.Enum):
+    """Names under which strategies are registered."""
+
+    FEDAVG = "fedavg"
+    FEDPROX = "fedprox"
+    FEDADAM = "fedadam"
+
+
+STRATEGIES: dict[StrategyName, Callable[..., Strategy]] = {
+    StrategyName.FEDAVG: FedAvg,
+    StrategyName.FEDPROX: FedProx,
+    StrategyName.FEDADAM: FedAdam,
+}
+
+
+def make_strategy(name: str | StrategyName, **options: Any) -> Strategy:
+    """Build a registered strategy by name, e.g. ``make_strategy("fedprox", mu=0.1)``.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown name or an option the strategy does not take.
+    """
+    try:
+        key = StrategyName(name) if isinstance(name, str) else name
+    except ValueError:
+        known = ", ".join(s.value for s in StrategyName)
+        raise ConfigError(f"unknown strategy {name!r}; choose one of: {known}") from None
+    try:
+        return STRATEGIES[key](**options)
+    except TypeError as exc:
+        raise ConfigError(f"strategy {key.value!r}: {exc}") from None

@@ -1,0 +1,317 @@
+"""The ``alliance`` command line: a thin shell over the Python API.
+
+Exit codes: 0 success, 1 a federation or model failure, 2 bad input (config, data, codes),
+130 interrupted. Errors are printed as one line naming what was wrong and what to do; a
+traceback is shown only with ``--verbose``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from alliance.core.errors import AllianceError, ConfigError, DataError
+from alliance.core.logging import configure_logging
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="alliance",
+    help="Guardian Alliance: federated rare-disease diagnosis; records stay in the hospital.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+cohort_app = typer.Typer(help="Synthetic patient cohorts.", no_args_is_help=True)
+app.add_typer(cohort_app, name="cohort")
+console = Console()
+err = Console(stderr=True)
+_state = {"verbose": False}
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log details and show tracebacks.")
+    ] = False,
+) -> None:
+    _state["verbose"] = verbose
+    configure_logging(verbose=verbose)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except (ConfigError, DataError) as exc:
+        if _state["verbose"]:
+            raise
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    except AllianceError as exc:
+        if _state["verbose"]:
+            raise
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130) from None
+
+
+def _pct(value: Any) -> str:
+    return "—" if value is None else f"{100 * float(value):.1f}"
+
+
+@app.command()
+def demo(
+    out: Annotated[
+        Path, typer.Option(help="Folder for metrics.json, report.html and the model.")
+    ] = Path("alliance-demo"),
+    cases: Annotated[
+        Path | None,
+        typer.Option(
+            help="Real cases (JSON-lines or phenopackets), split by publication, "
+            "instead of the synthetic cohort."
+        ),
+    ] = None,
+    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 10,
+    strategy: Annotated[str, typer.Option(help="fedavg, fedprox or fedadam.")] = "fedavg",
+    seed: Annotated[int, typer.Option(help="Seed of the cohort, the split and the training.")] = 7,
+    scale: Annotated[
+        float, typer.Option(min=0.01, help="Multiply every hospital's size (synthetic cohort).")
+    ] = 1.0,
+    diseases: Annotated[
+        int, typer.Option(min=1, help="Diseases in the synthetic cohort (the label space is all).")
+    ] = 600,
+) -> None:
+    """Run the 12-hospital demo: local-only vs federated vs pooled, with a report."""
+    from alliance.algorithms.strategies import make_strategy
+    from alliance.data.synth import CohortConfig, scaled_hospitals
+    from alliance.sim.demo import DemoConfig, run_demo, write_demo_outputs
+
+    with _errors():
+        make_strategy(strategy)
+        if cases is not None and not cases.exists():
+            raise DataError(f"cases file {cases} does not exist")
+        cfg = DemoConfig(
+            rounds=rounds,
+            strategy=strategy,
+            seed=seed,
+            cases=cases,
+            cohort=CohortConfig(seed=seed, n_diseases=diseases),
+            hospitals=scaled_hospitals(scale),
+        )
+        console.print(
+            f"[bold]Guardian Alliance demo[/] — 12 hospitals, {rounds} rounds of {strategy}"
+        )
+        with Progress(
+            TextColumn("{task.description:<22}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        ) as bar:
+            tasks: dict[str, Any] = {}
+
+            def progress(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task(stage, total=total)
+                bar.update(tasks[stage], completed=done)
+
+            result = run_demo(cfg, progress=progress)
+        paths = write_demo_outputs(result, out)
+    _print_demo(result.metrics)
+    for name, path in paths.items():
+        console.print(f"  {name:<8} {path}")
+
+
+def _print_demo(m: dict[str, Any]) -> None:
+    names = {s["id"]: s["name"] for s in m["sites"]}
+    table = Table(title="Top-k accuracy (%) on each hospital's held-out cases", show_lines=False)
+    for col in (
+        "Hospital",
+        "train",
+        "test",
+        "local top-1",
+        "local top-10",
+        "fed top-1",
+        "fed top-10",
+        "pooled top-10",
+    ):
+        table.add_column(col, justify="left" if col == "Hospital" else "right")
+    for s in m["sites"]:
+        p = m["per_site"][s["id"]]
+        table.add_row(
+            s["name"],
+            str(s["n_train"]),
+            str(s["n_test"]),
+            _pct(p["local"]["top1"]),
+            _pct(p["local"]["top10"]),
+            _pct(p["federated"]["top1"]),
+            _pct(p["federated"]["top10"]),
+            _pct(p["pooled"]["top10"]),
+        )
+    console.print(table)
+    o = m["overall"]
+    summary = Table(title=f"All hospitals' test cases together (n = {o['federated']['n']})")
+    for col in ("Model", "top-1", "top-3", "top-10"):
+        summary.add_column(col, justify="left" if col == "Model" else "right")
+    rows = [
+        ("Public knowledge only (prior)", o["prior"]),
+        (
+            f"Best single hospital ({names.get(o['local_best']['site'], o['local_best']['site'])})",
+            o["local_best"],
+        ),
+        ("Federated (Guardian Alliance)", o["federated"]),
+        ("Pooled (reference, not legal)", o["pooled"]),
+    ]
+    for label, row in rows:
+        summary.add_row(label, _pct(row["top1"]), _pct(row["top3"]), _pct(row["top10"]))
+    console.print(summary)
+    gain = 100 * (o["federated"]["top10"] - o["local_best"]["top10"])
+    gap = 100 * (o["pooled"]["top10"] - o["federated"]["top10"])
+    console.print(
+        f"Federated top-10 is [bold]{gain:+.1f} points[/] over the best single hospital "
+        f"and {gap:.1f} points from pooled training."
+    )
+
+
+def _load(model: Path) -> Any:
+    from alliance.data.ontology import load_ontology
+    from alliance.store.modelfile import load_model
+
+    return load_model(model, load_ontology())
+
+
+@app.command()
+def evaluate(
+    model: Annotated[
+        Path, typer.Option(help="Model file written by 'alliance demo' (model.alliance).")
+    ],
+    cases: Annotated[
+        Path,
+        typer.Option(help="Phenopacket JSON file, folder of them, or JSON-lines of compact cases."),
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Rank diseases for every case of a file and print top-1/3/10 accuracy."""
+    from alliance.data.loading import load_cases
+    from alliance.evaluation.metrics import top_k
+    from alliance.evaluation.ranking import rank_dataset
+    from alliance.models.ranker import CaseDataset
+
+    with _errors():
+        loaded = _load(model)
+        result = load_cases(
+            cases, ontology=loaded.features.ontology, catalogue=loaded.features.catalogue
+        )
+        data = CaseDataset(loaded.features.encode(result.cases))
+        scores = top_k(rank_dataset(loaded.model, data, collate_fn=loaded.features.collate))
+    issues = [str(i) for i in result.issues]
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "cases": str(cases),
+                    **scores.as_dict(),
+                    "rejected": result.rejected,
+                    "issues": issues,
+                }
+            )
+        )
+        return
+    for line in issues[:20]:
+        err.print(f"[yellow]warning:[/] {line}", highlight=False)
+    if len(issues) > 20:
+        err.print(f"[yellow]… and {len(issues) - 20} more issues[/] (use --json to see all)")
+    console.print(
+        f"{scores.n} cases ranked ({result.rejected} rejected): top-1 {_pct(scores.top1)}%, "
+        f"top-3 {_pct(scores.top3)}%, top-10 {_pct(scores.top10)}%"
+    )
+
+
+def _split_terms(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+@app.command()
+def diagnose(
+    model: Annotated[Path, typer.Option(help="Model file (model.alliance).")],
+    hpo: Annotated[
+        str, typer.Option(help="Observed HPO terms, comma-separated: HP:0001250,HP:0001263")
+    ],
+    excluded: Annotated[str, typer.Option(help="Excluded HPO terms, comma-separated.")] = "",
+    top: Annotated[int, typer.Option(min=1, max=100, help="How many candidates.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """A ranked differential diagnosis for one patient, with the phenotypes that support each."""
+    from alliance.models.diagnosis import diagnose as rank
+
+    with _errors():
+        loaded = _load(model)
+        candidates = rank(
+            loaded.model, loaded.features, _split_terms(hpo), _split_terms(excluded), top=top
+        )
+    onto = loaded.features.ontology
+    if as_json:
+        print(json.dumps([c.__dict__ for c in candidates], default=list))
+        return
+    table = Table(title="Differential diagnosis")
+    for col in ("#", "Disease", "Name", "Prob.", "Supporting phenotypes"):
+        table.add_column(col)
+    for c in candidates:
+        support = ", ".join(f"{onto.name(t)}" for t in c.supporting[:4]) + (
+            " …" if len(c.supporting) > 4 else ""
+        )
+        table.add_row(str(c.rank), c.disease_id, c.name, f"{c.probability:.3f}", support or "—")
+    console.print(table)
+
+
+@cohort_app.command("synth")
+def cohort_synth(
+    out: Annotated[
+        Path, typer.Option(help="Folder for one JSON-lines file per hospital and split.")
+    ] = Path("alliance-cohort"),
+    seed: Annotated[int, typer.Option(help="Generator seed.")] = 7,
+    n_diseases: Annotated[
+        int, typer.Option(min=1, help="Diseases drawn from the catalogue.")
+    ] = 600,
+    scale: Annotated[float, typer.Option(min=0.01, help="Multiply every hospital's size.")] = 1.0,
+) -> None:
+    """Write the demo's synthetic cohort: <hospital>.train.jsonl and <hospital>.test.jsonl."""
+    from alliance.data.loading import write_jsonl
+    from alliance.data.ontology import load_ontology
+    from alliance.data.synth import CohortConfig, generate_consortium, scaled_hospitals
+
+    with _errors():
+        onto = load_ontology()
+        hospitals = scaled_hospitals(scale)
+        cohorts = generate_consortium(
+            onto, onto.catalogue(), hospitals, CohortConfig(seed=seed, n_diseases=n_diseases)
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        for c in cohorts:
+            write_jsonl(c.train, out / f"{c.hospital.id}.train.jsonl")
+            write_jsonl(c.test, out / f"{c.hospital.id}.test.jsonl")
+    total = sum(len(c.train) + len(c.test) for c in cohorts)
+    console.print(f"wrote {total} synthetic cases for {len(cohorts)} hospitals to {out}/")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``alliance`` script."""
+    run: Callable[..., Any] = app
+    run(args=argv if argv is not None else sys.argv[1:], prog_name="alliance")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""Every message of the federation, typed once.
+
+Each message type converts to and from an :class:`~alliance.protocol.envelope.Envelope`; the
+in-memory, file and HTTP transports all carry these same envelopes through the same codec.
+
+What may leave a site is fixed here: a :class:`ModelUpdate` holds a parameter delta whose names
+and shapes must match the task's model, the number of training examples, and a flat mapping of
+aggregate metrics (numbers only). There is no field in which a case, a case id or a phenotype
+could travel.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from alliance.core.errors import IntegrityError, ProtocolError
+from alliance.protocol.envelope import Envelope, Header, MessageKind
+
+__all__ = ["ModelUpdate", "StudyEnd", "TrainTask", "TrainingPlan", "check_same_shapes"]
+
+Arrays = Mapping[str, npt.NDArray[Any]]
+_METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """How a site trains in one round; chosen by the study, checked by each site.
+
+    Parameters
+    ----------
+    local_epochs
+        Passes over the site's training cases per round.
+    batch_size
+        Cases per optimiser step.
+    learning_rate
+        Local optimiser step size.
+    proximal_mu
+        FedProx proximal term weight (0 disables it).
+    weight_decay
+        L2 penalty of the local optimiser.
+    seed
+        Base seed; each site derives its own stream from it, the round and its id.
+    """
+
+    local_epochs: int = 1
+    batch_size: int = 64
+    learning_rate: float = 0.01
+    proximal_mu: float = 0.0
+    weight_decay: float = 0.0
+    seed: int = 0
+
+    @classmethod
+    def from_json(cls, raw: Any) -> TrainingPlan:
+        """Validate a plan received in a message."""
+        if not isinstance(raw, dict) or set(raw) != set(cls.__dataclass_fields__):
+            raise ProtocolError(
+                f"training plan must have exactly the fields {sorted(cls.__dataclass_fields__)}"
+            )
+        ints = ("local_epochs", "batch_size", "seed")
+        for key in ints:
+            if not isinstance(raw[key], int) or isinstance(raw[key], bool):
+                raise ProtocolError(f"training plan field {key!r} must be an integer")
+        for key in ("learning_rate", "proximal_mu", "weight_decay"):
+            value = raw[key]
+            if not _is_number(value) or not math.isfinite(value) or value < 0:
+                raise ProtocolError(f"training plan field {key!r} must be a finite number >= 0")
+        if raw["local_epochs"] < 1 or raw["batch_size"] < 1:
+            raise ProtocolError("training plan needs local_epochs >= 1 and batch_size >= 1")
+        return cls(**raw)
+
+
+def check_same_shapes(arrays: Arrays, reference: Arrays, *, what: str) -> None:
+    """Raise :class:`IntegrityError` unless ``arrays`` match ``reference`` in names, shapes, dtypes
+    and hold only finite values."""
+    if set(arrays) != set(reference):
+        missing = sorted(set(reference) - set(arrays))
+        extra = sorted(set(arrays) - set(reference))
+        raise IntegrityError(
+            f"{what}: parameter names differ from the model (missing {missing}, unexpected {extra})"
+        )
+    for name, ref in reference.items():
+        arr = arrays[name]
+        if arr.shape != ref.shape or arr.dtype != ref.dtype:
+            raise IntegrityError(
+                f"{what}: parameter {name!r} has shape {arr.shape} {arr.dtype}, "
+                f"the model expects {ref.shape} {ref.dtype}"
+            )
+        if arr.dtype.kind == "f" and not bool(np.isfinite(arr).all()):
+            raise IntegrityError(f"{what}: parameter {name!r} contains NaN or infinite values")
+
+
+@dataclass(frozen=True)
+class TrainTask:
+    """Coordinator → site: train the given model version for one round."""
+
+    header: Header
+    model_version: int
+    plan: TrainingPlan
+    weights: Arrays
+
+    def to_envelope(self) -> Envelope:
+        """Wrap for transport."""
+        return Envelope(
+            self.header,
+            {"model_version": self.model_version, "plan": asdict(self.plan)},
+            dict(self.weights),
+        )
+
+    @classmethod
+    def from_envelope(cls, env: Envelope) -> TrainTask:
+        """Validate and unwrap."""
+        _expect(env, MessageKind.TRAIN_TASK, {"model_version", "plan"})
+        version = _version(env.body["model_version"], what="train task: model_version")
+        for name, arr in env.arrays.items():
+            if arr.dtype.kind == "f" and not bool(np.isfinite(arr).all()):
+                raise IntegrityError(f"train task: weight {name!r} contains NaN or infinite values")
+        return cls(env.header, version, TrainingPlan.from_json(env.body["plan"]), env.arrays)
+
+
+@dataclass(frozen=True)
+class ModelUpdate:
+    """Site → coordinator: the change to the model after local training, and aggregate metrics.
+
+    ``metrics`` are aggregate numbers about the site's data (training loss, counts of test cases
+    ranked within the top k); they never name or describe an individual case.
+    """
+
+    header: Header
+    model_version: int
+    num_examples: int
+    delta: Arrays
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+    def to_envelope(self) -> Envelope:
+        """Wrap for transport."""
+        body = {
+            "model_version": self.model_version,
+            "num_examples": self.num_examples,
+            "metrics": dict(self.metrics),
+        }
+        return Envelope(self.header, body, dict(self.delta))
+
+    @classmethod
+    def from_envelope(cls, env: Envelope) -> ModelUpdate:
+        """Validate and unwrap (shapes are checked against the model by the coordinator)."""
+        _expect(env, MessageKind.MODEL_UPDATE, {"model_version", "num_examples", "metrics"})
+        n = env.body["num_examples"]
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise IntegrityError(
+                f"model update from {env.header.sender}: num_examples must be an "
+                f"integer >= 1, got {n!r}"
+            )
+        metrics = env.body["metrics"]
+        if not isinstance(metrics, dict):
+            raise ProtocolError("model update: metrics must be an object")
+        for key, value in metrics.items():
+            # fullmatch: with match(), "$" would also accept a name ending in a newline.
+            if not _METRIC_NAME.fullmatch(key) or not _is_number(value) or not math.isfinite(value):
+                raise ProtocolError(
+                    f"model update: metric {key!r} must be a lowercase name with a finite "
+                    "number value"
+                )
+        return cls(
+            env.header,
+            _version(env.body["model_version"], what="model update: model_version"),
+            n,
+            env.arrays,
+            {k: float(v) for k, v in metrics.items()},
+        )
+
+
+@dataclass(frozen=True)
+class StudyEnd:
+    """Coordinator → site: the study is over; ``final_version`` is the last model version."""
+
+    header: Header
+    final_version: int
+
+    def to_envelope(self) -> Envelope:
+        """Wrap for transport."""
+        return Envelope(self.header, {"final_version": self.final_version})
+
+    @classmethod
+    def from_envelope(cls, env: Envelope) -> StudyEnd:
+        """Validate and unwrap."""
+        _expect(env, MessageKind.STUDY_END, {"final_version"})
+        return cls(env.header, _version(env.body["final_version"], what="study end: final_version"))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _version(value: Any, *, what: str) -> int:
+    # int() would turn 0.5 into 0 and let "abc" or None escape as ValueError/TypeError.
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ProtocolError(f"{what} must be an integer >= 0, got {value!r}")
+    return value
+
+
+def _expect(env: Envelope, kind: MessageKind, fields: set[str]) -> None:
+    if env.header.kind is not kind:
+        raise ProtocolError(f"expected a {kind.value} message, got {env.header.kind.value}")
+    if set(env.body) != fields:
+        raise ProtocolError(
+            f"{kind.value} body must have exactly the fields {sorted(fields)}, "
+            f"got {sorted(env.body)}"
+        )
