@@ -49,7 +49,13 @@ def test_training_beats_the_prior_and_generalises_to_other_hospitals(
     model = PhenotypeRanker(features, dim=16, seed=1)
     prior = top_k(rank_dataset(model, test, collate_fn=features.collate))
     train_locally(
-        model, train, epochs=4, batch_size=32, learning_rate=0.01, seed=0, collate_fn=features.collate
+        model,
+        train,
+        epochs=4,
+        batch_size=32,
+        learning_rate=0.01,
+        seed=0,
+        collate_fn=features.collate,
     )
     trained = top_k(rank_dataset(model, test, collate_fn=features.collate))
     assert trained.top10 > prior.top10 + 0.05
@@ -73,10 +79,16 @@ def test_obsolete_terms_are_resolved_in_a_diagnosis(features: PhenotypeFeatures)
     assert [c.disease_id for c in obsolete] == [c.disease_id for c in current]
 
 
-def test_model_file_round_trip(tmp_path: Path, features: PhenotypeFeatures, ontology: Ontology) -> None:
+def test_model_file_round_trip(
+    tmp_path: Path, features: PhenotypeFeatures, ontology: Ontology
+) -> None:
     model = PhenotypeRanker(features, dim=8, seed=5)
     path = save_model(
-        tmp_path / "m.alliance", model, features, sources=(DiseaseSource.OMIM,), min_phenotypes=3,
+        tmp_path / "m.alliance",
+        model,
+        features,
+        sources=(DiseaseSource.OMIM,),
+        min_phenotypes=3,
         metadata={"note": "test"},
     )
     loaded = load_model(path, ontology)

@@ -75,7 +75,9 @@ def test_bad_simulation_settings_name_the_problem() -> None:
     with pytest.raises(FederationError, match="at least one site"):
         Simulation(model_fn=lambda: nn.Linear(5, 2), sites={})
     with pytest.raises(ConfigError, match="3 inputs but 2 targets"):
-        Simulation(model_fn=lambda: nn.Linear(5, 2), sites={"a": (torch.zeros(3, 5), torch.zeros(2))})
+        Simulation(
+            model_fn=lambda: nn.Linear(5, 2), sites={"a": (torch.zeros(3, 5), torch.zeros(2))}
+        )
     with pytest.raises(ConfigError, match="not a site"):
         Simulation(
             model_fn=lambda: nn.Linear(5, 2),
@@ -120,7 +122,9 @@ def test_no_message_leaving_a_site_carries_a_case_level_field(
         assert env.header.kind is MessageKind.MODEL_UPDATE
         assert set(env.body) == {"model_version", "num_examples", "metrics"}
         assert set(env.body["metrics"]) <= _ALLOWED_METRICS
-        assert {n: a.shape for n, a in env.arrays.items()} == {n: tuple(s) for n, s in params.items()}
+        assert {n: a.shape for n, a in env.arrays.items()} == {
+            n: tuple(s) for n, s in params.items()
+        }
         assert _CODE.search(data) is None, "a phenotype or disease code left a site"
         assert not any(cid in data for cid in case_ids), "a case id left a site"
     # The counts are aggregates: a site's eval_n is its number of test cases, nothing finer.

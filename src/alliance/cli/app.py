@@ -89,6 +89,12 @@ def demo(
     scale: Annotated[
         float, typer.Option(min=0.01, help="Multiply every hospital's size (synthetic cohort).")
     ] = 1.0,
+    server_lr: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0, help="Server learning rate (default 2 for fedavg/fedprox, 0.1 fedadam)."
+        ),
+    ] = None,
     diseases: Annotated[
         int, typer.Option(min=1, help="Diseases in the synthetic cohort (the label space is all).")
     ] = 600,
@@ -104,6 +110,7 @@ def demo(
             raise DataError(f"cases file {cases} does not exist")
         cfg = DemoConfig(
             rounds=rounds,
+            server_lr=server_lr,
             strategy=strategy,
             seed=seed,
             cases=cases,
@@ -137,24 +144,20 @@ def demo(
 
 def _print_demo(m: dict[str, Any]) -> None:
     names = {s["id"]: s["name"] for s in m["sites"]}
-    table = Table(title="Top-k accuracy (%) on each hospital's held-out cases", show_lines=False)
-    for col in (
-        "Hospital",
-        "train",
-        "test",
-        "local top-1",
-        "local top-10",
-        "fed top-1",
-        "fed top-10",
-        "pooled top-10",
-    ):
-        table.add_column(col, justify="left" if col == "Hospital" else "right")
+    table = Table(title="Top-k accuracy (%) on each hospital's held-out cases")
+    # Numbers never wrap; the name column takes what the terminal leaves (rich only shrinks
+    # wrappable columns, so its width is set here).
+    table.add_column(
+        "Hospital", no_wrap=True, overflow="ellipsis", max_width=max(12, console.width - 66)
+    )
+    table.add_column("train/\ntest", justify="right", no_wrap=True, min_width=8)
+    for col in ("local\ntop-1", "local\ntop-10", "fed\ntop-1", "fed\ntop-10", "pooled\ntop-10"):
+        table.add_column(col, justify="right", no_wrap=True, min_width=6)
     for s in m["sites"]:
         p = m["per_site"][s["id"]]
         table.add_row(
             s["name"],
-            str(s["n_train"]),
-            str(s["n_test"]),
+            f"{s['n_train']}/{s['n_test']}",
             _pct(p["local"]["top1"]),
             _pct(p["local"]["top10"]),
             _pct(p["federated"]["top1"]),

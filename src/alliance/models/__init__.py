@@ -1,1 +1,25 @@
-"""TODO"""
+"""Models and the one local training loop.
+
+- :mod:`~alliance.models.features`: phenotype features from public knowledge;
+- :mod:`~alliance.models.ranker`: the rare-disease ranker (knowledge prior + learned parameters);
+- :mod:`~alliance.models.diagnosis`: a ranked differential diagnosis for one patient;
+- :mod:`~alliance.models.training`: local training for any PyTorch module.
+"""
+
+from alliance.models.diagnosis import Candidate, diagnose
+from alliance.models.features import EncodedCases, PhenotypeFeatures
+from alliance.models.ranker import CaseDataset, PhenotypeRanker
+from alliance.models.training import LocalResult, get_weights, set_weights, train_locally
+
+__all__ = [
+    "Candidate",
+    "CaseDataset",
+    "EncodedCases",
+    "LocalResult",
+    "PhenotypeFeatures",
+    "PhenotypeRanker",
+    "diagnose",
+    "get_weights",
+    "set_weights",
+    "train_locally",
+]

@@ -173,7 +173,7 @@ def run_demo(cfg: DemoConfig, *, progress: Progress | None = None) -> DemoResult
         say("federated rounds", record.round, cfg.rounds)
 
     say("federated rounds", 0, cfg.rounds)
-    options = {} if cfg.server_lr is None else {"server_lr": cfg.server_lr}
+    options = {"server_lr": _server_lr(cfg)}
     sim = Simulation(
         model_fn=fresh,
         sites=train,
@@ -213,6 +213,19 @@ def run_demo(cfg: DemoConfig, *, progress: Progress | None = None) -> DemoResult
     metrics["run"]["seconds"] = round(time.perf_counter() - started, 1)
     metrics["run"]["load_warnings"] = len(load_warnings)
     return DemoResult(metrics, fed.model, features, cfg)  # type: ignore[arg-type]
+
+
+def _server_lr(cfg: DemoConfig) -> float:
+    """The strategy's server step: as configured, else the demo's default for the strategy.
+
+    FedAvg and FedProx use a server learning rate of 2 (FedAvg with a server step, Reddi et
+    al. 2021): a per-disease parameter that one hospital moves is averaged with the zeros of
+    the other eleven, and a step of 2 offsets that dilution (on the demo cohort the gap to
+    pooled training is about 7 top-10 points at 1.0 and under 2 at 2.0). FedAdam keeps 0.1.
+    """
+    if cfg.server_lr is not None:
+        return cfg.server_lr
+    return 0.1 if cfg.strategy == "fedadam" else 2.0
 
 
 def _offsets(cohorts: Sequence[SiteCohort]) -> dict[str, slice]:
@@ -264,6 +277,7 @@ def _metrics(
             "rounds": cfg.rounds,
             "local_epochs": cfg.local_epochs,
             "strategy": cfg.strategy,
+            "server_lr": _server_lr(cfg),
             "hpo_version": features.catalogue.hpo_version,
             "n_diseases": features.n_diseases,
             "n_terms": features.n_terms,

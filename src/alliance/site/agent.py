@@ -25,7 +25,7 @@ from alliance.protocol.envelope import COORDINATOR, Header, MessageKind
 from alliance.protocol.messages import ModelUpdate, StudyEnd, TrainTask, check_same_shapes
 from alliance.transport.base import SiteLink
 
-__all__ = ["Site"]
+__all__ = ["Site", "site_seed"]
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class Site:
             learning_rate=plan.learning_rate,
             weight_decay=plan.weight_decay,
             proximal_mu=plan.proximal_mu,
-            seed=_site_seed(plan.seed, task.header.round, self.id),
+            seed=site_seed(plan.seed, task.header.round, self.id),
             collate_fn=self.collate_fn,
         )
         metrics["train_loss"] = result.mean_loss
@@ -136,6 +136,7 @@ class Site:
         return ModelUpdate(header, task.model_version, result.num_examples, delta, metrics)
 
 
-def _site_seed(seed: int, round_: int, site: str) -> int:
+def site_seed(seed: int, round_: int, site: str) -> int:
+    """The shuffling seed of ``site`` in round ``round_`` of a study seeded with ``seed``."""
     digest = hashlib.sha256(f"{seed}/{round_}/{site}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
