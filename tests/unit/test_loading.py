@@ -8,13 +8,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from tests.conftest import PHENOPACKET_STORE
 
 import alliance.data.loading as loading
 import alliance.data.phenopacket as phenopacket
 from alliance.core.errors import DataError
 from alliance.data.cases import Case, Sex
 from alliance.data.loading import LoadIssue, LoadResult, load_cases, write_jsonl
-from alliance.data.ontology import DiseaseCatalogue, Ontology, load_ontology
+from alliance.data.ontology import DiseaseCatalogue, Ontology
 from alliance.data.phenopacket import case_to_phenopacket, phenopacket_to_case
 
 SEIZURE = "HP:0001250"
@@ -22,18 +23,8 @@ DEV_DELAY = "HP:0001263"
 OBSOLETE = "HP:0002355"  # replaced by HP:0001288
 REPLACEMENT = "HP:0001288"
 DISEASE = "OMIM:301013"
-REAL_FILE = Path("/work/shared/data/phenopacket_store_public.jsonl.gz")
+REAL_FILE = PHENOPACKET_STORE
 SECRET = "Jane Q. Patient, 12 Rose Street"
-
-
-@pytest.fixture(scope="module")
-def ontology() -> Ontology:
-    return load_ontology()
-
-
-@pytest.fixture(scope="module")
-def catalogue(ontology: Ontology) -> DiseaseCatalogue:
-    return ontology.catalogue()
 
 
 def row(case_id: str = "c1", **fields: object) -> dict[str, object]:

@@ -182,10 +182,11 @@ def _print_demo(m: dict[str, Any]) -> None:
         summary.add_row(label, _pct(row["top1"]), _pct(row["top3"]), _pct(row["top10"]))
     console.print(summary)
     gain = 100 * (o["federated"]["top10"] - o["local_best"]["top10"])
-    gap = 100 * (o["pooled"]["top10"] - o["federated"]["top10"])
+    gap = 100 * (o["federated"]["top10"] - o["pooled"]["top10"])
+    side = "above" if gap >= 0 else "below"
     console.print(
         f"Federated top-10 is [bold]{gain:+.1f} points[/] over the best single hospital "
-        f"and {gap:.1f} points from pooled training."
+        f"and {abs(gap):.1f} points {side} pooled training."
     )
 
 

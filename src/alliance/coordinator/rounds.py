@@ -58,7 +58,7 @@ class RoundRecord:
     train_loss: float
     site_metrics: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
-    def evaluation(self) -> dict[str, float | int]:
+    def evaluation(self) -> dict[str, float | int | None]:
         """Top-k of the model version the sites received this round, pooled over their test sets."""
         return topk_from_counts([dict(m) for m in self.site_metrics.values()]).as_dict()
 

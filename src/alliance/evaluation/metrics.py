@@ -27,8 +27,10 @@ class TopK:
     top10: float
     n: int
 
-    def as_dict(self) -> dict[str, float | int]:
-        """JSON-ready form, accuracy rounded to 4 decimals."""
+    def as_dict(self) -> dict[str, float | int | None]:
+        """JSON-ready form, accuracy rounded to 4 decimals; ``None`` when there are no cases."""
+        if self.n == 0:
+            return {"top1": None, "top3": None, "top10": None, "n": 0}
         return {
             "top1": round(self.top1, 4),
             "top3": round(self.top3, 4),

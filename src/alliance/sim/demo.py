@@ -104,7 +104,9 @@ def _ranks(
     return rank_dataset(model, data, collate_fn=features.collate)
 
 
-def _subset(ranks: npt.NDArray[np.int64], mask: npt.NDArray[np.bool_]) -> dict[str, float | int]:
+def _subset(
+    ranks: npt.NDArray[np.int64], mask: npt.NDArray[np.bool_]
+) -> dict[str, float | int | None]:
     return top_k(ranks[mask]).as_dict()
 
 
