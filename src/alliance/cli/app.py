@@ -143,6 +143,11 @@ def demo(
 
 
 def _print_demo(m: dict[str, Any]) -> None:
+    warnings = m["run"].get("warnings") or []
+    for line in warnings[:5]:
+        err.print(f"[yellow]warning:[/] {line}", highlight=False)
+    if m["run"].get("n_warnings", 0) > 5:
+        err.print(f"[yellow]… {m['run']['n_warnings']} input issues in all; see metrics.json[/]")
     names = {s["id"]: s["name"] for s in m["sites"]}
     table = Table(title="Top-k accuracy (%) on each hospital's held-out cases")
     # Numbers never wrap; the name column takes what the terminal leaves (rich only shrinks

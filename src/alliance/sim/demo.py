@@ -119,6 +119,10 @@ def run_demo(cfg: DemoConfig, *, progress: Progress | None = None) -> DemoResult
         ontology, ontology.catalogue(cfg.sources, min_phenotypes=cfg.min_phenotypes)
     )
     cohorts, load_warnings = _cohorts(cfg, features)
+    empty = [c.hospital.name for c in cohorts if not c.train]
+    if empty:
+        # A site with no cases cannot train (the Site refuses to join); say so, run without it.
+        load_warnings.append(f"no training cases, left out of the study: {', '.join(empty)}")
     cohorts = tuple(c for c in cohorts if c.train)
     if not cohorts:
         raise DataError("no hospital has any training case; check the cases file")
@@ -213,7 +217,8 @@ def run_demo(cfg: DemoConfig, *, progress: Progress | None = None) -> DemoResult
         prior=prior_union,
     )
     metrics["run"]["seconds"] = round(time.perf_counter() - started, 1)
-    metrics["run"]["load_warnings"] = len(load_warnings)
+    metrics["run"]["warnings"] = load_warnings[:50]
+    metrics["run"]["n_warnings"] = len(load_warnings)
     return DemoResult(metrics, fed.model, features, cfg)  # type: ignore[arg-type]
 
 
