@@ -82,7 +82,9 @@ class Ontology:
             if term.is_obsolete:
                 self._replaced_by[tid] = term.replaced_by or None
                 continue
-            self._parents[tid] = tuple(_format_hpo(int(p)) for p in term.parents)
+            # hpo3 returns parents as a set whose order varies between processes; sort them so
+            # that everything derived (the synthetic cohort included) is reproducible.
+            self._parents[tid] = tuple(sorted(_format_hpo(int(p)) for p in term.parents))
             self._ancestors[tid] = frozenset(_format_hpo(int(p)) for p in term.all_parents)
             self._ic[tid] = float(term.information_content.omim)
         below = [t for t, anc in self._ancestors.items() if PHENOTYPIC_ABNORMALITY in anc]
