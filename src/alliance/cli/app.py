@@ -52,16 +52,12 @@ def _root(
 def _errors() -> Iterator[None]:
     try:
         yield
-    except (ConfigError, DataError) as exc:
-        if _state["verbose"]:
-            raise
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(2) from None
     except AllianceError as exc:
         if _state["verbose"]:
             raise
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(1) from None
+        # Bad input (a setting, a file, a code) exits 2; a model or federation failure 1.
+        raise typer.Exit(2 if isinstance(exc, ConfigError | DataError) else 1) from None
     except KeyboardInterrupt:
         err.print("interrupted")
         raise typer.Exit(130) from None

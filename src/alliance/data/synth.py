@@ -214,14 +214,7 @@ class _PatientModel:
         weights = np.array([counts[t] for t in self.pool], dtype=np.float64)
         self.pool_p = weights / weights.sum()
         self._spectra: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        self.parents = {
-            t: tuple(
-                p
-                for p in ontology.parents(t)
-                if p in ontology.phenotype_terms and p != PHENOTYPIC_ABNORMALITY
-            )
-            for t in self.pool
-        }
+        self._parents: dict[str, tuple[str, ...]] = {}
 
     def spectrum(self, disease: Disease) -> tuple[np.ndarray, np.ndarray]:
         """The disease's true findings (annotated + unannotated) and their frequencies."""
@@ -245,14 +238,15 @@ class _PatientModel:
         return terms, freq
 
     def parents_of(self, term: str) -> tuple[str, ...]:
-        found = self.parents.get(term)
+        """Parents of ``term`` that are still specific phenotypes (cached)."""
+        found = self._parents.get(term)
         if found is None:
             found = tuple(
                 p
                 for p in self.ontology.parents(term)
                 if p in self.ontology.phenotype_terms and p != PHENOTYPIC_ABNORMALITY
             )
-            self.parents[term] = found
+            self._parents[term] = found
         return found
 
 
@@ -351,7 +345,10 @@ def generate_consortium(
         kinds < cfg.unseen_fraction + cfg.single_site_fraction
     )
     affinity = np.array(
-        [[_affinity(d, ontology)[h.speciality] for h in hospitals] for d in diseases],
+        [
+            [area[h.speciality] for h in hospitals]
+            for area in (_affinity(d, ontology) for d in diseases)
+        ],
         dtype=np.float64,
     )
     weight = prevalence[:, None] * (1.0 + (cfg.speciality_boost - 1.0) * affinity)
