@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from alliance.algorithms.strategies import FedAvg
-from alliance.coordinator.rounds import Coordinator
+from alliance.coordinator.rounds import Coordinator, Receipt
 from alliance.core.errors import ConfigError, FederationError, TransportError
 from alliance.protocol.envelope import COORDINATOR, Envelope, Header, MessageKind
 from alliance.protocol.messages import StudyEnd, TrainingPlan, TrainTask
@@ -101,8 +101,13 @@ def snapshot(coord: Coordinator) -> Snapshot:
         version=coord.version,
         round=coord.round,
         complete=coord.complete,
-        pending={site: id(update) for site, update in coord._pending.items()},
-        nonces=set(coord._seen_nonces),
+        pending={
+            u.site: (u.nonce, u.digest, u.num_examples)
+            for u in (coord.store.updates(coord.study, coord.round) if coord.round else [])
+        },
+        nonces={
+            u.nonce for r in range(1, coord.round + 1) for u in coord.store.updates(coord.study, r)
+        },
         history=copy.copy(coord.history),
     )
 
@@ -183,7 +188,26 @@ Tamper = Callable[[Coordinator, Envelope], Envelope]
 
 
 def _replay(coord: Coordinator, accepted: Envelope) -> Envelope:
-    return accepted
+    """site-a's nonce on other content: a replayed or forged message, not a resend."""
+    other = update_envelope(coord, "site-b")
+    return replace(other, header=replace(other.header, nonce=accepted.header.nonce))
+
+
+def test_an_exact_resend_is_acknowledged_once_and_counted_once(
+    coord: Coordinator, transport: InMemoryTransport
+) -> None:
+    """A site whose answer was lost sends the same bytes again: a duplicate, not an error."""
+    coord.start_round()
+    update = update_envelope(coord, "site-a")
+    assert coord.accept(update) is Receipt.ACCEPTED
+    before = snapshot(coord)
+    assert coord.accept(update) is Receipt.DUPLICATE
+    assert snapshot(coord) == before
+    assert coord.rejections == []
+    # The same training redone after a crash (new nonce, same content) is a duplicate too.
+    again = replace(update, header=replace(update.header, nonce="f" * 32))
+    assert coord.accept(again) is Receipt.DUPLICATE
+    assert snapshot(coord) == before
 
 
 def _missing(coord: Coordinator, accepted: Envelope) -> Envelope:
@@ -219,9 +243,9 @@ BAD_SUBMISSIONS: dict[str, tuple[Tamper, str]] = {
         lambda c, _: update_envelope(c, "site-b", round=0),
         "update for round 0, but the open round is 1",
     ),
-    "second update from the same site": (
-        lambda c, _: update_envelope(c, "site-a"),
-        "'site-a' already submitted an update for round 1",
+    "second, different update from the same site": (
+        lambda c, _: update_envelope(c, "site-a", metrics={"train_loss": 9.0}),
+        "already sent a different update this round",
     ),
     "wrong model version": (
         lambda c, _: update_envelope(c, "site-b", model_version=1),

@@ -10,6 +10,10 @@ to sites (FedProx sets the proximal term). Strategies register by name in :data:
   Adam step with its own learning rate and state.
 
 Aggregation sums in float64 in sorted site order, so results do not depend on arrival order.
+It streams: each site's delta is loaded, added and dropped in turn, so a coordinator needs memory
+for the model, not for sites × model. A strategy's own state (FedAdam's moments) is exposed as
+named arrays by ``state()`` and restored by ``load_state()``: the coordinator stores it with
+every model version, so a restarted coordinator continues bit for bit.
 """
 
 from __future__ import annotations
@@ -42,11 +46,19 @@ Weights = Mapping[str, npt.NDArray[np.float32]]
 
 @dataclass(frozen=True)
 class SiteUpdate:
-    """One site's contribution to a round."""
+    """One site's contribution to a round.
+
+    ``delta`` is the parameter delta, or a function that loads it (from the coordinator's
+    store), so that only one site's delta is in memory at a time while aggregating.
+    """
 
     site: str
     num_examples: int
-    delta: Weights
+    delta: Weights | Callable[[], Weights]
+
+    def load(self) -> Weights:
+        """The parameter delta."""
+        return self.delta() if callable(self.delta) else self.delta
 
 
 class Strategy(Protocol):
@@ -64,19 +76,28 @@ class Strategy(Protocol):
         """The next global weights."""
         ...
 
+    def state(self) -> dict[str, npt.NDArray[np.float64]]:
+        """The strategy's state as named arrays (empty for a stateless strategy)."""
+        ...
+
+    def load_state(self, state: Mapping[str, npt.NDArray[Any]]) -> None:
+        """Restore what :meth:`state` returned."""
+        ...
+
 
 def weighted_mean_delta(updates: Sequence[SiteUpdate]) -> dict[str, npt.NDArray[np.float64]]:
     """Sample-weighted mean of the deltas, accumulated in float64, in sorted site order."""
     if not updates:
         raise FederationError("no site update to aggregate: the round has no contribution")
     total = sum(u.num_examples for u in updates)
-    ordered = sorted(updates, key=lambda u: u.site)
     out: dict[str, npt.NDArray[np.float64]] = {}
-    for name in ordered[0].delta:
-        acc = np.zeros(ordered[0].delta[name].shape, dtype=np.float64)
-        for u in ordered:
-            acc += (u.num_examples / total) * u.delta[name].astype(np.float64)
-        out[name] = acc
+    for u in sorted(updates, key=lambda u: u.site):
+        delta = u.load()
+        if not out:
+            out = {name: np.zeros(d.shape, dtype=np.float64) for name, d in delta.items()}
+        for name, acc in out.items():
+            acc += (u.num_examples / total) * delta[name].astype(np.float64)
+        del delta
     return out
 
 
@@ -97,6 +118,15 @@ class FedAvg:
         """``w + server_lr · mean(delta)``."""
         mean = weighted_mean_delta(updates)
         return {k: (weights[k] + self.server_lr * mean[k]).astype(np.float32) for k in weights}
+
+    def state(self) -> dict[str, npt.NDArray[np.float64]]:
+        """FedAvg keeps no state."""
+        return {}
+
+    def load_state(self, state: Mapping[str, npt.NDArray[Any]]) -> None:
+        """FedAvg keeps no state; anything given is an error."""
+        if state:
+            raise ConfigError(f"fedavg keeps no state, got {sorted(state)[:3]}")
 
 
 @dataclass
@@ -143,6 +173,24 @@ class FedAdam:
             self._m[k], self._v[k] = m, v
             out[k] = (w + self.server_lr * m / (np.sqrt(v) + self.tau)).astype(np.float32)
         return out
+
+    def state(self) -> dict[str, npt.NDArray[np.float64]]:
+        """The first and second moments, as ``m/<param>`` and ``v/<param>``."""
+        return {
+            **{f"m/{k}": m for k, m in self._m.items()},
+            **{f"v/{k}": v for k, v in self._v.items()},
+        }
+
+    def load_state(self, state: Mapping[str, npt.NDArray[Any]]) -> None:
+        """Restore the moments saved by :meth:`state`."""
+        m: dict[str, npt.NDArray[np.float64]] = {}
+        v: dict[str, npt.NDArray[np.float64]] = {}
+        for key, arr in state.items():
+            kind, _, name = key.partition("/")
+            if kind not in ("m", "v") or not name:
+                raise ConfigError(f"fedadam state has an unknown entry {key!r}")
+            (m if kind == "m" else v)[name] = np.array(arr, dtype=np.float64)
+        self._m, self._v = m, v
 
 
 class StrategyName(enum.Enum):

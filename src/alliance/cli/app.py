@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from alliance.core.errors import AllianceError, ConfigError, DataError
+from alliance.cli.audit import app as audit_app
+from alliance.cli.common import console, err, errors, state
+from alliance.cli.consortium import app as consortium_app
+from alliance.cli.deploy import coordinator_app, site_app, study_app
+from alliance.core.errors import DataError
 from alliance.core.logging import configure_logging
 
 __all__ = ["app", "main"]
@@ -33,9 +35,11 @@ app = typer.Typer(
 )
 cohort_app = typer.Typer(help="Synthetic patient cohorts.", no_args_is_help=True)
 app.add_typer(cohort_app, name="cohort")
-console = Console()
-err = Console(stderr=True)
-_state = {"verbose": False}
+app.add_typer(consortium_app, name="consortium")
+app.add_typer(coordinator_app, name="coordinator")
+app.add_typer(site_app, name="site")
+app.add_typer(study_app, name="study")
+app.add_typer(audit_app, name="audit")
 
 
 @app.callback()
@@ -44,23 +48,8 @@ def _root(
         bool, typer.Option("--verbose", "-v", help="Log details and show tracebacks.")
     ] = False,
 ) -> None:
-    _state["verbose"] = verbose
+    state["verbose"] = verbose
     configure_logging(verbose=verbose)
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except AllianceError as exc:
-        if _state["verbose"]:
-            raise
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        # Bad input (a setting, a file, a code) exits 2; a model or federation failure 1.
-        raise typer.Exit(2 if isinstance(exc, ConfigError | DataError) else 1) from None
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        raise typer.Exit(130) from None
 
 
 def _pct(value: Any) -> str:
@@ -100,7 +89,7 @@ def demo(
     from alliance.data.synth import CohortConfig, scaled_hospitals
     from alliance.sim.demo import DemoConfig, run_demo, write_demo_outputs
 
-    with _errors():
+    with errors():
         make_strategy(strategy)
         if cases is not None and not cases.exists():
             raise DataError(f"cases file {cases} does not exist")
@@ -215,7 +204,7 @@ def evaluate(
     from alliance.evaluation.ranking import rank_dataset
     from alliance.models.ranker import CaseDataset
 
-    with _errors():
+    with errors():
         loaded = _load(model)
         result = load_cases(
             cases, ontology=loaded.features.ontology, catalogue=loaded.features.catalogue
@@ -262,7 +251,7 @@ def diagnose(
     """A ranked differential diagnosis for one patient, with the phenotypes that support each."""
     from alliance.models.diagnosis import diagnose as rank
 
-    with _errors():
+    with errors():
         loaded = _load(model)
         candidates = rank(
             loaded.model, loaded.features, _split_terms(hpo), _split_terms(excluded), top=top
@@ -298,7 +287,7 @@ def cohort_synth(
     from alliance.data.ontology import load_ontology
     from alliance.data.synth import CohortConfig, generate_consortium, scaled_hospitals
 
-    with _errors():
+    with errors():
         onto = load_ontology()
         hospitals = scaled_hospitals(scale)
         cohorts = generate_consortium(

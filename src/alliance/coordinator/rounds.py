@@ -1,27 +1,43 @@
-"""The coordinator and its round loop, written once for every transport and strategy.
+"""The coordinator and its round loop, written once for every transport, store and strategy.
 
-A round: the coordinator publishes a :class:`~alliance.protocol.messages.TrainTask` (round,
-model version, plan, weights) to each invited site; sites fetch it, train and submit a
-:class:`~alliance.protocol.messages.ModelUpdate`. Each update is checked before it counts: bound
-to this federation, study and round, from an invited site that has not yet answered, with a fresh
-nonce, for the current model version, with the model's parameter names, shapes and finite
-values. A rejected message changes no state; the reason is kept in :attr:`Coordinator.rejections`.
-When every invited site has answered (or, at :meth:`Coordinator.close_round`, at least the
-quorum has), the strategy aggregates the updates, in sorted site order, into a new model version.
+A round: the coordinator opens it for its participants and offers each a
+:class:`~alliance.protocol.messages.TrainTask` (round, model version, plan, weights), pushed to
+a mailbox (the simulation) or handed out when the site asks (:meth:`Coordinator.task_for`, the
+HTTPS service). Sites train and submit a :class:`~alliance.protocol.messages.ModelUpdate`. Each
+update is checked before it counts: bound to this federation, study and round, from a
+participant that has not yet answered, with a fresh nonce, for the current model version, with
+the model's parameter names, shapes, dtypes and finite values. A rejected message changes no
+state; the reason is kept in :attr:`Coordinator.rejections` and in the store.
+
+All state lives in a :class:`~alliance.store.state.CoordinatorStore` (in memory for the
+simulation, SQL for the service), each change in one transaction. A coordinator built over a
+store that already holds the study resumes it: same round, same model version, same strategy
+state, updates already received still counted once. An update sent again (a retry after a lost
+answer, or a site that retrained the same round after a crash) is recognised by its content
+digest and acknowledged as a duplicate, never counted twice.
+
+When every participant has answered (or, at :meth:`Coordinator.close_round`, at least the
+quorum has), the strategy aggregates the updates, loaded one at a time in sorted site order,
+into a new model version.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from alliance.algorithms.strategies import SiteUpdate, Strategy
 from alliance.core.errors import AllianceError, ConfigError, FederationError, ProtocolError
+from alliance.core.faults import crash_point
 from alliance.evaluation.ranking import topk_from_counts
+from alliance.protocol.codec import content_digest
 from alliance.protocol.envelope import COORDINATOR, Envelope, Header, MessageKind
 from alliance.protocol.messages import (
     ModelUpdate,
@@ -30,9 +46,20 @@ from alliance.protocol.messages import (
     TrainTask,
     check_same_shapes,
 )
+from alliance.store.memory import MemoryStore
+from alliance.store.state import (
+    CoordinatorStore,
+    DuplicateUpdate,
+    RoundStatus,
+    StoredEvent,
+    StoredRejection,
+    StudyRecord,
+    StudyStatus,
+    UpdateMeta,
+)
 from alliance.transport.base import CoordinatorMailbox
 
-__all__ = ["Coordinator", "Rejection", "RoundRecord"]
+__all__ = ["Coordinator", "Receipt", "Rejection", "RoundRecord"]
 
 logger = logging.getLogger(__name__)
 Weights = dict[str, npt.NDArray[np.float32]]
@@ -45,6 +72,13 @@ class Rejection:
     round: int
     sender: str
     reason: str
+
+
+class Receipt(enum.Enum):
+    """What became of an update the coordinator accepted."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
 
 
 @dataclass(frozen=True)
@@ -62,26 +96,57 @@ class RoundRecord:
         """Top-k of the model version the sites received this round, pooled over their test sets."""
         return topk_from_counts([dict(m) for m in self.site_metrics.values()]).as_dict()
 
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready form (the round summary kept in the store)."""
+        return {
+            "round": self.round,
+            "model_version": self.model_version,
+            "sites": list(self.sites),
+            "num_examples": self.num_examples,
+            "train_loss": self.train_loss,
+            "site_metrics": {s: dict(m) for s, m in self.site_metrics.items()},
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> RoundRecord:
+        """Inverse of :meth:`to_json`."""
+        return cls(
+            round=int(raw["round"]),
+            model_version=int(raw["model_version"]),
+            sites=tuple(raw["sites"]),
+            num_examples=int(raw["num_examples"]),
+            train_loss=float(raw["train_loss"]),
+            site_metrics={s: dict(m) for s, m in raw["site_metrics"].items()},
+        )
+
 
 class Coordinator:
-    """Runs a study's rounds over a mailbox with a strategy.
+    """Runs a study's rounds with a strategy, its state kept in a store.
 
     Parameters
     ----------
     federation, study
         Names every message is bound to.
     sites
-        Invited site ids.
+        Invited site ids (a round's default participants).
     weights
-        Initial global weights (model version 0).
+        Initial global weights (model version 0); ignored when the store already holds the study.
     strategy
         How updates become the next weights.
     plan
         Local training plan sent each round (after the strategy's ``configure``).
     mailbox
-        The coordinator's end of the transport.
+        Where tasks are pushed and updates collected (the simulation); ``None`` when sites
+        fetch tasks through :meth:`task_for` and updates arrive through :meth:`accept`.
     quorum
-        Fewest updates that may close a round at :meth:`close_round` (default: all sites).
+        Fewest updates that may close a round at :meth:`close_round` (default: all participants).
+    store
+        The durable state (default: a fresh :class:`~alliance.store.memory.MemoryStore`).
+    clock
+        Time source for the store's timestamps.
+    open_invitation
+        Every site of the consortium may take part (a study with ``sites = "all"``): ``sites``
+        may start empty and grows with :meth:`invite`; the quorum is not bounded by it.
     """
 
     def __init__(
@@ -93,70 +158,175 @@ class Coordinator:
         weights: Mapping[str, npt.NDArray[np.float32]],
         strategy: Strategy,
         plan: TrainingPlan,
-        mailbox: CoordinatorMailbox,
+        mailbox: CoordinatorMailbox | None = None,
         quorum: int | None = None,
+        store: CoordinatorStore | None = None,
+        clock: Callable[[], float] = time.time,
+        open_invitation: bool = False,
     ) -> None:
-        if not sites:
+        if not sites and not open_invitation:
             raise ConfigError("a study needs at least one invited site")
         if len(set(sites)) != len(sites):
             raise ConfigError(f"site ids must be unique, got {sorted(sites)}")
         self.federation = federation
         self.study = study
         self.sites = tuple(sorted(sites))
-        self.weights: Weights = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
         self.strategy = strategy
         self.plan = plan
         self.mailbox = mailbox
+        self.open_invitation = open_invitation
         self.quorum = len(self.sites) if quorum is None else quorum
-        if not 1 <= self.quorum <= len(self.sites):
+        if self.quorum < 1 or (not open_invitation and self.quorum > len(self.sites)):
             raise ConfigError(f"quorum must be between 1 and {len(self.sites)} sites, got {quorum}")
-        self.version = 0
-        self.round = 0
-        self.history: list[RoundRecord] = []
+        self.store: CoordinatorStore = MemoryStore() if store is None else store
+        self.clock = clock
         self.rejections: list[Rejection] = []
-        self._pending: dict[str, ModelUpdate] = {}
-        self._seen_nonces: set[str] = set()
-        self._open = False
+        if self.store.study(study) is None:
+            self.store.add_study(
+                StudyRecord(study, "", "", COORDINATOR, StudyStatus.RUNNING, clock())
+            )
+        self.store.save_initial_model(study, weights, strategy.state())
+        self._resume()
+
+    def _resume(self) -> None:
+        """Load the current model, strategy state and round from the store."""
+        version, weights, strategy_state = self.store.latest_model(self.study)
+        self.version = version
+        self.weights: Weights = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
+        self.strategy.load_state(strategy_state)
+        current = self.store.current_round(self.study)
+        self.round = 0 if current is None else current.round
+        self._open = current is not None and current.status is RoundStatus.OPEN
+        self.participants: tuple[str, ...] = () if current is None else current.participants
+        self.history = [
+            RoundRecord.from_json(r.summary)
+            for r in self.store.rounds(self.study)
+            if r.status is RoundStatus.CLOSED
+        ]
+
+    def invite(self, site: str) -> None:
+        """Invite one more site (open invitations only); it takes part from the next round."""
+        if not self.open_invitation:
+            raise FederationError(f"study {self.study!r} invites only {', '.join(self.sites)}")
+        if site not in self.sites:
+            self.sites = tuple(sorted((*self.sites, site)))
 
     def _header(self, kind: MessageKind, recipient: str) -> Header:
         return Header(kind, self.federation, self.study, self.round, COORDINATOR, recipient)
 
-    def start_round(self) -> int:
-        """Open the next round and publish its task to every invited site; returns the round."""
+    @property
+    def is_open(self) -> bool:
+        """Whether a round is taking updates."""
+        return self._open
+
+    def start_round(
+        self, *, participants: Sequence[str] | None = None, deadline: float | None = None
+    ) -> int:
+        """Open the next round for ``participants`` (default: every invited site).
+
+        With a mailbox, the task is published to each participant. Returns the round number.
+        """
         if self._open:
             raise FederationError(
                 f"round {self.round} is still open; close it before starting another"
             )
+        chosen = tuple(sorted(self.sites if participants is None else participants))
+        strangers = sorted(set(chosen) - set(self.sites))
+        if not chosen or strangers:
+            raise FederationError(f"round participants must be invited sites, got {strangers}")
+        self.store.open_round(
+            self.study,
+            self.round + 1,
+            model_version=self.version,
+            participants=chosen,
+            deadline=deadline,
+        )
         self.round += 1
         self._open = True
-        self._pending = {}
-        plan = self.strategy.configure(self.plan)
-        for site in self.sites:
-            task = TrainTask(
-                self._header(MessageKind.TRAIN_TASK, site), self.version, plan, self.weights
-            )
-            self.mailbox.publish(task.to_envelope())
+        self.participants = chosen
+        self._event("round_opened", f"round {self.round} opened for {len(chosen)} sites")
+        if self.mailbox is not None:
+            for site in chosen:
+                task = self.task_for(site)
+                if task is not None:
+                    self.mailbox.publish(task.to_envelope())
         return self.round
 
+    def task_for(self, site: str) -> TrainTask | None:
+        """The open round's task for ``site``, or ``None`` if it has none (or already answered)."""
+        if not self._open or site not in self.participants or site in self.answered():
+            return None
+        plan = self.strategy.configure(self.plan)
+        header = self._header(MessageKind.TRAIN_TASK, site)
+        return TrainTask(header, self.version, plan, self.weights)
+
+    def end_for(self, site: str) -> StudyEnd:
+        """The message telling ``site`` the study is over."""
+        return StudyEnd(self._header(MessageKind.STUDY_END, site), self.version)
+
+    def answered(self) -> set[str]:
+        """Sites whose update for the open round is stored."""
+        if not self._open:
+            return set()
+        return {u.site for u in self.store.updates(self.study, self.round)}
+
     def receive(self) -> int:
-        """Check and file every submitted message; returns how many updates were accepted."""
+        """Check and file every message in the mailbox; returns how many updates counted."""
+        if self.mailbox is None:
+            raise ConfigError("this coordinator has no mailbox; submit updates with accept()")
         accepted = 0
         for env in self.mailbox.collect():
             try:
-                update = self._check(env)
-            except AllianceError as exc:
-                self.rejections.append(Rejection(env.header.round, env.header.sender, str(exc)))
-                logger.warning("rejected message from %s: %s", env.header.sender, exc)
+                accepted += self.accept(env) is Receipt.ACCEPTED
+            except AllianceError:
                 continue
-            self._seen_nonces.add(env.header.nonce)
-            self._pending[update.header.sender] = update
-            accepted += 1
         return accepted
+
+    def accept(self, env: Envelope) -> Receipt:
+        """Check one message and store it as this round's update from its sender.
+
+        Raises
+        ------
+        ProtocolError
+            The message is refused (the reason is also recorded); nothing changed.
+        """
+        try:
+            if self.store.nonce_seen(env.header.nonce):
+                if self._is_resend(env):
+                    logger.info("update from %s sent again", env.header.sender)
+                    return Receipt.DUPLICATE
+                raise ProtocolError(
+                    f"replayed message (nonce {env.header.nonce[:8]}... already seen)"
+                )
+            update = self._check(env)
+            meta = UpdateMeta(
+                env.header.sender,
+                env.header.nonce,
+                content_digest(env),
+                update.num_examples,
+                update.metrics,
+            )
+            try:
+                self.store.add_update(self.study, self.round, meta, update.delta)
+            except DuplicateUpdate:
+                logger.info("update from %s round %d already stored", meta.site, self.round)
+                return Receipt.DUPLICATE
+        except AllianceError as exc:
+            self._reject(env.header, str(exc))
+            raise
+        return Receipt.ACCEPTED
+
+    def _reject(self, header: Header, reason: str) -> None:
+        rejection = Rejection(header.round, header.sender, reason)
+        self.rejections.append(rejection)
+        self.store.add_rejection(
+            StoredRejection(self.study, header.round, header.sender, reason, self.clock())
+        )
+        self._event("update_rejected", f"{header.sender} round {header.round}: {reason}")
+        logger.warning("rejected message from %s: %s", header.sender, reason)
 
     def _check(self, env: Envelope) -> ModelUpdate:
         h = env.header
-        if h.nonce in self._seen_nonces:
-            raise ProtocolError(f"replayed message (nonce {h.nonce[:8]}... already seen)")
         if (h.federation, h.study, h.recipient) != (self.federation, self.study, COORDINATOR):
             raise ProtocolError(
                 f"message bound to federation {h.federation!r}, study {h.study!r}, recipient "
@@ -167,10 +337,8 @@ class Coordinator:
         if not self._open or h.round != self.round:
             open_round = self.round if self._open else "none"
             raise ProtocolError(f"update for round {h.round}, but the open round is {open_round}")
-        if h.sender in self._pending:
-            raise ProtocolError(
-                f"site {h.sender!r} already submitted an update for round {self.round}"
-            )
+        if h.sender not in self.participants:
+            raise ProtocolError(f"site {h.sender!r} is not a participant of round {self.round}")
         update = ModelUpdate.from_envelope(env)
         if update.model_version != self.version:
             raise ProtocolError(
@@ -181,10 +349,25 @@ class Coordinator:
         )
         return update
 
+    def _is_resend(self, env: Envelope) -> bool:
+        """Whether ``env`` is the very update already stored (same sender, round, nonce, content).
+
+        A site whose answer was lost (coordinator killed, network cut) sends the same bytes again.
+        """
+        h = env.header
+        if (h.federation, h.study) != (self.federation, self.study):
+            return False
+        if h.round < 1 or h.round > self.round:
+            return False
+        stored = {u.site: u for u in self.store.updates(self.study, h.round)}.get(h.sender)
+        return (
+            stored is not None and stored.nonce == h.nonce and stored.digest == content_digest(env)
+        )
+
     @property
     def complete(self) -> bool:
-        """Whether every invited site has answered the open round."""
-        return self._open and len(self._pending) == len(self.sites)
+        """Whether every participant has answered the open round."""
+        return self._open and self.answered() >= set(self.participants)
 
     def close_round(self) -> RoundRecord:
         """Aggregate the updates received so far into a new model version.
@@ -196,38 +379,60 @@ class Coordinator:
         """
         if not self._open:
             raise FederationError("no round is open")
-        if len(self._pending) < self.quorum:
+        metas = self.store.updates(self.study, self.round)
+        quorum = min(self.quorum, len(self.participants))
+        if len(metas) < quorum:
             raise FederationError(
-                f"round {self.round}: {len(self._pending)} of {len(self.sites)} sites answered, "
-                f"quorum is {self.quorum}; wait for more sites or lower the quorum"
+                f"round {self.round}: {len(metas)} of {len(self.participants)} sites answered, "
+                f"quorum is {quorum}; wait for more sites or lower the quorum"
             )
-        updates = [SiteUpdate(s, u.num_examples, u.delta) for s, u in sorted(self._pending.items())]
-        self.weights = self.strategy.aggregate(self.weights, updates)
-        self.version += 1
-        n = sum(u.num_examples for u in updates)
-        loss = (
-            sum(
-                u.num_examples * self._pending[u.site].metrics.get("train_loss", 0.0)
-                for u in updates
-            )
-            / n
-        )
+        crash_point("coordinator.after_quorum")
+        updates = [SiteUpdate(m.site, m.num_examples, self._loader(m.site)) for m in metas]
+        before = self.strategy.state()
+        weights = self.strategy.aggregate(self.weights, updates)
+        n = sum(m.num_examples for m in metas)
         record = RoundRecord(
             round=self.round,
-            model_version=self.version,
-            sites=tuple(u.site for u in updates),
+            model_version=self.version + 1,
+            sites=tuple(m.site for m in metas),
             num_examples=n,
-            train_loss=loss,
-            site_metrics={s: dict(u.metrics) for s, u in sorted(self._pending.items())},
+            train_loss=sum(m.num_examples * m.metrics.get("train_loss", 0.0) for m in metas) / n,
+            site_metrics={m.site: dict(m.metrics) for m in metas},
         )
+        crash_point("coordinator.before_checkpoint")
+        try:
+            self.store.close_round(
+                self.study,
+                self.round,
+                new_version=self.version + 1,
+                weights=weights,
+                strategy_state=self.strategy.state(),
+                summary=record.to_json(),
+            )
+        except BaseException:
+            self.strategy.load_state(before)
+            raise
+        self.weights = weights
+        self.version += 1
         self.history.append(record)
         self._open = False
-        self._pending = {}
+        self._event(
+            "round_closed",
+            f"round {self.round} closed with {len(metas)} of {len(self.participants)} sites "
+            f"({n} cases), model version {self.version}",
+        )
         return record
 
+    def _loader(self, site: str) -> Callable[[], Mapping[str, npt.NDArray[Any]]]:
+        return lambda: self.store.load_delta(self.study, self.round, site)
+
     def finish(self) -> None:
-        """Tell every site the study is over."""
-        for site in self.sites:
-            self.mailbox.publish(
-                StudyEnd(self._header(MessageKind.STUDY_END, site), self.version).to_envelope()
-            )
+        """Mark the study finished and, with a mailbox, tell every site."""
+        self.store.set_study_status(self.study, StudyStatus.FINISHED)
+        self._event("study_finished", f"study finished at model version {self.version}")
+        if self.mailbox is not None:
+            for site in self.sites:
+                self.mailbox.publish(self.end_for(site).to_envelope())
+
+    def _event(self, kind: str, message: str) -> None:
+        self.store.add_event(StoredEvent(self.study, self.clock(), kind, message))

@@ -13,22 +13,54 @@ Decoding trusts nothing: sizes are checked against the buffer and a caller's lim
 from an allow-list (no object arrays, so no pickle can ever be reached), JSON floats must be
 finite, and every failure raises :class:`~alliance.core.errors.ProtocolError` saying which part
 of which message was wrong. Encoding is deterministic: the same envelope gives the same bytes.
+
+Signed messages (everything that crosses HTTPS or a file bundle) wrap an encoded message::
+
+    b"GASG"                 4 bytes   magic
+    u16 format version      2 bytes   (this module writes 1)
+    u32 preamble length     4 bytes
+    preamble                JSON, UTF-8: {"signer", "certificate" (base64 DER), "issued_at",
+                                          "expires_at"} (unix seconds)
+    u64 payload length      8 bytes
+    payload                 an encoded message (the layout above)
+    signature               64 bytes, Ed25519 over every byte before it
+
+The signature covers the signer's certificate, the validity window and the whole message, whose
+header binds it to its federation, study, round, sender, recipient and nonce. Which keys to
+trust is not this module's business: :func:`decode_signed` asks a :class:`SignatureVerifier`
+(the consortium's trust store) and only then decodes the payload.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import json
 import math
 import struct
-from typing import Any
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from alliance.core.errors import ProtocolError
+from alliance.core.errors import IntegrityError, ProtocolError
 from alliance.protocol.envelope import PROTOCOL_VERSION, Envelope, Header, MessageKind
 
-__all__ = ["ALLOWED_DTYPES", "DEFAULT_MAX_BYTES", "decode", "encode"]
+__all__ = [
+    "ALLOWED_DTYPES",
+    "DEFAULT_MAX_BYTES",
+    "MessageSigner",
+    "SignatureVerifier",
+    "SignedMessage",
+    "content_digest",
+    "decode",
+    "decode_signed",
+    "encode",
+    "encode_signed",
+]
 
 MAGIC = b"GALM"
 FORMAT_VERSION = 1
@@ -81,6 +113,16 @@ def encode(envelope: Envelope) -> bytes:
         allow_nan=False,
     ).encode("utf-8")
     return b"".join([_FIXED.pack(MAGIC, FORMAT_VERSION, len(preamble)), preamble, *blobs])
+
+
+def content_digest(envelope: Envelope) -> str:
+    """sha256 (hex) of a message's body and arrays, whatever its header and nonce.
+
+    Two sends of the same update (a retry after a lost answer, or the same training redone
+    after a crash) have the same digest, so the coordinator can count it once.
+    """
+    header = Header(MessageKind.MODEL_SNAPSHOT, "-", "-", 0, "-", "-", nonce="-")
+    return hashlib.sha256(encode(Envelope(header, envelope.body, envelope.arrays))).hexdigest()
 
 
 def _parse_header(raw: Any) -> Header:
@@ -191,3 +233,166 @@ def decode(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Envelope:
     header = _parse_header(preamble["header"])
     arrays = _read_arrays(memoryview(data), _FIXED.size + plen, preamble["arrays"])
     return Envelope(header=header, body=preamble["body"], arrays=arrays)
+
+
+# --- signed messages ------------------------------------------------------------------------
+
+SIGNED_MAGIC = b"GASG"
+SIGNATURE_BYTES = 64
+_LEN64 = struct.Struct("<Q")
+#: How far a sender's clock may run ahead of the receiver's.
+MAX_CLOCK_SKEW_S = 300.0
+
+
+class MessageSigner(Protocol):
+    """A party that signs what it sends: its name, its certificate and its Ed25519 key."""
+
+    @property
+    def name(self) -> str:
+        """The party's name (a site id or ``"coordinator"``)."""
+        ...
+
+    @property
+    def certificate_der(self) -> bytes:
+        """The party's certificate, DER-encoded."""
+        ...
+
+    def sign(self, data: bytes) -> bytes:
+        """A 64-byte Ed25519 signature of ``data``."""
+        ...
+
+
+class SignatureVerifier(Protocol):
+    """Checks a signer's certificate against the consortium and the signature against it."""
+
+    def __call__(self, signer: str, certificate_der: bytes, data: bytes, signature: bytes) -> None:
+        """Return if ``signature`` over ``data`` is the signer's, else raise ``IntegrityError``."""
+        ...
+
+
+@dataclass(frozen=True)
+class SignedMessage:
+    """A verified message and its signing facts."""
+
+    envelope: Envelope
+    signer: str
+    issued_at: float
+    expires_at: float
+
+
+def encode_signed(
+    envelope: Envelope, signer: MessageSigner, *, ttl_s: float = 3600.0, now: float | None = None
+) -> bytes:
+    """Encode ``envelope`` and sign it, valid for ``ttl_s`` seconds from ``now``.
+
+    Raises
+    ------
+    ProtocolError
+        If the header's sender is not the signer.
+    """
+    if envelope.header.sender != signer.name:
+        raise ProtocolError(
+            f"{signer.name!r} cannot sign a message whose sender is {envelope.header.sender!r}"
+        )
+    issued = time.time() if now is None else now
+    preamble = json.dumps(
+        {
+            "signer": signer.name,
+            "certificate": base64.b64encode(signer.certificate_der).decode("ascii"),
+            "issued_at": issued,
+            "expires_at": issued + ttl_s,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode("utf-8")
+    payload = encode(envelope)
+    signed = b"".join(
+        [
+            _FIXED.pack(SIGNED_MAGIC, FORMAT_VERSION, len(preamble)),
+            preamble,
+            _LEN64.pack(len(payload)),
+            payload,
+        ]
+    )
+    return signed + signer.sign(signed)
+
+
+def _signed_preamble(raw: bytes) -> tuple[str, bytes, float, float]:
+    try:
+        pre = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ProtocolError(f"signed message preamble is not valid UTF-8 JSON: {exc}") from None
+    fields = {"signer", "certificate", "issued_at", "expires_at"}
+    if not isinstance(pre, dict) or set(pre) != fields:
+        raise ProtocolError(f"signed message preamble must have exactly {sorted(fields)}")
+    signer, cert = pre["signer"], pre["certificate"]
+    if not isinstance(signer, str) or not signer or not isinstance(cert, str):
+        raise ProtocolError("signed message preamble: signer and certificate must be strings")
+    times = (pre["issued_at"], pre["expires_at"])
+    if not all(
+        isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t) for t in times
+    ):
+        raise ProtocolError("signed message preamble: issued_at and expires_at must be numbers")
+    try:
+        der = base64.b64decode(cert, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError("signed message preamble: certificate is not base64") from None
+    return signer, der, float(times[0]), float(times[1])
+
+
+def decode_signed(
+    data: bytes,
+    verify: SignatureVerifier,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    now: float | None = None,
+) -> SignedMessage:
+    """Check a signed message's frame, signature, validity window and sender, then decode it.
+
+    Raises
+    ------
+    ProtocolError
+        Malformed or oversized frame, expired or not yet valid, or a payload that does not decode.
+    IntegrityError
+        The certificate or signature does not verify, or the header's sender is not the signer.
+    """
+    if len(data) > max_bytes:
+        raise ProtocolError(f"message of {len(data)} bytes exceeds the limit of {max_bytes} bytes")
+    if len(data) < _FIXED.size + _LEN64.size + SIGNATURE_BYTES:
+        raise ProtocolError(f"signed message of {len(data)} bytes is too short")
+    magic, fmt, plen = _FIXED.unpack_from(data, 0)
+    if magic != SIGNED_MAGIC:
+        raise ProtocolError("not a signed Guardian Alliance message (bad magic bytes)")
+    if fmt != FORMAT_VERSION:
+        raise ProtocolError(
+            f"signed message format version {fmt} is not supported (this build reads "
+            f"{FORMAT_VERSION})"
+        )
+    body_start = _FIXED.size + plen + _LEN64.size
+    if body_start > len(data) - SIGNATURE_BYTES:
+        raise ProtocolError("signed message truncated inside its preamble")
+    (payload_len,) = _LEN64.unpack_from(data, _FIXED.size + plen)
+    if body_start + payload_len + SIGNATURE_BYTES != len(data):
+        raise ProtocolError(
+            f"signed message length {len(data)} does not match its payload length {payload_len}"
+        )
+    signer, der, issued, expires = _signed_preamble(bytes(data[_FIXED.size : _FIXED.size + plen]))
+    signed_part = bytes(data[: len(data) - SIGNATURE_BYTES])
+    verify(signer, der, signed_part, bytes(data[len(data) - SIGNATURE_BYTES :]))
+    clock = time.time() if now is None else now
+    if clock > expires:
+        raise ProtocolError(
+            f"message from {signer!r} expired {clock - expires:.0f} s ago; the sender must "
+            "send a fresh one"
+        )
+    if issued > clock + MAX_CLOCK_SKEW_S:
+        raise ProtocolError(
+            f"message from {signer!r} is dated {issued - clock:.0f} s in the future; check "
+            "the clocks of both machines"
+        )
+    envelope = decode(signed_part[body_start:], max_bytes=max_bytes)
+    if envelope.header.sender != signer:
+        raise IntegrityError(
+            f"message signed by {signer!r} claims to be from {envelope.header.sender!r}"
+        )
+    return SignedMessage(envelope, signer, issued, expires)

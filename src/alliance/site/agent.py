@@ -44,7 +44,8 @@ class Site:
     train, test
         The hospital's training cases and held-out cases (``test`` may be ``None``).
     link
-        The site's end of the transport.
+        The site's end of the transport, for :meth:`step`; ``None`` when a runner fetches and
+        submits itself and calls :meth:`train_round`.
     collate_fn
         Batch builder for both datasets.
     """
@@ -57,7 +58,7 @@ class Site:
         model: nn.Module,
         train: Dataset[Any],
         test: Dataset[Any] | None,
-        link: SiteLink,
+        link: SiteLink | None,
         collate_fn: Callable[[list[Any]], Any] | None = None,
     ) -> None:
         if len(train) == 0:  # type: ignore[arg-type]
@@ -76,6 +77,8 @@ class Site:
 
     def step(self) -> bool:
         """Handle at most one pending message; return whether there was one."""
+        if self.link is None:
+            raise FederationError(f"site {self.id!r} has no link to fetch messages from")
         env = self.link.fetch(self.id)
         if env is None:
             return False
@@ -96,10 +99,11 @@ class Site:
             raise ProtocolError(
                 f"site {self.id}: unexpected {env.header.kind.value} message from the coordinator"
             )
-        self.link.submit(self._train(TrainTask.from_envelope(env)).to_envelope())
+        self.link.submit(self.train_round(TrainTask.from_envelope(env)).to_envelope())
         return True
 
-    def _train(self, task: TrainTask) -> ModelUpdate:
+    def train_round(self, task: TrainTask) -> ModelUpdate:
+        """Evaluate the task's model on the held-out cases, train, and return the update."""
         reference = get_weights(self.model)
         check_same_shapes(
             task.weights, reference, what=f"task for site {self.id} round {task.header.round}"

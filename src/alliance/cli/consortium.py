@@ -1,0 +1,482 @@
+"""``alliance consortium``: provision a consortium's root CA, certificates and config files.
+
+Design
+------
+Provisioning runs on one trusted machine, ideally offline. ``init`` makes the root CA and a
+bundle per party, each a folder that is copied as a whole to where the party runs::
+
+    DIR/consortium.toml   who holds which certificate (serials, fingerprints, revocations)
+    DIR/ca/               the root: ca.crt ca.key crl.pem state.json (keep it OFFLINE)
+    DIR/coordinator/      coordinator.crt .key signing.key ca.crt crl.pem coordinator.toml
+    DIR/operator/         operator.crt .key signing.key ca.crt operator.toml
+    DIR/sites/<id>/       site.crt site.key signing.key ca.crt site.toml
+
+``add-site`` issues one more site bundle and touches nothing else; ``revoke-site`` and
+``renew-crl`` sign a new CRL into ``ca/`` and ``coordinator/``. The CA key's passphrase is
+read from ``ALLIANCE_CA_PASSPHRASE`` and never printed or logged; without it the key is
+written unencrypted, with a warning. TOML is read with :mod:`tomllib` and written from
+templates whose strings are escaped by :func:`_q`. Errors print one line and exit 2 (bad input)
+or 1; with ``alliance --verbose`` they raise with a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tomllib
+import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from cryptography.hazmat.primitives import serialization
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from alliance.core.errors import AllianceError, ConfigError, DataError
+from alliance.crypto import (
+    PASSPHRASE_ENV,
+    CertificateAuthority,
+    IssuedParty,
+    Role,
+    check_party_name,
+    fingerprint,
+)
+from alliance.crypto.keyfiles import write_file
+
+__all__ = ["app"]
+
+logger = logging.getLogger(__name__)
+
+app = typer.Typer(
+    help="Provision a consortium: root CA, certificates and configuration of every party.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+_RESERVED = ("coordinator", "operator")
+_CRL_DAYS = 365
+
+_COORDINATOR_TOML = """\
+# Guardian Alliance coordinator of consortium "{name}".
+federation = {fed}
+
+[server]
+host = "0.0.0.0"
+port = {port}
+
+[tls]
+certificate = "coordinator.crt"
+key = "coordinator.key"
+signing_key = "signing.key"
+ca = "ca.crt"
+crl = "crl.pem"
+
+[store]
+# SQLite by default; PostgreSQL: "postgresql+psycopg://user@host:5432/db"
+url = "sqlite:///coordinator.db"
+
+[audit]
+path = "audit.log"
+"""
+_SITE_TOML = """\
+# Guardian Alliance site agent of "{display}" in consortium "{name}".
+federation = {fed}
+site = {site}
+coordinator = {url}
+
+[tls]
+certificate = "site.crt"
+key = "site.key"
+signing_key = "signing.key"
+ca = "ca.crt"
+
+[data]
+# Fill in: this hospital's cases (phenopacket JSON, a folder of them, or JSON lines).
+train = "cases.train.jsonl"
+# Optional held-out cases; only aggregate top-k counts on them ever leave the hospital.
+test = ""
+
+[policy]
+# sha256 of every study file this hospital approved (alliance study hash study.toml).
+approved_studies = []
+# Refuse to train when fewer local cases than this would be used.
+min_cohort = 20
+
+[state]
+dir = "state"
+"""
+_OPERATOR_TOML = """\
+# Guardian Alliance operator (the consortium's data scientist) of consortium "{name}".
+federation = {fed}
+operator = "operator"
+coordinator = {url}
+
+[tls]
+certificate = "operator.crt"
+key = "operator.key"
+signing_key = "signing.key"
+ca = "ca.crt"
+"""
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except AllianceError as exc:
+        if logging.getLogger("alliance").isEnabledFor(logging.DEBUG):  # alliance --verbose
+            raise
+        _say(("error: ", "bold red"), str(exc), stderr=True)
+        raise typer.Exit(2 if isinstance(exc, ConfigError | DataError) else 1) from None
+
+
+def _say(*parts: str | tuple[str, str], stderr: bool = False) -> None:
+    """Print text as is: names and paths may hold '[', which rich markup would swallow."""
+    (err if stderr else console).print(Text.assemble(*parts), highlight=False)
+
+
+def _q(text: str) -> str:
+    """``text`` as a TOML basic string (JSON's escapes are TOML's; DEL escaped too)."""
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def _plain(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where} must be a non-empty string, got {value!r}")
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        raise ConfigError(f"{where} {value!r} contains control characters; remove them")
+    return value.strip()
+
+
+def _site_id(value: Any, where: str) -> str:
+    site = check_party_name(value, field=where)
+    if site in _RESERVED:
+        raise ConfigError(f"{where} {site!r} is reserved; choose another site id")
+    return site
+
+
+@dataclass
+class _Party:
+    id: str
+    name: str
+    serial: str
+    fingerprint: str
+    revoked_at: str | None = None
+
+
+@dataclass
+class _Consortium:
+    name: str
+    host: str
+    port: int
+    ca_fingerprint: str
+    coordinator: _Party
+    operator: _Party
+    sites: list[_Party]
+
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        return f"https://{host}:{self.port}"
+
+
+def _read_toml(path: Path, what: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist; check the path") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not valid TOML: {exc}") from None
+
+
+def _coordinator(raw: dict[str, Any], path: Path, default_port: int | None) -> tuple[str, int]:
+    table = raw.get("coordinator")
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: the [coordinator] table is missing; give its host and port")
+    host = _plain(table.get("host"), f"{path}: coordinator.host")
+    if any(c.isspace() or c in "/@" for c in host):
+        raise ConfigError(f"{path}: coordinator.host {host!r} is not a host name or IP address")
+    port = table.get("port", default_port)
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(f"{path}: coordinator.port must be a port 1-65535, got {port!r}")
+    return host, port
+
+
+def _read_sites(path: Path) -> tuple[str, int, list[tuple[str, str]]]:
+    """Coordinator host, port and (id, display name) of each site in a sites.toml."""
+    raw = _read_toml(path, "sites file")
+    for key in raw:
+        if key not in ("coordinator", "site"):
+            raise ConfigError(f"{path}: unknown key {key!r}; expected [coordinator] and [[site]]")
+    host, port = _coordinator(raw, path, 8443)
+    entries = raw.get("site")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{path}: no [[site]] tables; add one per hospital with its id")
+    sites: list[tuple[str, str]] = []
+    for i, entry in enumerate(entries):
+        where = f"{path}: site[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be a [[site]] table")
+        for key in entry:
+            if key not in ("id", "name"):
+                raise ConfigError(f"{where}: unknown field {key!r}; a site has 'id' and 'name'")
+        site = _site_id(entry.get("id"), f"{where}.id")
+        if site in (s for s, _ in sites):
+            raise ConfigError(f"{where}.id {site!r} is given twice; site ids must be unique")
+        sites.append((site, _plain(entry.get("name", site), f"{where}.name")))
+    return host, port, sites
+
+
+def _party(raw: Any, where: str) -> _Party:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a table")
+    revoked = raw.get("revoked_at")
+    return _Party(
+        id=check_party_name(raw.get("id"), field=f"{where}.id"),
+        name=_plain(raw.get("name", raw.get("id")), f"{where}.name"),
+        serial=_plain(raw.get("serial"), f"{where}.serial"),
+        fingerprint=_plain(raw.get("fingerprint"), f"{where}.fingerprint"),
+        revoked_at=None if revoked is None else _plain(revoked, f"{where}.revoked_at"),
+    )
+
+
+def _load_consortium(folder: Path) -> _Consortium:
+    path = folder / "consortium.toml"
+    raw = _read_toml(path, "consortium file")
+    host, port = _coordinator(raw, path, None)
+    sites = raw.get("site", [])
+    if not isinstance(sites, list):
+        raise ConfigError(f"{path}: 'site' must be a list of [[site]] tables")
+    return _Consortium(
+        name=_plain(raw.get("name"), f"{path}: name"),
+        host=host,
+        port=port,
+        ca_fingerprint=_plain(raw.get("ca_fingerprint"), f"{path}: ca_fingerprint"),
+        coordinator=_party(raw["coordinator"], f"{path}: coordinator"),
+        operator=_party(raw.get("operator"), f"{path}: operator"),
+        sites=[_party(s, f"{path}: site[{i}]") for i, s in enumerate(sites)],
+    )
+
+
+def _party_toml(header: str, party: _Party, extra: str = "") -> str:
+    lines = [header, f"id = {_q(party.id)}", f"name = {_q(party.name)}", extra]
+    lines += [f"serial = {_q(party.serial)}", f"fingerprint = {_q(party.fingerprint)}"]
+    if header == "[[site]]":
+        lines.append(f"revoked = {'true' if party.revoked_at else 'false'}")
+        if party.revoked_at:
+            lines.append(f"revoked_at = {_q(party.revoked_at)}")
+    return "\n".join(line for line in lines if line) + "\n"
+
+
+def _save_consortium(folder: Path, c: _Consortium) -> Path:
+    parts = [
+        f'# Guardian Alliance consortium "{c.name}": who holds which certificate.\n'
+        "# Written by 'alliance consortium'; the CA's own record is ca/state.json.\n"
+        f"name = {_q(c.name)}\nca_fingerprint = {_q(c.ca_fingerprint)}\n",
+        _party_toml("[coordinator]", c.coordinator, f"host = {_q(c.host)}\nport = {c.port}"),
+        _party_toml("[operator]", c.operator),
+        *(_party_toml("[[site]]", s) for s in c.sites),
+    ]
+    path = folder / "consortium.toml"
+    write_file(path, "\n".join(parts).encode("utf-8"))
+    return path
+
+
+def _passphrase() -> bytes | None:
+    value = os.environ.get(PASSPHRASE_ENV, "")
+    return value.encode("utf-8") if value else None
+
+
+def _record(party: IssuedParty, party_id: str, name: str | None = None) -> _Party:
+    return _Party(party_id, name or party_id, f"{party.serial:x}", party.fingerprint)
+
+
+def _bundle(
+    folder: Path, party: IssuedParty, stem: str, ca: CertificateAuthority, toml: str
+) -> None:
+    party.write(folder, stem=stem)
+    write_file(folder / "ca.crt", ca.certificate.public_bytes(serialization.Encoding.PEM))
+    write_file(folder / f"{stem}.toml", toml.encode("utf-8"))
+
+
+def _site_bundle(
+    folder: Path, c: _Consortium, ca: CertificateAuthority, site: str, display: str, days: int
+) -> _Party:
+    party = ca.issue(site, Role.SITE, valid_days=days)
+    text = _SITE_TOML.format(
+        display=display, name=c.name, fed=_q(c.name), site=_q(site), url=_q(c.url())
+    )
+    _bundle(folder / "sites" / site, party, "site", ca, text)
+    logger.info("wrote the bundle of site %r to %s", site, folder / "sites" / site)
+    return _record(party, site, display)
+
+
+def _publish_crl(
+    folder: Path, ca: CertificateAuthority, days: int, passphrase: bytes | None = None
+) -> str:
+    """Save the CA with a new CRL, copied to coordinator/; say where and until when."""
+    crl = ca.crl(valid_days=days)
+    ca.save(folder / "ca", passphrase=passphrase)
+    write_file(folder / "coordinator" / "crl.pem", (folder / "ca" / "crl.pem").read_bytes())
+    return (
+        f"new CRL (valid until {crl.next_update_utc:%Y-%m-%d}) written to "
+        f"{folder / 'ca' / 'crl.pem'} and {folder / 'coordinator' / 'crl.pem'}"
+    )
+
+
+def _load_ca(folder: Path, c: _Consortium) -> CertificateAuthority:
+    ca = CertificateAuthority.load(folder / "ca", passphrase=_passphrase())
+    if fingerprint(ca.certificate) != c.ca_fingerprint:
+        raise ConfigError(
+            f"{folder / 'ca' / 'ca.crt'} is not the root named in {folder / 'consortium.toml'} "
+            "(ca_fingerprint differs); give the ca/ folder of this consortium"
+        )
+    return ca
+
+
+def _print_parties(c: _Consortium, title: str, *, only: str | None = None) -> None:
+    table = Table(title=Text(title), title_justify="left")
+    for column in ("party", "name", "serial", "sha256 fingerprint", "status"):
+        table.add_column(column, overflow="fold")
+    rows = [("coordinator", c.coordinator), ("operator", c.operator)]
+    rows += [(f"sites/{s.id}", s) for s in c.sites]
+    for label, p in rows:
+        if only is None or label == f"sites/{only}":
+            status = f"revoked {p.revoked_at}" if p.revoked_at else "valid"
+            cells = (label, p.name, p.serial[:16], p.fingerprint[:32], status)
+            table.add_row(*(Text(cell) for cell in cells))
+    console.print(table)
+
+
+Folder = Annotated[Path, typer.Argument(help="The consortium folder made by init.")]
+Days = Annotated[int, typer.Option(min=1, help="Days each new certificate is valid.")]
+CrlDays = Annotated[int, typer.Option(min=1, help="Days the new CRL is valid; renew before.")]
+
+
+@app.command()
+def init(
+    name: Annotated[str, typer.Argument(help="Consortium name, e.g. 'rare-disease-west'.")],
+    sites: Annotated[Path, typer.Option(help="sites.toml: [coordinator] and one [[site]] each.")],
+    out: Annotated[Path, typer.Option(help="Folder to write the consortium into.")],
+    valid_days: Days = 825,
+    ca_valid_days: Annotated[int, typer.Option(min=1, help="Days the root CA is valid.")] = 3650,
+    crl_days: CrlDays = _CRL_DAYS,
+) -> None:
+    """Create the root CA and the bundles of the coordinator, the operator and every site."""
+    with _errors():
+        host, port, plan = _read_sites(sites)
+        if (out / "ca").exists():
+            raise ConfigError(
+                f"{out / 'ca'} already exists: {out} holds a consortium; add sites with "
+                "'alliance consortium add-site', or choose another --out"
+            )
+        passphrase = _passphrase()
+        ca = CertificateAuthority.create(name, valid_days=ca_valid_days)
+        hosts = list(dict.fromkeys([host, "localhost", "127.0.0.1"]))
+        coordinator = ca.issue("coordinator", Role.COORDINATOR, hosts=hosts, valid_days=valid_days)
+        operator = ca.issue("operator", Role.OPERATOR, valid_days=valid_days)
+        records = (_record(coordinator, "coordinator"), _record(operator, "operator"))
+        c = _Consortium(name, host, port, fingerprint(ca.certificate), *records, sites=[])
+        for site, display in plan:
+            c.sites.append(_site_bundle(out, c, ca, site, display, valid_days))
+        text = _COORDINATOR_TOML.format(name=name, fed=_q(name), port=port)
+        _bundle(out / "coordinator", coordinator, "coordinator", ca, text)
+        text = _OPERATOR_TOML.format(name=name, fed=_q(name), url=_q(c.url()))
+        _bundle(out / "operator", operator, "operator", ca, text)
+        _publish_crl(out, ca, crl_days, passphrase)  # the CA folder last: init can be re-run
+        _save_consortium(out, c)
+    _print_parties(c, f'Consortium "{name}" written to {out}/')
+    _say(f"coordinator certificate hosts: {', '.join(hosts)}")
+    if passphrase is None:
+        _say(
+            ("warning: ", "yellow"),
+            f"{PASSPHRASE_ENV} is not set, so {out / 'ca' / 'ca.key'} is NOT encrypted. "
+            "Move ca/ offline now.",
+            stderr=True,
+        )
+    _say(
+        ("\nNext steps\n", "bold"),
+        f"  1. Move {out / 'ca'}/ to offline storage, off this machine and never onto the "
+        "coordinator: it is needed only to add or revoke sites.\n"
+        f"  2. Copy {out / 'coordinator'}/ to the coordinator machine ({c.url()}).\n"
+        f"  3. Send each {out / 'sites'}/<id>/ to that hospital over a trusted channel (it "
+        "holds its private keys); the hospital fills in [data] of site.toml.\n"
+        f"  4. Give {out / 'operator'}/ to the consortium's data scientist.",
+    )
+
+
+@app.command("add-site")
+def add_site(
+    folder: Folder,
+    site: Annotated[str, typer.Argument(help="The new site's id, e.g. 'huaxi-2'.")],
+    name: Annotated[str | None, typer.Option("--name", help="Display name.")] = None,
+    valid_days: Days = 825,
+) -> None:
+    """Issue one more site bundle; no other party's files change."""
+    with _errors():
+        c = _load_consortium(folder)
+        site = _site_id(site, "site id")
+        previous = next((s for s in c.sites if s.id == site), None)
+        if previous is not None and previous.revoked_at is None:
+            raise ConfigError(
+                f"site {site!r} is already in {folder / 'consortium.toml'}; to give it new keys, "
+                f"first run 'alliance consortium revoke-site {folder} {site}'"
+            )
+        display = _plain(name or (previous.name if previous else site), "--name")
+        ca = _load_ca(folder, c)
+        entry = _site_bundle(folder, c, ca, site, display, valid_days)
+        ca.save(folder / "ca")
+        c.sites = [s for s in c.sites if s.id != site] + [entry]
+        _save_consortium(folder, c)
+    _print_parties(c, f'Site {site!r} added to consortium "{c.name}"', only=site)
+    _say(
+        f"Next: send {folder / 'sites' / site}/ to {display} over a trusted channel, and "
+        f"move {folder / 'ca'}/ back offline."
+    )
+
+
+@app.command("revoke-site")
+def revoke_site(
+    folder: Folder,
+    site: Annotated[str, typer.Argument(help="The id of the site to revoke.")],
+    crl_days: CrlDays = _CRL_DAYS,
+) -> None:
+    """Revoke a site's certificate and write the new revocation list."""
+    with _errors():
+        c = _load_consortium(folder)
+        entry = next((s for s in c.sites if s.id == site), None)
+        if entry is None:
+            known = ", ".join(s.id for s in c.sites) or "none"
+            raise ConfigError(
+                f"site {site!r} is not in {folder / 'consortium.toml'}; sites: {known}"
+            )
+        ca = _load_ca(folder, c)
+        serials = ca.revoke(site, role=Role.SITE)
+        where = _publish_crl(folder, ca, crl_days)
+        entry.revoked_at = f"{ca.revoked_at(serials[0]) or datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}"
+        _save_consortium(folder, c)
+    _say(
+        f"revoked site {site!r} (certificate serial {', '.join(f'{s:x}' for s in serials)})\n"
+        f"{where}.\nCopy crl.pem to the coordinator's [tls] crl path now: it re-reads the "
+        "file when it changes and refuses this site's connections and messages from then on."
+    )
+
+
+@app.command("renew-crl")
+def renew_crl(folder: Folder, crl_days: CrlDays = _CRL_DAYS) -> None:
+    """Re-sign the revocation list before it expires (an expired one refuses every site)."""
+    with _errors():
+        c = _load_consortium(folder)
+        where = _publish_crl(folder, _load_ca(folder, c), crl_days)
+    _say(f"{where}; copy it to the coordinator's [tls] crl path.")

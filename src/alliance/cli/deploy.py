@@ -1,0 +1,197 @@
+"""``alliance coordinator|site|study``: running the federation for real, over HTTPS.
+
+- ``alliance coordinator serve --config coordinator.toml``
+- ``alliance site run --config site.toml``
+- ``alliance study hash|submit|status|logs`` (submit/status/logs with ``--config operator.toml``)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from alliance.cli.common import console, errors
+
+__all__ = ["coordinator_app", "site_app", "study_app"]
+
+coordinator_app = typer.Typer(help="The consortium's coordinator service.", no_args_is_help=True)
+site_app = typer.Typer(help="A hospital's site agent.", no_args_is_help=True)
+study_app = typer.Typer(help="Submit and follow studies (operator).", no_args_is_help=True)
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="The party's TOML file.")]
+
+
+@coordinator_app.command("serve")
+def coordinator_serve(config: ConfigOption = Path("coordinator.toml")) -> None:
+    """Serve the coordinator API over mutual TLS until interrupted."""
+    from alliance.coordinator.serve import CoordinatorConfig, serve
+
+    with errors():
+        cfg = CoordinatorConfig.load(config)
+
+        def ready(port: int) -> None:
+            console.print(
+                f"coordinator of [bold]{cfg.federation}[/] listening on "
+                f"https://{cfg.host}:{port} (mutual TLS 1.3); store {_masked(cfg.store_url)}; "
+                f"audit log {cfg.audit}"
+            )
+
+        serve(cfg, ready=ready)
+
+
+def _masked(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@site_app.command("run")
+def site_run(
+    config: ConfigOption = Path("site.toml"),
+    studies: Annotated[
+        int | None, typer.Option(help="Exit after this many studies ended (default: never).")
+    ] = None,
+) -> None:
+    """Poll the coordinator, check each task against the hospital's policy, train, submit."""
+    from alliance.site.runner import SiteConfig, SiteRunner, describe
+
+    with errors():
+        cfg = SiteConfig.load(config)
+        runner = SiteRunner(cfg)
+        info = describe(cfg)
+        console.print(
+            f"site [bold]{info['site']}[/] of {info['federation']} → {info['coordinator']}; "
+            f"cases {info['train']}; {info['approved_studies']} approved studies; "
+            f"min cohort {info['min_cohort']}; audit log {cfg.state_dir / 'audit.log'}"
+        )
+        runner.run(max_studies=studies)
+
+
+@study_app.command("hash")
+def study_hash(study: Annotated[Path, typer.Argument(help="The study.toml file.")]) -> None:
+    """Print the hash a hospital puts in [policy] approved_studies after approving a study."""
+    from alliance.core.errors import ConfigError
+    from alliance.protocol.study import StudySpec
+
+    with errors():
+        try:
+            text = study.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{study}: cannot be read: {exc}") from None
+        spec = StudySpec.parse(text, where=str(study))
+        console.print(spec.hash, highlight=False)
+
+
+def _client(config: Path) -> Any:
+    from alliance.coordinator.client import OperatorConfig, StudyClient
+
+    return StudyClient(OperatorConfig.load(config))
+
+
+@study_app.command("submit")
+def study_submit(
+    study: Annotated[Path, typer.Argument(help="The study.toml file.")],
+    config: ConfigOption = Path("operator.toml"),
+) -> None:
+    """Submit a study; it runs when the studies before it have finished."""
+    from alliance.core.errors import ConfigError
+
+    with errors():
+        if not study.is_file():
+            raise ConfigError(f"{study}: no such study file")
+        status = _client(config).submit(study)
+        console.print(
+            f"submitted study [bold]{status['study']}[/] ({status['hash']}): {status['status']}; "
+            "hospitals must list this hash in [policy] approved_studies"
+        )
+
+
+@study_app.command("status")
+def study_status(
+    study_id: Annotated[str | None, typer.Argument(help="Study id (omit to list all).")] = None,
+    config: ConfigOption = Path("operator.toml"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """A study's rounds and accuracy, or the list of studies."""
+    with errors():
+        client = _client(config)
+        if study_id is None:
+            rows = client.studies()
+            if as_json:
+                console.print_json(json.dumps(rows))
+                return
+            table = Table("Study", "Status", "Hash")
+            for r in rows:
+                table.add_row(r["study"], r["status"], r["hash"][:23] + "…")
+            console.print(table)
+            return
+        status = client.status(study_id)
+        if as_json:
+            console.print_json(json.dumps(status))
+            return
+        _print_status(status)
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    console.print(
+        f"[bold]{status['study']}[/] — {status['title']}: {status['status']}, "
+        f"{status['rounds_closed']}/{status['rounds_total']} rounds; "
+        f"{status['rejections']} rejected messages"
+    )
+    if status.get("error"):
+        console.print(f"[red]error:[/] {status['error']}")
+    open_round = status.get("open_round")
+    if open_round:
+        waiting = sorted(set(open_round["participants"]) - set(open_round["answered"]))
+        console.print(
+            f"round {open_round['round']} open: {len(open_round['answered'])}/"
+            f"{len(open_round['participants'])} answered"
+            + (f"; waiting for {', '.join(waiting)}" if waiting else "")
+        )
+    table = Table("Round", "Model", "Sites", "Cases", "Train loss", "Top-1", "Top-10")
+    for r in status["history"]:
+        top = _topk(r.get("site_metrics", {}))
+        table.add_row(
+            str(r["round"]),
+            f"v{r['model_version']}",
+            str(len(r["sites"])),
+            str(r["num_examples"]),
+            f"{r['train_loss']:.4f}",
+            top.get("top1", "–"),
+            top.get("top10", "–"),
+        )
+    console.print(table)
+
+
+def _topk(site_metrics: dict[str, dict[str, float]]) -> dict[str, str]:
+    from alliance.evaluation.ranking import topk_from_counts
+
+    if not site_metrics:
+        return {}
+    values = topk_from_counts(list(site_metrics.values())).as_dict()
+    return {k: f"{100 * v:.1f}%" for k, v in values.items() if isinstance(v, float)}
+
+
+@study_app.command("logs")
+def study_logs(
+    study_id: Annotated[str, typer.Argument(help="Study id.")],
+    config: ConfigOption = Path("operator.toml"),
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing.")] = False,
+) -> None:
+    """A study's log: rounds opened and closed, rejected messages, waits for sites."""
+    with errors():
+        client = _client(config)
+        after = 0
+        while True:
+            for line in client.logs(study_id, after=after):
+                after = line["seq"]
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(line["at"]))
+                console.print(f"{stamp}  {line['kind']:<16} {line['message']}", highlight=False)
+            if not follow:
+                return
+            time.sleep(2)

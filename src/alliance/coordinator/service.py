@@ -1,0 +1,426 @@
+"""The coordinator as a service: studies queued and run one after the other, over HTTPS.
+
+:class:`CoordinatorService` is what the HTTP server (:mod:`alliance.transport.http`) calls. It
+keeps no state of its own that a restart would lose: studies, model versions, rounds and updates
+are in the :class:`~alliance.store.state.CoordinatorStore`, and the round loop is the same
+:class:`~alliance.coordinator.rounds.Coordinator` the simulation runs. A driver thread calls
+:meth:`CoordinatorService.tick`, which:
+
+- starts the oldest queued study when none is running (building its model from the study's
+  ``[model]`` and seed, exactly as every site will);
+- opens a round when enough invited sites are alive (polled recently): for the first round of a
+  study with a site list, all of them, or the quorum once ``round_timeout_s`` has passed;
+- closes it as soon as every participant answered, or at its deadline if the quorum did (else the
+  deadline moves and the log says who is missing);
+- finishes the study after its last round; each participant is then told so when it next polls.
+
+Sites are identified by their TLS client certificate; every message they get is signed by the
+coordinator, and every update must be signed by the site at the other end of the socket. Each
+step is written to the hash-chained audit log.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from alliance.algorithms.strategies import make_strategy
+from alliance.coordinator.rounds import Coordinator, Receipt
+from alliance.core.errors import AllianceError, ConfigError, FederationError
+from alliance.core.faults import crash_point
+from alliance.crypto.pki import Role, TrustStore
+from alliance.crypto.verifier import MessageVerifier
+from alliance.models.tasks import StudyModel, make_study_model
+from alliance.models.training import get_weights
+from alliance.protocol.codec import MessageSigner, decode_signed, encode_signed
+from alliance.protocol.envelope import COORDINATOR, Header, MessageKind
+from alliance.protocol.messages import StudyEnd
+from alliance.protocol.study import StudySpec
+from alliance.store.audit import AuditLog
+from alliance.store.state import CoordinatorStore, StoredEvent, StudyRecord, StudyStatus
+from alliance.transport.http import NotFoundError, PermissionDenied
+
+__all__ = ["CoordinatorService"]
+
+logger = logging.getLogger(__name__)
+#: A site that has not polled for this long is not offered a place in a new round.
+ALIVE_S = 90.0
+#: Bytes allowed in an update beyond the model's own size (header, metrics, signature).
+UPLOAD_MARGIN = 1 << 20
+
+
+@dataclass
+class _Running:
+    spec: StudySpec
+    coordinator: Coordinator
+    started: float
+    upload_limit: int
+
+
+class CoordinatorService:
+    """Runs queued studies for one federation.
+
+    Parameters
+    ----------
+    federation
+        The consortium's name; every message is bound to it.
+    store
+        Durable state.
+    signer
+        The coordinator's signing identity.
+    trust
+        The consortium CA and CRL, to identify callers and verify their signatures.
+    audit
+        The coordinator's audit log.
+    model_kind
+        Builds a study's model kind from its ``[model]`` table (default: the registry).
+    clock
+        Time source.
+    """
+
+    def __init__(
+        self,
+        *,
+        federation: str,
+        store: CoordinatorStore,
+        signer: MessageSigner,
+        trust: TrustStore,
+        audit: AuditLog,
+        model_kind: Callable[[dict[str, Any]], StudyModel] = make_study_model,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.federation = federation
+        self.store = store
+        self.signer = signer
+        self.trust = trust
+        self.audit = audit
+        self.model_kind = model_kind
+        self.clock = clock
+        self._verify = MessageVerifier(trust, role=Role.SITE)
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._seen: dict[str, float] = {}
+        self._running: _Running | None = None
+        # The last finished study, whose participants are told so when they next poll.
+        self._finished: tuple[str, int, set[str]] | None = None
+        self._ended_sent: set[str] = set()
+        self._stop = threading.Event()
+        self._identities: dict[bytes, tuple[str, str]] = {}
+
+    # --- identity ------------------------------------------------------------------------------
+    def identify(self, peer_certificate_der: bytes | None) -> tuple[str, str]:
+        """``(name, role)`` of the TLS peer, checked against the CA and the current CRL."""
+        if peer_certificate_der is None:
+            raise PermissionDenied("no client certificate: connect with mutual TLS")
+        self.trust.reload_crl()
+        try:
+            identity = self.trust.verify(peer_certificate_der)
+        except AllianceError as exc:
+            raise PermissionDenied(str(exc)) from None
+        if identity.consortium != self.federation:
+            raise PermissionDenied(
+                f"certificate of consortium {identity.consortium!r}, this is {self.federation!r}"
+            )
+        return identity.name, identity.role.value
+
+    # --- the round driver ------------------------------------------------------------------------
+    def serve_forever(self, interval_s: float = 0.2) -> None:
+        """Call :meth:`tick` until :meth:`stop` (run it in a thread)."""
+        self.audit.append("coordinator_started", federation=self.federation)
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except AllianceError as exc:
+                logger.error("study driver: %s", exc)
+            with self._changed:
+                self._changed.wait(interval_s)
+
+    def stop(self) -> None:
+        """Stop :meth:`serve_forever` and wake every long-poll."""
+        self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
+
+    def tick(self) -> None:
+        """Advance the running study by at most one step (see the module docstring)."""
+        with self._lock:
+            run = self._running or self._start_next_study()
+            if run is None:
+                return
+            coord, spec, now = run.coordinator, run.spec, self.clock()
+            if coord.is_open:
+                self._maybe_close(run, now)
+            if coord.is_open:
+                return
+            if len(coord.history) >= spec.rounds:
+                coord.finish()
+                self.audit.append(
+                    "study_finished", study=spec.study_id, model_version=coord.version
+                )
+                self._finish(spec.study_id)
+                return
+            self._maybe_open(run, now)
+
+    def _maybe_close(self, run: _Running, now: float) -> None:
+        coord = run.coordinator
+        current = self.store.current_round(run.spec.study_id)
+        deadline = None if current is None else current.deadline
+        if not coord.complete and (deadline is None or now < deadline):
+            return
+        try:
+            record = coord.close_round()
+        except FederationError as exc:
+            missing = sorted(set(coord.participants) - coord.answered())
+            coord.store.set_deadline(run.spec.study_id, coord.round, now + run.spec.round_timeout_s)
+            self._log(run, "round_waiting", f"{exc}; still waiting for {', '.join(missing)}")
+            return
+        self.audit.append(
+            "round_closed",
+            study=run.spec.study_id,
+            round=record.round,
+            model_version=record.model_version,
+            sites=list(record.sites),
+            cases=record.num_examples,
+        )
+        self._changed.notify_all()
+
+    def _maybe_open(self, run: _Running, now: float) -> None:
+        coord, spec = run.coordinator, run.spec
+        alive = sorted(s for s, t in self._seen.items() if now - t <= ALIVE_S)
+        if spec.sites is None:
+            for site in alive:
+                coord.invite(site)
+        ready = [s for s in alive if s in coord.sites]
+        everyone = spec.sites is None or len(ready) == len(coord.sites)
+        waited = now - run.started >= spec.round_timeout_s or coord.round > 0
+        if len(ready) < spec.quorum or not (everyone or waited):
+            return
+        round_ = coord.start_round(participants=ready, deadline=now + spec.round_timeout_s)
+        self.audit.append(
+            "round_opened",
+            study=spec.study_id,
+            round=round_,
+            model_version=coord.version,
+            participants=ready,
+        )
+        self._changed.notify_all()
+
+    def _finish(self, study_id: str) -> None:
+        rounds = self.store.rounds(study_id)
+        version = int(rounds[-1].summary["model_version"]) if rounds else 0
+        self._finished = (study_id, version, {s for r in rounds for s in r.participants})
+        self._ended_sent = set()
+        self._running = None
+        self._changed.notify_all()
+
+    def _start_next_study(self) -> _Running | None:
+        records = self.store.studies()
+        if self._finished is None:
+            done = [r for r in records if r.status is StudyStatus.FINISHED]
+            if done:
+                self._finish(done[-1].study_id)
+        running = [r for r in records if r.status is StudyStatus.RUNNING]
+        queued = [r for r in records if r.status is StudyStatus.QUEUED]
+        if not running and not queued:
+            return None
+        record = (running or queued)[0]
+        try:
+            self._running = self._load(record)
+        except AllianceError as exc:
+            self.store.set_study_status(record.study_id, StudyStatus.FAILED, error=str(exc))
+            self.audit.append("study_failed", study=record.study_id, error=str(exc))
+            logger.error("study %s cannot run: %s", record.study_id, exc)
+            return None
+        if record.status is StudyStatus.QUEUED:
+            self.store.set_study_status(record.study_id, StudyStatus.RUNNING)
+            self.audit.append("study_started", study=record.study_id, hash=record.spec_hash)
+        return self._running
+
+    def _load(self, record: StudyRecord) -> _Running:
+        spec = StudySpec.parse(record.spec, where=f"study {record.study_id}")
+        model = self.model_kind(dict(spec.model)).build(spec.seed)
+        weights = get_weights(model)
+        strategy = make_strategy(spec.strategy["name"], **spec.strategy_options)
+        previous = self.store.rounds(spec.study_id)
+        sites = spec.sites or tuple(sorted({s for r in previous for s in r.participants}))
+        coordinator = Coordinator(
+            federation=self.federation,
+            study=spec.study_id,
+            sites=sites,
+            weights=weights,
+            strategy=strategy,
+            plan=spec.plan,
+            quorum=spec.quorum,
+            store=self.store,
+            clock=self.clock,
+            open_invitation=spec.sites is None,
+        )
+        size = sum(int(w.nbytes) for w in weights.values())
+        return _Running(spec, coordinator, self.clock(), size + UPLOAD_MARGIN)
+
+    def _log(self, run: _Running, kind: str, message: str) -> None:
+        self.store.add_event(StoredEvent(run.spec.study_id, self.clock(), kind, message))
+        logger.info("%s: %s", run.spec.study_id, message)
+
+    # --- what the HTTP API calls ----------------------------------------------------------------
+    def max_upload_bytes(self) -> int:
+        """The running study's model size plus a margin (1 MiB when no study runs)."""
+        run = self._current()
+        return UPLOAD_MARGIN if run is None else run.upload_limit
+
+    def _current(self) -> _Running | None:
+        """The running study, loaded from the store first if this process has not yet."""
+        with self._lock:
+            return self._running or self._start_next_study()
+
+    def next_message(self, site: str, wait_s: float) -> bytes | None:
+        """The site's task or study end, signed; waits up to ``wait_s`` for one."""
+        give_up = time.monotonic() + wait_s
+        with self._changed:
+            if site not in self._seen:
+                self.audit.append("site_joined", site=site)
+                self._changed.notify_all()
+            self._seen[site] = self.clock()
+            while True:
+                message = self._message_for(site)
+                if message is not None:
+                    return message
+                remaining = give_up - time.monotonic()
+                if remaining <= 0 or self._stop.is_set():
+                    return None
+                self._changed.wait(remaining)
+                self._seen[site] = self.clock()
+
+    def _message_for(self, site: str) -> bytes | None:
+        run = self._running
+        task = None if run is None else run.coordinator.task_for(site)
+        if run is not None and task is not None:
+            ttl = run.spec.round_timeout_s * 4
+            return encode_signed(task.to_envelope(), self.signer, ttl_s=ttl)
+        if self._finished is not None and site not in self._ended_sent:
+            study_id, version, participants = self._finished
+            if site in participants:
+                self._ended_sent.add(site)
+                header = Header(
+                    MessageKind.STUDY_END, self.federation, study_id, 0, COORDINATOR, site
+                )
+                return encode_signed(StudyEnd(header, version).to_envelope(), self.signer)
+        return None
+
+    def submit_update(self, site: str, data: bytes) -> str:
+        """Verify a signed update from ``site`` and count it (once)."""
+        run = self._current()
+        try:
+            signed = decode_signed(data, self._verify, max_bytes=self.max_upload_bytes())
+            if signed.signer != site:
+                raise PermissionDenied(
+                    f"update signed by {signed.signer!r} arrived over the connection of {site!r}"
+                )
+            if run is None:
+                raise FederationError("no study is running; this update belongs to none")
+        except AllianceError as exc:
+            if run is not None:
+                self._log(run, "update_rejected", f"{site}: {exc}")
+            self.audit.append("update_rejected", site=site, bytes=len(data), reason=str(exc))
+            raise
+        assert run is not None
+        crash_point("service.before_update_commit")
+        with self._changed:
+            if self._running is not run:
+                raise FederationError("the study this update belongs to is no longer running")
+            try:
+                receipt = run.coordinator.accept(signed.envelope)
+            except AllianceError as exc:
+                self.audit.append("update_rejected", site=site, bytes=len(data), reason=str(exc))
+                raise
+            if receipt is Receipt.ACCEPTED:
+                self.audit.append(
+                    "update_received",
+                    study=run.spec.study_id,
+                    round=signed.envelope.header.round,
+                    site=site,
+                    bytes=len(data),
+                )
+            self._changed.notify_all()
+        crash_point("service.after_update_commit")
+        return receipt.value
+
+    def submit_study(self, operator: str, spec: str) -> dict[str, Any]:
+        """Queue a study file submitted by ``operator``."""
+        parsed = StudySpec.parse(spec)
+        with self._lock:
+            if self.store.study(parsed.study_id) is not None:
+                raise ConfigError(
+                    f"study {parsed.study_id!r} exists; give the new study another [study] id"
+                )
+            self.store.add_study(
+                StudyRecord(
+                    parsed.study_id, spec, parsed.hash, operator, StudyStatus.QUEUED, self.clock()
+                )
+            )
+            self.audit.append(
+                "study_submitted", study=parsed.study_id, hash=parsed.hash, by=operator
+            )
+            self._changed.notify_all()
+        return self.study_status(parsed.study_id)
+
+    def _record(self, study_id: str) -> StudyRecord:
+        record = self.store.study(study_id)
+        if record is None:
+            raise NotFoundError(f"no study {study_id!r}; `alliance study status` lists them")
+        return record
+
+    def list_studies(self) -> list[dict[str, Any]]:
+        """Every study's id, status and hash."""
+        return [
+            {"study": r.study_id, "status": r.status.value, "hash": r.spec_hash}
+            for r in self.store.studies()
+        ]
+
+    def study_status(self, study_id: str) -> dict[str, Any]:
+        """Status, rounds and per-round metrics of a study."""
+        record = self._record(study_id)
+        rounds = self.store.rounds(study_id)
+        spec = StudySpec.parse(record.spec, where=f"study {study_id}")
+        current = rounds[-1] if rounds else None
+        answered = (
+            [u.site for u in self.store.updates(study_id, current.round)]
+            if current is not None and current.status.value == "open"
+            else []
+        )
+        return {
+            "study": study_id,
+            "title": spec.title,
+            "status": record.status.value,
+            "hash": record.spec_hash,
+            "submitted_by": record.submitted_by,
+            "error": record.error,
+            "rounds_total": spec.rounds,
+            "rounds_closed": sum(r.status.value == "closed" for r in rounds),
+            "open_round": None
+            if current is None or current.status.value != "open"
+            else {
+                "round": current.round,
+                "participants": list(current.participants),
+                "answered": answered,
+                "deadline": current.deadline,
+            },
+            "history": [dict(r.summary) for r in rounds if r.status.value == "closed"],
+            "rejections": len(self.store.rejections(study_id)),
+        }
+
+    def study_spec(self, study_id: str) -> str:
+        """The study file exactly as submitted."""
+        return self._record(study_id).spec
+
+    def study_logs(self, study_id: str, after: int) -> list[dict[str, Any]]:
+        """Log lines (rounds, rejections) after sequence number ``after``."""
+        self._record(study_id)
+        return [
+            {"seq": seq, "at": e.at, "kind": e.kind, "message": e.message}
+            for seq, e in self.store.events(study_id, after=after)
+        ]

@@ -1,0 +1,213 @@
+"""A study as the consortium writes it and every hospital approves it: ``study.toml``.
+
+The study file is the contract between the consortium and each hospital. The coordinator runs
+exactly the submitted text and serves it to sites; a site computes the sha256 of the text it
+received and trains only if that hash is in its own list of approved studies, so a study cannot
+be changed after a hospital's ethics board read it. ``alliance study hash study.toml`` prints the
+hash a hospital puts in its policy. Example::
+
+    [study]
+    id = "rare-disease-2026"
+    title = "Rare-disease differential diagnosis"
+    rounds = 5
+    seed = 7
+    sites = ["west-china", "peking-union"]   # or "all": every site of the consortium
+    quorum = 2                                # fewest updates that close a round
+    round_timeout_s = 600                     # a round closes then if the quorum answered
+
+    [strategy]
+    name = "fedavg"
+    server_lr = 2.0
+
+    [plan]
+    local_epochs = 1
+    batch_size = 64
+    learning_rate = 0.01
+
+    [model]
+    kind = "phenotype-ranker"
+    dim = 32
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from alliance.core.errors import ConfigError
+from alliance.protocol.messages import TrainingPlan
+
+__all__ = ["ALL_SITES", "StudySpec", "spec_hash"]
+
+#: ``sites = "all"``: every site of the consortium, including hospitals that join later.
+ALL_SITES = "all"
+_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_STUDY_KEYS = {"id", "title", "rounds", "seed", "sites", "quorum", "round_timeout_s"}
+
+
+def spec_hash(text: str) -> str:
+    """The hash a hospital approves: ``sha256:`` and the hex digest of the UTF-8 text."""
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A parsed, validated study file.
+
+    Parameters
+    ----------
+    study_id
+        Unique id (lowercase letters, digits, '-').
+    title
+        What the study is for.
+    rounds
+        Number of federated rounds.
+    seed
+        Seeds model initialisation and every site's shuffling.
+    sites
+        Invited site ids, or ``None`` for every site of the consortium.
+    quorum
+        Fewest updates that may close a round.
+    round_timeout_s
+        Seconds after which a round closes with the updates received, if the quorum answered.
+    strategy
+        Strategy name and options (``{"name": "fedavg", "server_lr": 2.0}``).
+    plan
+        The local training plan.
+    model
+        Model kind and options (``{"kind": "phenotype-ranker", "dim": 32}``).
+    text
+        The file's text exactly as written; its hash is what hospitals approve.
+    """
+
+    study_id: str
+    title: str
+    rounds: int
+    seed: int
+    sites: tuple[str, ...] | None
+    quorum: int
+    round_timeout_s: float
+    strategy: Mapping[str, Any]
+    plan: TrainingPlan
+    model: Mapping[str, Any]
+    text: str = field(repr=False)
+
+    @property
+    def hash(self) -> str:
+        """``sha256:<hex>`` of :attr:`text`."""
+        return spec_hash(self.text)
+
+    @property
+    def strategy_options(self) -> dict[str, Any]:
+        """The strategy's options without its name."""
+        return {k: v for k, v in self.strategy.items() if k != "name"}
+
+    @classmethod
+    def parse(cls, text: str, *, where: str = "study file") -> StudySpec:
+        """Parse and validate a study file's text.
+
+        Raises
+        ------
+        ConfigError
+            Naming the field that is missing or wrong and what it accepts.
+        """
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+        study = _table(raw, "study", where) or {}
+        unknown = set(study) - _STUDY_KEYS
+        if unknown:
+            raise ConfigError(f"{where}: [study] has unknown keys {sorted(unknown)}")
+        study_id = study.get("id")
+        if not isinstance(study_id, str) or not _ID.match(study_id):
+            raise ConfigError(
+                f"{where}: [study] id must be 1-63 lowercase letters, digits or '-', "
+                f"got {study_id!r}"
+            )
+        rounds = _int(study, "rounds", where, default=None, minimum=1)
+        seed = _int(study, "seed", where, default=0, minimum=0)
+        sites = _sites(study.get("sites", ALL_SITES), where)
+        quorum = _int(study, "quorum", where, default=len(sites) if sites else 1, minimum=1)
+        if sites is not None and quorum > len(sites):
+            raise ConfigError(
+                f"{where}: [study] quorum {quorum} is larger than the {len(sites)} invited sites"
+            )
+        timeout = study.get("round_timeout_s", 600)
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
+            raise ConfigError(f"{where}: [study] round_timeout_s must be a number > 0")
+        strategy = dict(_table(raw, "strategy", where, required=False) or {"name": "fedavg"})
+        if not isinstance(strategy.get("name", "fedavg"), str):
+            raise ConfigError(f"{where}: [strategy] name must be a string such as 'fedavg'")
+        strategy.setdefault("name", "fedavg")
+        plan_raw = dict(_table(raw, "plan", where, required=False) or {})
+        plan_raw.setdefault("seed", seed)
+        defaults = TrainingPlan()
+        for key in TrainingPlan.__dataclass_fields__:
+            plan_raw.setdefault(key, getattr(defaults, key))
+        try:
+            plan = TrainingPlan.from_json(plan_raw)
+        except Exception as exc:
+            raise ConfigError(f"{where}: [plan] {exc}") from None
+        model = dict(_table(raw, "model", where, required=False) or {})
+        model.setdefault("kind", "phenotype-ranker")
+        extra = set(raw) - {"study", "strategy", "plan", "model"}
+        if extra:
+            raise ConfigError(f"{where}: unknown tables {sorted(extra)}")
+        return cls(
+            study_id=study_id,
+            title=str(study.get("title", study_id)),
+            rounds=rounds,
+            seed=seed,
+            sites=sites,
+            quorum=quorum,
+            round_timeout_s=float(timeout),
+            strategy=strategy,
+            plan=plan,
+            model=model,
+            text=text,
+        )
+
+
+def _table(
+    raw: Mapping[str, Any], name: str, where: str, *, required: bool = True
+) -> Mapping[str, Any] | None:
+    value = raw.get(name)
+    if value is None:
+        if required:
+            raise ConfigError(f"{where}: the [{name}] table is missing")
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: [{name}] must be a table")
+    return value
+
+
+def _int(
+    table: Mapping[str, Any], key: str, where: str, *, default: int | None, minimum: int
+) -> int:
+    value = table.get(key, default)
+    if value is None:
+        raise ConfigError(f"{where}: [study] {key} is required")
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{where}: [study] {key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _sites(value: Any, where: str) -> tuple[str, ...] | None:
+    if value == ALL_SITES:
+        return None
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(s, str) and _ID.match(s) for s in value)
+    ):
+        raise ConfigError(
+            f'{where}: [study] sites must be "all" or a non-empty list of site ids, got {value!r}'
+        )
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{where}: [study] sites lists a site twice")
+    return tuple(sorted(value))

@@ -1,0 +1,303 @@
+"""``alliance site run``: a hospital's agent, talking to the coordinator over HTTPS.
+
+The agent only ever opens outbound connections. It long-polls for its next message, verifies
+the coordinator's signature, and for a training task applies the hospital's own policy before
+any patient record is touched:
+
+1. the study file's sha256 (fetched from the coordinator, hashed here) must be in
+   ``[policy] approved_studies`` — a study cannot change after the hospital approved it;
+2. the task's training plan must be the one the approved study states;
+3. at least ``[policy] min_cohort`` local cases must load.
+
+Then it trains with the same :class:`~alliance.site.agent.Site` code as the simulation, signs the
+update and submits it, retrying through coordinator restarts and network drops (the same signed
+bytes each time, so the coordinator counts it once). A hospital that joins in the middle of a
+study simply receives the current model with its first task. Every task, refusal and update
+(with its size) is written to the site's own hash-chained audit log: what left the hospital.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from alliance.core.config import TomlFile
+from alliance.core.errors import AllianceError, ConfigError, ProtocolError
+from alliance.core.faults import crash_point
+from alliance.crypto.pki import Role, TrustStore
+from alliance.crypto.signing import Signer
+from alliance.crypto.tls import client_context
+from alliance.crypto.verifier import MessageVerifier
+from alliance.models.tasks import StudyModel, make_study_model
+from alliance.protocol.codec import decode_signed, encode_signed
+from alliance.protocol.envelope import COORDINATOR, MessageKind
+from alliance.protocol.messages import StudyEnd, TrainTask
+from alliance.protocol.study import StudySpec, spec_hash
+from alliance.site.agent import Site
+from alliance.store.audit import AuditLog
+from alliance.transport.http import HttpClient
+
+__all__ = ["SiteConfig", "SiteRunner", "describe"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """A hospital's ``site.toml`` (paths resolved relative to the file)."""
+
+    path: Path
+    federation: str
+    site: str
+    coordinator: str
+    certificate: Path
+    key: Path
+    signing_key: Path
+    ca: Path
+    crl: Path | None
+    train: Path
+    test: Path | None
+    approved_studies: tuple[str, ...]
+    min_cohort: int
+    state_dir: Path
+    poll_s: float = 25.0
+
+    @classmethod
+    def load(cls, path: str | Path) -> SiteConfig:
+        """Read and validate ``site.toml``.
+
+        Raises
+        ------
+        ConfigError
+            Naming the file, table and key that is missing or wrong.
+        """
+        f = TomlFile(path)
+        approved = f.strings("policy", "approved_studies")
+        for h in approved:
+            if not h.startswith("sha256:") or len(h) != 71:
+                raise ConfigError(
+                    f"{f.path}: [policy] approved_studies: {h!r} is not a study hash; "
+                    "`alliance study hash study.toml` prints one"
+                )
+        return cls(
+            path=f.path,
+            federation=f.string(None, "federation"),
+            site=f.string(None, "site"),
+            coordinator=f.string(None, "coordinator"),
+            certificate=f.required_path("tls", "certificate"),
+            key=f.required_path("tls", "key"),
+            signing_key=f.required_path("tls", "signing_key"),
+            ca=f.required_path("tls", "ca"),
+            crl=f.path_of("tls", "crl", optional=True),
+            train=f.required_path("data", "train"),
+            test=f.path_of("data", "test", optional=True),
+            approved_studies=approved,
+            min_cohort=f.integer("policy", "min_cohort", default=20, minimum=1),
+            state_dir=f.required_path("state", "dir", must_exist=False),
+        )
+
+
+@dataclass
+class _Study:
+    spec: StudySpec
+    site: Site
+
+
+class SiteRunner:
+    """Runs a hospital's agent from its config.
+
+    Parameters
+    ----------
+    config
+        The loaded ``site.toml``.
+    client
+        The HTTPS client (default: one built from the config's certificate and key).
+    """
+
+    def __init__(self, config: SiteConfig, *, client: HttpClient | None = None) -> None:
+        self.config = config
+        self.signer = Signer.from_files(config.certificate, config.signing_key)
+        if self.signer.name != config.site:
+            raise ConfigError(
+                f"{config.path}: site = {config.site!r} but the certificate "
+                f"{config.certificate} is issued to {self.signer.name!r}"
+            )
+        self.trust = TrustStore.load(config.ca, config.crl)
+        self._verify = MessageVerifier(self.trust, role=Role.COORDINATOR)
+        self.client = client or HttpClient(
+            config.coordinator,
+            ssl_context=client_context(
+                certificate=config.certificate, key=config.key, ca=config.ca
+            ),
+        )
+        self.audit = AuditLog(config.state_dir / "audit.log", actor=config.site)
+        self._studies: dict[str, _Study] = {}
+        self._refused: set[str] = set()
+        self._kinds: dict[str, StudyModel] = {}
+        self.studies_done = 0
+
+    def run(self, *, max_studies: int | None = None, stop: threading.Event | None = None) -> None:
+        """Poll and work until ``max_studies`` studies ended (forever if ``None``) or ``stop``."""
+        self.audit.append("agent_started", coordinator=self.config.coordinator)
+        stop = stop or threading.Event()
+        while not stop.is_set() and (max_studies is None or self.studies_done < max_studies):
+            response = self.client.request(
+                "GET",
+                "/v1/messages/next",
+                params={"wait": self.config.poll_s},
+                extra_timeout_s=self.config.poll_s,
+            )
+            if response.status_code == 204:
+                continue
+            try:
+                worked = self._handle(response.content)
+            except AllianceError as exc:
+                logger.error("site %s: %s", self.config.site, exc)
+                self.audit.append("error", message=str(exc))
+                worked = False
+            if not worked:
+                # The coordinator offers a refused task again at once; do not spin on it.
+                stop.wait(self.config.poll_s)
+
+    def _handle(self, data: bytes) -> bool:
+        """Act on one message; ``False`` if the site refused to work on it."""
+        signed = decode_signed(data, self._verify)
+        env = signed.envelope
+        h = env.header
+        if h.federation != self.config.federation or h.recipient != self.config.site:
+            raise ProtocolError(
+                f"refused a message for {h.recipient!r} in federation {h.federation!r}"
+            )
+        if h.sender != COORDINATOR:
+            raise ProtocolError(f"refused a message from {h.sender!r}: only the coordinator")
+        if h.kind is MessageKind.STUDY_END:
+            end = StudyEnd.from_envelope(env)
+            if self._open_study(h.study):
+                self.audit.append("study_ended", study=h.study, final_version=end.final_version)
+                self._studies.pop(h.study, None)
+                self.studies_done += 1
+            return True
+        if h.kind is not MessageKind.TRAIN_TASK:
+            raise ProtocolError(f"unexpected {h.kind.value} message from the coordinator")
+        task = TrainTask.from_envelope(env)
+        study = self._study(task)
+        if study is None:
+            return False
+        self.audit.append(
+            "task_received", study=h.study, round=h.round, model_version=task.model_version
+        )
+        update = study.site.train_round(task)
+        payload = encode_signed(update.to_envelope(), self.signer)
+        crash_point("site.before_submit")
+        answer = self.client.request(
+            "POST",
+            "/v1/updates",
+            content=payload,
+            headers={"content-type": "application/octet-stream"},
+        )
+        self.audit.append(
+            "update_sent",
+            study=h.study,
+            round=h.round,
+            bytes=len(payload),
+            num_examples=update.num_examples,
+            metrics=sorted(update.metrics),
+            receipt=answer.json().get("receipt"),
+        )
+        return True
+
+    def _open_study(self, study_id: str) -> bool:
+        """Whether this hospital worked on ``study_id`` (in this run or before a restart) and
+        has not yet recorded its end (a restarted coordinator tells participants again)."""
+        events = {e.event for e in self.audit.entries() if e.details.get("study") == study_id}
+        return "study_joined" in events and "study_ended" not in events
+
+    def _study(self, task: TrainTask) -> _Study | None:
+        """The study of ``task`` if this hospital's policy allows it, built once."""
+        study_id = task.header.study
+        if study_id in self._studies:
+            return self._check_plan(self._studies[study_id], task)
+        text = self.client.request("GET", f"/v1/studies/{study_id}/spec").text
+        digest = spec_hash(text)
+        if digest not in self.config.approved_studies:
+            self._refuse(
+                study_id,
+                f"study {study_id!r} ({digest}) is not in [policy] approved_studies of "
+                f"{self.config.path}; add its hash there once the hospital approved it",
+            )
+            return None
+        spec = StudySpec.parse(text, where=f"study {study_id}")
+        kind = self._kind(spec)
+        train = kind.load(self.config.train)
+        if train.count < self.config.min_cohort:
+            self._refuse(
+                study_id,
+                f"only {train.count} cases loaded from {self.config.train}; the hospital's "
+                f"policy requires at least {self.config.min_cohort}",
+            )
+            return None
+        test = kind.load(self.config.test) if self.config.test is not None else None
+        site = Site(
+            self.config.site,
+            federation=self.config.federation,
+            model=kind.build(spec.seed),
+            train=train.dataset,
+            test=None if test is None else test.dataset,
+            link=None,
+            collate_fn=kind.collate,
+        )
+        self.audit.append(
+            "study_joined",
+            study=study_id,
+            hash=digest,
+            train_cases=train.count,
+            rejected_records=sum(i.rejected for i in train.issues),
+        )
+        study = _Study(spec, site)
+        self._studies[study_id] = study
+        return self._check_plan(study, task)
+
+    def _check_plan(self, study: _Study, task: TrainTask) -> _Study | None:
+        approved = replace(study.spec.plan, proximal_mu=0.0)
+        asked = replace(task.plan, proximal_mu=0.0)
+        mu = study.spec.strategy_options.get("mu", 0.01)
+        expected_mu = mu if study.spec.strategy["name"] == "fedprox" else 0.0
+        if approved != asked or task.plan.proximal_mu != expected_mu:
+            self._refuse(
+                task.header.study,
+                f"round {task.header.round}: the coordinator asked for plan {task.plan}, the "
+                f"approved study states {study.spec.plan}",
+                once=False,
+            )
+            return None
+        return study
+
+    def _refuse(self, study_id: str, reason: str, *, once: bool = True) -> None:
+        if once and study_id in self._refused:
+            return None
+        self._refused.add(study_id)
+        logger.error("site %s refused work: %s", self.config.site, reason)
+        self.audit.append("task_refused", study=study_id, reason=reason)
+        return None
+
+    def _kind(self, spec: StudySpec) -> StudyModel:
+        key = repr(sorted(spec.model.items()))
+        if key not in self._kinds:
+            self._kinds[key] = make_study_model(dict(spec.model))
+        return self._kinds[key]
+
+
+def describe(config: SiteConfig) -> dict[str, Any]:
+    """What ``alliance site run`` prints at start: the config without secrets."""
+    return {
+        "site": config.site,
+        "federation": config.federation,
+        "coordinator": config.coordinator,
+        "train": str(config.train),
+        "test": str(config.test) if config.test else None,
+        "approved_studies": len(config.approved_studies),
+        "min_cohort": config.min_cohort,
+    }

@@ -1,0 +1,331 @@
+"""The SQL layer under :class:`~alliance.store.sql.SqlStore`: tables, engine, migration.
+
+Layout version :data:`SCHEMA_VERSION` (recorded in ``alliance_schema_version``); changing a
+table means a new version and a step in :func:`migrate`, which also refuses a database written
+by a newer layout. Keys enforce the store's rules in the database itself, so they hold under
+any number of concurrent coordinator threads or processes:
+
+======================  =====================================  ===============================
+table                   key                                    rule
+======================  =====================================  ===============================
+alliance_models         (study_id, version)                    one model per version
+alliance_rounds         (study_id, round)                      one row per round
+alliance_updates        (study_id, round, site); nonce UNIQUE  one update per site and round;
+                                                               a nonce once, ever
+alliance_events         id (autoincrement)                     the log's sequence numbers
+======================  =====================================  ===============================
+
+Arrays are ``LargeBinary`` columns holding :func:`~alliance.store.arrays.pack_arrays` bytes;
+participants, metrics and summaries are JSON text. :func:`make_engine` sets SQLite to WAL
+journaling with ``synchronous=FULL`` (a committed transaction survives SIGKILL and power loss),
+a busy timeout, foreign keys on, and SQLAlchemy in charge of ``BEGIN`` (``BEGIN IMMEDIATE`` for
+writing transactions, so two writers never hold snapshots they cannot upgrade); PostgreSQL gets
+``pool_pre_ping`` and a connect timeout. The ``*_key`` helpers spell the ``WHERE`` terms the
+store repeats, and :func:`study_record` / :func:`round_state` turn rows back into records.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Connection,
+    Double,
+    Engine,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Row,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    insert,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
+
+from alliance.core.errors import ConfigError
+from alliance.store.arrays import load_json
+from alliance.store.state import RoundState, RoundStatus, StudyRecord, StudyStatus
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "SQLITE_BUSY_TIMEOUT_S",
+    "UPDATE_META",
+    "WRITE_OPTION",
+    "events",
+    "first_line",
+    "make_engine",
+    "mask_url",
+    "metadata",
+    "migrate",
+    "models",
+    "rejections",
+    "round_key",
+    "round_state",
+    "rounds",
+    "schema_version",
+    "studies",
+    "study_record",
+    "update_key",
+    "updates",
+    "version_key",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The table layout this code writes and reads.
+SCHEMA_VERSION = 1
+#: Seconds a SQLite writer waits for another writer's lock before failing.
+SQLITE_BUSY_TIMEOUT_S = 30.0
+#: Execution option: the transaction writes (SQLite: ``BEGIN IMMEDIATE``).
+WRITE_OPTION = "alliance_write"
+
+metadata = MetaData()
+
+schema_version = Table(
+    "alliance_schema_version",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("version", Integer, nullable=False),
+)
+
+studies = Table(
+    "alliance_studies",
+    metadata,
+    Column("study_id", String, primary_key=True),
+    Column("spec", Text, nullable=False),
+    Column("spec_hash", String, nullable=False),
+    Column("submitted_by", String, nullable=False),
+    Column("status", String, nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("finished_at", Double, nullable=True),
+    Column("error", Text, nullable=True),
+)
+
+models = Table(
+    "alliance_models",
+    metadata,
+    Column("study_id", String, ForeignKey(studies.c.study_id), primary_key=True),
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("weights", LargeBinary, nullable=False),
+    Column("strategy_state", LargeBinary, nullable=False),
+)
+
+rounds = Table(
+    "alliance_rounds",
+    metadata,
+    Column("study_id", String, ForeignKey(studies.c.study_id), primary_key=True),
+    Column("round", Integer, primary_key=True, autoincrement=False),
+    Column("model_version", Integer, nullable=False),
+    Column("participants", Text, nullable=False),  # JSON list of site ids
+    Column("deadline", Double, nullable=True),
+    Column("status", String, nullable=False),
+    Column("summary", Text, nullable=True),  # JSON object once closed
+)
+
+updates = Table(
+    "alliance_updates",
+    metadata,
+    Column("study_id", String, primary_key=True),
+    Column("round", Integer, primary_key=True, autoincrement=False),
+    Column("site", String, primary_key=True),
+    Column("nonce", String, nullable=False, unique=True),
+    Column("digest", String, nullable=False),
+    Column("num_examples", Integer, nullable=False),
+    Column("metrics", Text, nullable=False),  # JSON object
+    Column("payload", LargeBinary, nullable=True),  # NULL once the round closed
+    Column("received_at", Double, nullable=False),
+    ForeignKeyConstraint(["study_id", "round"], [rounds.c.study_id, rounds.c.round]),
+)
+
+rejections = Table(
+    "alliance_rejections",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("study_id", String, nullable=False, index=True),
+    Column("round", Integer, nullable=False),
+    Column("sender", String, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("at", Double, nullable=False),
+)
+
+events = Table(
+    "alliance_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("study_id", String, nullable=False),
+    Column("at", Double, nullable=False),
+    Column("kind", String, nullable=False),
+    Column("message", Text, nullable=False),
+    Index("ix_alliance_events_study_id", "study_id", "id"),
+)
+
+
+#: The columns of an update without its payload.
+UPDATE_META = (
+    updates.c.site,
+    updates.c.nonce,
+    updates.c.digest,
+    updates.c.num_examples,
+    updates.c.metrics,
+)
+
+
+def round_key(table: Table, study_id: str, round_: int) -> tuple[ColumnElement[bool], ...]:
+    """``WHERE`` terms selecting one round's rows of ``table`` (rounds or updates)."""
+    return (table.c.study_id == study_id, table.c.round == round_)
+
+
+def update_key(study_id: str, round_: int, site: str) -> tuple[ColumnElement[bool], ...]:
+    """``WHERE`` terms selecting one site's update of a round."""
+    return (*round_key(updates, study_id, round_), updates.c.site == site)
+
+
+def version_key(study_id: str, version: int) -> tuple[ColumnElement[bool], ...]:
+    """``WHERE`` terms selecting one model version."""
+    return (models.c.study_id == study_id, models.c.version == version)
+
+
+def first_line(exc: BaseException) -> str:
+    """The driver's own message of a SQLAlchemy error, first line only (no SQL, no URL)."""
+    orig = getattr(exc, "orig", None)
+    lines = str(orig if orig is not None else exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def make_engine(url: str, shown: str, *, echo: bool) -> Engine:
+    """An engine for ``url`` with the settings above (``shown``: the URL, password masked).
+
+    Raises
+    ------
+    ConfigError
+        If the URL does not parse, names a database other than SQLite or PostgreSQL, an
+        in-memory SQLite database, or a driver that is not installed.
+    """
+    try:
+        parsed = make_url(url)
+    except (sa_exc.ArgumentError, ValueError):
+        raise ConfigError(
+            f"coordinator store URL {shown!r} is not a database URL; use "
+            "sqlite:///path/coordinator.db or postgresql+psycopg://user@host:5432/database"
+        ) from None
+    backend = parsed.get_backend_name()
+    options: dict[str, Any] = {"echo": echo, "hide_parameters": True}
+    if backend == "sqlite":
+        if parsed.database in (None, "", ":memory:") or "mode=memory" in str(parsed.query):
+            raise ConfigError(
+                f"coordinator store URL {shown!r} names an in-memory SQLite database, which "
+                "is not durable; give a file (sqlite:///path/coordinator.db) or use MemoryStore"
+            )
+    elif backend == "postgresql":
+        options["pool_pre_ping"] = True
+        if "connect_timeout" not in parsed.query:
+            options["connect_args"] = {"connect_timeout": 10}
+    else:
+        raise ConfigError(
+            f"coordinator store URL {shown!r}: database kind {backend!r} is not supported; "
+            "use sqlite:///... or postgresql+psycopg://..."
+        )
+    try:
+        engine = create_engine(parsed, **options)
+    except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError) as exc:
+        raise ConfigError(
+            f"coordinator store URL {shown!r}: cannot load its database driver ({exc}); "
+            "install it or use postgresql+psycopg:// (psycopg 3 ships with this package)"
+        ) from None
+    if backend == "sqlite":
+        _configure_sqlite(engine)
+    return engine
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # SQLAlchemy, not the sqlite3 module, decides where transactions begin.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+            mode = cursor.execute("PRAGMA journal_mode = WAL").fetchone()
+            if mode is None or str(mode[0]).lower() != "wal":
+                logger.warning("SQLite refused WAL journaling (mode %s); concurrency suffers", mode)
+            cursor.execute("PRAGMA synchronous = FULL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        write = conn.get_execution_options().get(WRITE_OPTION, True)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password hidden, also when it does not parse."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (sa_exc.ArgumentError, ValueError):
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def migrate(conn: Connection, shown: str) -> None:
+    """Create the tables if missing and record :data:`SCHEMA_VERSION`; refuse a newer layout.
+
+    Raises
+    ------
+    ConfigError
+        If the database holds a schema version newer than this code knows.
+    """
+    if conn.dialect.name == "postgresql":  # serialise the first use by several processes
+        conn.execute(text("SELECT pg_advisory_xact_lock(7151963)"))
+    found = None
+    if inspect(conn).has_table(schema_version.name):
+        found = conn.execute(select(schema_version.c.version)).scalar()
+    if found is not None and found > SCHEMA_VERSION:
+        raise ConfigError(
+            f"coordinator store {shown} has schema version {found}, this build knows versions "
+            f"up to {SCHEMA_VERSION}; upgrade Guardian Alliance to open it"
+        )
+    metadata.create_all(conn)
+    if found is None:
+        conn.execute(insert(schema_version).values(id=1, version=SCHEMA_VERSION))
+
+
+def study_record(row: Row[Any]) -> StudyRecord:
+    """A study as read from ``alliance_studies``."""
+    return StudyRecord(
+        study_id=row.study_id,
+        spec=row.spec,
+        spec_hash=row.spec_hash,
+        submitted_by=row.submitted_by,
+        status=StudyStatus(row.status),
+        created_at=row.created_at,
+        finished_at=row.finished_at,
+        error=row.error,
+    )
+
+
+def round_state(row: Row[Any]) -> RoundState:
+    """A round as read from ``alliance_rounds``."""
+    return RoundState(
+        study_id=row.study_id,
+        round=row.round,
+        model_version=row.model_version,
+        participants=tuple(load_json(row.participants)),
+        deadline=row.deadline,
+        status=RoundStatus(row.status),
+        summary={} if row.summary is None else load_json(row.summary),
+    )

@@ -1,0 +1,416 @@
+"""HTTPS with mutual TLS: the coordinator's FastAPI server and the sites' and operator's client.
+
+Sites always initiate. A site long-polls ``GET /v1/messages/next`` for its next signed message
+(a training task or the end of a study) and posts its signed update to ``POST /v1/updates``; the
+coordinator never opens a connection to a site. Operators submit and follow studies under
+``/v1/studies``. The OpenAPI spec is served at ``/openapi.json``.
+
+Who is calling is decided by the TLS handshake, not by anything in the request: uvicorn is run
+with an SSL context that requires a client certificate of the consortium CA (TLS 1.3, revoked
+certificates refused), and a small protocol subclass hands the peer's certificate to the app,
+which maps it to a party (:meth:`CoordinatorEndpoints.identify`). A site can therefore only
+fetch its own tasks, and an update's signer must be the party at the other end of the socket.
+
+Payload bytes are read with a cap (:meth:`CoordinatorEndpoints.max_upload_bytes`, derived from
+the model size) before anything else looks at them. Errors are JSON ``{"error", "detail"}`` with
+a 4xx status that says what the caller did wrong; the client turns them back into the matching
+:class:`~alliance.core.errors.AllianceError`. Network failures and 5xx are retried with
+exponential backoff and jitter, so a site rides out a coordinator restart or a dropped link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import httpx
+import uvicorn
+from fastapi import FastAPI, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, Field
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from alliance.core.errors import (
+    AllianceError,
+    ConfigError,
+    DataError,
+    FederationError,
+    IntegrityError,
+    ProtocolError,
+    TransportError,
+)
+
+__all__ = [
+    "CoordinatorEndpoints",
+    "HttpClient",
+    "NotFoundError",
+    "PermissionDenied",
+    "RetryPolicy",
+    "create_app",
+    "run_server",
+]
+
+logger = logging.getLogger(__name__)
+OCTETS = "application/octet-stream"
+
+
+class PermissionDenied(AllianceError):  # noqa: N818 - reads as what happened
+    """The caller's certificate does not allow this request."""
+
+
+class NotFoundError(AllianceError):
+    """The study or resource named in the request does not exist."""
+
+
+class CoordinatorEndpoints(Protocol):
+    """What the HTTP server asks of the coordinator service (all calls are synchronous)."""
+
+    federation: str
+
+    def identify(self, peer_certificate_der: bytes | None) -> tuple[str, str]:
+        """``(name, role)`` of the TLS peer; raises ``PermissionDenied`` if it has none."""
+        ...
+
+    def max_upload_bytes(self) -> int:
+        """Largest update accepted now."""
+        ...
+
+    def next_message(self, site: str, wait_s: float) -> bytes | None:
+        """The site's next signed message, waiting up to ``wait_s`` for one."""
+        ...
+
+    def submit_update(self, site: str, data: bytes) -> str:
+        """Verify and store a signed update; returns ``"accepted"`` or ``"duplicate"``."""
+        ...
+
+    def submit_study(self, operator: str, spec: str) -> dict[str, Any]:
+        """Queue a study; returns its status."""
+        ...
+
+    def study_status(self, study_id: str) -> dict[str, Any]:
+        """Status and per-round metrics of a study."""
+        ...
+
+    def list_studies(self) -> list[dict[str, Any]]:
+        """Every study, oldest first."""
+        ...
+
+    def study_spec(self, study_id: str) -> str:
+        """The study file's text exactly as submitted."""
+        ...
+
+    def study_logs(self, study_id: str, after: int) -> list[dict[str, Any]]:
+        """Log lines after sequence number ``after``."""
+        ...
+
+
+# --- server ---------------------------------------------------------------------------------
+
+_STATUS: list[tuple[type[AllianceError], int]] = [
+    (PermissionDenied, 403),
+    (NotFoundError, 404),
+    (IntegrityError, 422),
+    (ProtocolError, 400),
+    (ConfigError, 400),
+    (DataError, 400),
+    (FederationError, 409),
+]
+
+
+def _error(exc: AllianceError) -> JSONResponse:
+    status = next((code for kind, code in _STATUS if isinstance(exc, kind)), 400)
+    return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, status_code=status)
+
+
+class StudySubmission(BaseModel):
+    """A study file's text."""
+
+    spec: str = Field(max_length=64_000, description="The study.toml text, exactly as approved.")
+
+
+async def _read_capped(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ProtocolError(f"payload of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ProtocolError(f"payload exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(service: CoordinatorEndpoints) -> FastAPI:
+    """The coordinator's HTTP API over ``service``."""
+    app = FastAPI(
+        title="Guardian Alliance coordinator",
+        version="1",
+        description="Federated rare-disease diagnosis: sites long-poll tasks and post signed "
+        "updates; operators submit and follow studies. Every caller is identified by its "
+        "client certificate (mutual TLS).",
+    )
+
+    @app.exception_handler(AllianceError)
+    async def _alliance_error(request: Request, exc: AllianceError) -> JSONResponse:
+        return _error(exc)
+
+    async def caller(request: Request, *roles: str) -> str:
+        peer = getattr(request.state, "tls_peer_der", None)
+        name, role = await run_in_threadpool(service.identify, peer)
+        if role not in roles:
+            raise PermissionDenied(
+                f"a {role} certificate ({name!r}) cannot call {request.url.path}"
+            )
+        return name
+
+    @app.get("/v1/health", summary="Liveness and the federation's name")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "federation": service.federation}
+
+    @app.get(
+        "/v1/messages/next",
+        summary="Long-poll: the calling site's next signed message",
+        responses={200: {"content": {OCTETS: {}}}, 204: {"description": "nothing yet"}},
+        response_class=Response,
+    )
+    async def next_message(
+        request: Request, wait: float = Query(25.0, ge=0, le=60, description="seconds to wait")
+    ) -> Response:
+        site = await caller(request, "site")
+        data = await run_in_threadpool(service.next_message, site, wait)
+        if data is None:
+            return Response(status_code=204)
+        return Response(content=data, media_type=OCTETS)
+
+    @app.post(
+        "/v1/updates",
+        summary="Submit the calling site's signed model update",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {OCTETS: {"schema": {"type": "string", "format": "binary"}}},
+            }
+        },
+    )
+    async def submit_update(request: Request) -> dict[str, str]:
+        site = await caller(request, "site")
+        data = await _read_capped(request, service.max_upload_bytes())
+        receipt = await run_in_threadpool(service.submit_update, site, data)
+        return {"receipt": receipt}
+
+    @app.get("/v1/studies", summary="Every study, oldest first")
+    async def list_studies(request: Request) -> list[dict[str, Any]]:
+        await caller(request, "operator", "site")
+        return await run_in_threadpool(service.list_studies)
+
+    @app.post("/v1/studies", status_code=201, summary="Submit a study (operators only)")
+    async def submit_study(request: Request, body: StudySubmission) -> dict[str, Any]:
+        operator = await caller(request, "operator")
+        return await run_in_threadpool(service.submit_study, operator, body.spec)
+
+    @app.get("/v1/studies/{study_id}", summary="A study's status and per-round metrics")
+    async def study_status(request: Request, study_id: str) -> dict[str, Any]:
+        await caller(request, "operator", "site")
+        return await run_in_threadpool(service.study_status, study_id)
+
+    @app.get(
+        "/v1/studies/{study_id}/spec",
+        summary="The study file exactly as submitted (sites check its hash)",
+        response_class=PlainTextResponse,
+    )
+    async def study_spec(request: Request, study_id: str) -> PlainTextResponse:
+        await caller(request, "operator", "site")
+        return PlainTextResponse(await run_in_threadpool(service.study_spec, study_id))
+
+    @app.get("/v1/studies/{study_id}/logs", summary="A study's log lines after a sequence number")
+    async def study_logs(
+        request: Request, study_id: str, after: int = Query(0, ge=0, le=2**62)
+    ) -> list[dict[str, Any]]:
+        await caller(request, "operator", "site")
+        return await run_in_threadpool(service.study_logs, study_id, after)
+
+    return app
+
+
+class _PeerCertificateH11(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, handing the TLS peer certificate to the app.
+
+    The certificate lands in the request scope's ``state`` (``request.state.tls_peer_der``),
+    per connection; uvicorn has no ASGI TLS extension of its own.
+    """
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        peer = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        self.app_state = {**self.app_state, "tls_peer_der": peer}
+
+
+def run_server(
+    app: FastAPI,
+    *,
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext,
+    ready: Callable[[int], None] | None = None,
+    should_exit: Callable[[], bool] | None = None,
+) -> None:
+    """Serve ``app`` over HTTPS with ``ssl_context`` until interrupted.
+
+    ``port`` 0 picks a free port; ``ready`` is called with the bound port once listening.
+    """
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=_PeerCertificateH11,
+        ssl_context_factory=lambda cfg, default: ssl_context,
+        log_level="warning",
+        timeout_keep_alive=75,
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+
+    async def main() -> None:
+        watcher: asyncio.Task[None] | None = None
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            if serving.done():
+                await serving
+                raise TransportError(f"the coordinator could not listen on {host}:{port}")
+            await asyncio.sleep(0.05)
+        if ready is not None:
+            sock = server.servers[0].sockets[0]
+            ready(int(sock.getsockname()[1]))
+        if should_exit is not None:
+
+            async def watch() -> None:
+                while not should_exit():
+                    await asyncio.sleep(0.2)
+                server.should_exit = True
+
+            watcher = asyncio.create_task(watch())
+        await serving
+        if watcher is not None:
+            watcher.cancel()
+
+    asyncio.run(main())
+
+
+# --- client ---------------------------------------------------------------------------------
+
+
+class RetryPolicy:
+    """Exponential backoff with full jitter: ``uniform(0, min(cap, base · 2^attempt))``."""
+
+    def __init__(self, *, base_s: float = 0.5, cap_s: float = 30.0, give_up_s: float = 3600.0):
+        self.base_s, self.cap_s, self.give_up_s = base_s, cap_s, give_up_s
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt`` (0-based)."""
+        return random.uniform(0, min(self.cap_s, self.base_s * 2**attempt))  # noqa: S311
+
+
+_ERRORS: dict[str, type[AllianceError]] = {
+    cls.__name__: cls
+    for cls in (
+        PermissionDenied,
+        NotFoundError,
+        IntegrityError,
+        ProtocolError,
+        ConfigError,
+        DataError,
+        FederationError,
+    )
+}
+
+
+class HttpClient:
+    """An mTLS HTTPS client of the coordinator that retries what is worth retrying.
+
+    Parameters
+    ----------
+    base_url
+        ``https://host:port`` of the coordinator.
+    ssl_context
+        Client context with this party's certificate (see :mod:`alliance.crypto.tls`).
+    retry
+        Backoff for connection failures and 5xx answers; 4xx answers are never retried.
+    timeout_s
+        Per-request timeout besides a long-poll's own wait.
+    sleep
+        How to wait between retries (tests pass a fake).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        ssl_context: ssl.SSLContext,
+        retry: RetryPolicy | None = None,
+        timeout_s: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not base_url.startswith("https://"):
+            raise ConfigError(f"coordinator address must start with https://, got {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self.retry = retry or RetryPolicy()
+        self.timeout_s = timeout_s
+        self.sleep = sleep
+        self._client = httpx.Client(base_url=self.base_url, verify=ssl_context, http2=False)
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        extra_timeout_s: float = 0.0,
+        on_retry: Callable[[int, str], None] | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """Send a request, retrying network failures and 5xx; raise the server's 4xx errors."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                response = self._client.request(
+                    method, path, timeout=self.timeout_s + extra_timeout_s, **kwargs
+                )
+                if response.status_code < 500:
+                    return self._checked(response)
+                problem = f"coordinator answered {response.status_code}"
+            except httpx.TransportError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() - started > self.retry.give_up_s:
+                raise TransportError(
+                    f"{method} {self.base_url}{path} failed for {self.retry.give_up_s:.0f} s "
+                    f"({problem}); check the coordinator address and the network"
+                )
+            delay = self.retry.delay(attempt)
+            logger.warning("%s %s: %s; retrying in %.1f s", method, path, problem, delay)
+            if on_retry is not None:
+                on_retry(attempt, problem)
+            self.sleep(delay)
+            attempt += 1
+
+    def _checked(self, response: httpx.Response) -> httpx.Response:
+        if response.status_code < 400:
+            return response
+        try:
+            payload = response.json()
+            kind, detail = payload["error"], payload["detail"]
+        except (ValueError, KeyError, TypeError):
+            kind, detail = "ProtocolError", response.text[:500]
+        raise _ERRORS.get(kind, ProtocolError)(f"coordinator refused: {detail}")

@@ -1,0 +1,208 @@
+"""The federation deployed for real: a coordinator process and site processes over mutual TLS.
+
+- Twelve hospitals' agents and the coordinator on loopback run a 5-round study of the demo task;
+  the final model is bit-identical to the in-process simulation's with the same seed.
+- The coordinator is killed with SIGKILL mid-upload, after a quorum, mid-checkpoint and after
+  committing an update whose answer is then lost; restarted, it finishes the study with the
+  model of an uninterrupted run and no update counted twice.
+- A site killed mid-round: the round closes at its deadline with the others, and the site,
+  restarted, takes part in the next round.
+- Every audit log verifies with ``alliance audit verify``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from tests.e2e.deployment import Deployment, approve, provision, study_text
+
+from alliance.algorithms.strategies import make_strategy
+from alliance.models.tasks import make_study_model
+from alliance.models.training import get_weights
+from alliance.protocol.study import StudySpec
+from alliance.sim.simulation import Simulation
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    d = provision(tmp_path_factory.mktemp("deploy"))
+    yield d
+    d.stop()
+
+
+def simulate(d: Deployment, text: str) -> dict[str, np.ndarray[Any, Any]]:
+    """The in-process simulation of the same study over the same hospitals' files."""
+    spec = StudySpec.parse(text)
+    kind = make_study_model(dict(spec.model))
+    sites = spec.sites or d.sites
+    train = {s: kind.load(d.site_dir(s) / "cases.train.jsonl").dataset for s in sites}
+    test = {s: kind.load(d.site_dir(s) / "cases.test.jsonl").dataset for s in sites}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the site processes run (OMP_NUM_THREADS=1)
+    try:
+        result = Simulation(
+            model_fn=lambda: kind.build(spec.seed),
+            sites=train,
+            test=test,
+            strategy=make_strategy(spec.strategy["name"], **spec.strategy_options),
+            rounds=spec.rounds,
+            plan=spec.plan,
+            collate_fn=kind.collate,
+            seed=spec.seed,
+        ).run()
+    finally:
+        torch.set_num_threads(threads)
+    return get_weights(result.model)
+
+
+def run_study(
+    d: Deployment,
+    study_id: str,
+    sites: Sequence[str],
+    *,
+    rounds: int,
+    quorum: int | None = None,
+    timeout_s: float = 120,
+    coordinator_crash: str | None = None,
+) -> dict[str, Any]:
+    text = study_text(
+        study_id, sites, rounds=rounds, quorum=quorum or len(sites), timeout_s=timeout_s
+    )
+    approve(d, text)
+    if d.coordinator is None or d.coordinator.poll() is not None:
+        d.start_coordinator(crash_at=coordinator_crash)
+    d.submit(text)
+    d.site_procs = {}
+    for site in sites:
+        d.start_site(site)
+    if coordinator_crash is not None:
+        assert d.coordinator is not None
+        d.coordinator.wait(timeout=300)
+        assert d.coordinator.returncode == -9, d.log("coordinator.out")
+        d.start_coordinator()
+    d.wait_sites(600)
+    return d.status(study_id)
+
+
+def assert_counted_once(d: Deployment, status: dict[str, Any], sites: Sequence[str]) -> None:
+    """Each closed round counts each site at most once, with that site's training cases."""
+    counts = {s: len((d.site_dir(s) / "cases.train.jsonl").read_text().splitlines()) for s in sites}
+    for record in status["history"]:
+        assert len(record["sites"]) == len(set(record["sites"]))
+        assert record["num_examples"] == sum(counts[s] for s in record["sites"])
+
+
+def assert_same_weights(got: dict[str, Any], expected: dict[str, Any]) -> None:
+    assert set(got) == set(expected)
+    for name, value in expected.items():
+        assert got[name].dtype == value.dtype
+        assert np.array_equal(got[name], value), f"parameter {name} differs"
+
+
+def audit_verifies(path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "alliance.cli.app", "audit", "verify", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_twelve_sites_over_https_train_the_model_of_the_simulation(deployment: Deployment) -> None:
+    d = deployment
+    status = run_study(d, "twelve", d.sites, rounds=5)
+    assert status["status"] == "finished"
+    assert [len(r["sites"]) for r in status["history"]] == [12] * 5
+    assert_counted_once(d, status, d.sites)
+    version, weights = d.final_weights("twelve")
+    assert version == 5
+    assert_same_weights(weights, simulate(d, (d.root / "study.toml").read_text()))
+    audit_verifies(d.coordinator_dir / "audit.log")
+    for site in d.sites:
+        log = d.site_dir(site) / "state" / "audit.log"
+        audit_verifies(log)
+        events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
+        assert events.count("update_sent") == 5
+    # What left each hospital is in its own log, with its size.
+    sent = [
+        json.loads(line)
+        for line in (d.site_dir("pumch") / "state" / "audit.log").read_text().splitlines()
+    ]
+    assert all(e["details"]["bytes"] > 0 for e in sent if e["event"] == "update_sent")
+
+
+CRASHES = {
+    "mid-upload": "service.before_update_commit:2",
+    "answer lost after commit": "service.after_update_commit:4",
+    "after a quorum": "coordinator.after_quorum:2",
+    "mid-checkpoint": "store.mid_checkpoint:2",
+}
+CRASH_SITES = ("bch", "pumch", "west-china")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(deployment: Deployment) -> dict[str, Any]:
+    text = study_text("reference", CRASH_SITES, rounds=3, quorum=3, timeout_s=120)
+    return simulate(deployment, text)
+
+
+@pytest.mark.parametrize("point", list(CRASHES), ids=list(CRASHES))
+def test_a_killed_coordinator_restarts_and_finishes_the_same_model(
+    deployment: Deployment, uninterrupted: dict[str, Any], point: str
+) -> None:
+    d = deployment
+    if d.coordinator is not None:
+        d.coordinator.terminate()
+        d.coordinator.wait()
+    study_id = "crash-" + point.replace(" ", "-")
+    status = run_study(d, study_id, CRASH_SITES, rounds=3, coordinator_crash=CRASHES[point])
+    assert status["status"] == "finished"
+    assert [len(r["sites"]) for r in status["history"]] == [3, 3, 3]
+    assert_counted_once(d, status, CRASH_SITES)
+    _, weights = d.final_weights(study_id)
+    assert_same_weights(weights, uninterrupted)
+    audit_verifies(d.coordinator_dir / "audit.log")
+
+
+def test_a_killed_site_is_left_out_at_the_deadline_and_rejoins(deployment: Deployment) -> None:
+    d = deployment
+    sites = ("bch", "pumch", "west-china")
+    text = study_text("site-crash", sites, rounds=3, quorum=2, timeout_s=15)
+    approve(d, text)
+    if d.coordinator is None or d.coordinator.poll() is not None:
+        d.start_coordinator()
+    d.submit(text)
+    d.site_procs = {}
+    d.start_site("bch")
+    d.start_site("west-china")
+    d.start_site("pumch", crash_at="site.before_submit:2")
+    victim = d.site_procs["pumch"]
+    victim.wait(timeout=300)
+    assert victim.returncode == -9
+    deadline = time.monotonic() + 120
+    while d.status("site-crash")["rounds_closed"] < 2:
+        assert time.monotonic() < deadline, d.status("site-crash")
+        time.sleep(0.5)
+    d.start_site("pumch")
+    d.wait_sites(300)
+    status = d.status("site-crash")
+    assert status["status"] == "finished"
+    assert [r["sites"] for r in status["history"]] == [
+        ["bch", "pumch", "west-china"],
+        ["bch", "west-china"],
+        ["bch", "pumch", "west-china"],
+    ]
+    assert_counted_once(d, status, sites)
+    audit_verifies(d.site_dir("pumch") / "state" / "audit.log")
