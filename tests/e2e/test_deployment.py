@@ -206,3 +206,58 @@ def test_a_killed_site_is_left_out_at_the_deadline_and_rejoins(deployment: Deplo
     ]
     assert_counted_once(d, status, sites)
     audit_verifies(d.site_dir("pumch") / "state" / "audit.log")
+
+
+def _events(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_hospital_joins_mid_study_and_another_refuses_an_unapproved_study(
+    deployment: Deployment,
+) -> None:
+    """``sites = "all"``: ruijin starts after round 1 and trains from the current model on;
+    pumch's policy does not list the study's hash, so it never trains and rounds close at
+    their deadline with the quorum."""
+    d = deployment
+    text = study_text("open-join", None, rounds=4, quorum=2, timeout_s=10)
+    approve(d, text)
+    policy = d.site_dir("pumch") / "site.toml"
+    body = policy.read_text()
+    start = body.index("approved_studies = [")
+    policy.write_text(body[:start] + "approved_studies = []" + body[body.index("]", start) + 1 :])
+    if d.coordinator is None or d.coordinator.poll() is not None:
+        d.start_coordinator()
+    d.submit(text)
+    d.site_procs = {}
+    for site in ("bch", "west-china", "pumch"):
+        d.start_site(site)
+    refusing = d.site_procs.pop("pumch")
+    deadline = time.monotonic() + 180
+    while d.status("open-join")["rounds_closed"] < 1:
+        assert time.monotonic() < deadline, d.status("open-join")
+        time.sleep(0.5)
+    d.start_site("ruijin")
+    try:
+        d.wait_sites(300)
+    finally:
+        refusing.terminate()
+        refusing.wait(10)
+    status = d.status("open-join")
+    assert status["status"] == "finished"
+    history = status["history"]
+    assert all("pumch" not in r["sites"] for r in history)
+    assert "ruijin" not in history[0]["sites"]
+    assert "ruijin" in history[-1]["sites"]
+    assert_counted_once(d, status, ("bch", "pumch", "ruijin", "west-china"))
+    joined = _events(d.site_dir("ruijin") / "state" / "audit.log")
+    first_task = next(
+        e for e in joined if e["event"] == "task_received" and e["details"]["study"] == "open-join"
+    )
+    assert first_task["details"]["model_version"] >= 1  # caught up on the current model
+    refused = _events(d.site_dir("pumch") / "state" / "audit.log")
+    reasons = [e["details"]["reason"] for e in refused if e["event"] == "task_refused"]
+    assert reasons
+    assert "not in [policy] approved_studies" in reasons[-1]
+    assert not any(
+        e["event"] == "update_sent" and e["details"]["study"] == "open-join" for e in refused
+    )

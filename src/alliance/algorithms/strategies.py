@@ -101,12 +101,29 @@ def weighted_mean_delta(updates: Sequence[SiteUpdate]) -> dict[str, npt.NDArray[
     return out
 
 
+def _check_options(strategy: Any, *names: str) -> None:
+    """Each named option must be a finite number > 0 (study files are typed by people)."""
+    for name in names:
+        value = getattr(strategy, name)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not np.isfinite(value):
+            raise ConfigError(
+                f"[strategy] {name} of {strategy.name} must be a number, got {value!r}"
+            )
+        if value <= 0 and name != "mu":
+            raise ConfigError(f"[strategy] {name} of {strategy.name} must be > 0, got {value!r}")
+        if value < 0:
+            raise ConfigError(f"[strategy] {name} of {strategy.name} must be >= 0, got {value!r}")
+
+
 @dataclass
 class FedAvg:
     """Sample-weighted federated averaging with a server learning rate (1.0 = plain FedAvg)."""
 
     server_lr: float = 1.0
     name: str = "fedavg"
+
+    def __post_init__(self) -> None:
+        _check_options(self, "server_lr")
 
     def configure(self, plan: TrainingPlan) -> TrainingPlan:
         """FedAvg sends the plan unchanged."""
@@ -136,6 +153,9 @@ class FedProx(FedAvg):
     mu: float = 0.01
     name: str = "fedprox"
 
+    def __post_init__(self) -> None:
+        _check_options(self, "server_lr", "mu")
+
     def configure(self, plan: TrainingPlan) -> TrainingPlan:
         """Set the proximal weight ``mu`` in the plan."""
         return replace(plan, proximal_mu=self.mu)
@@ -152,6 +172,7 @@ class FedAdam:
     name: str = "fedadam"
 
     def __post_init__(self) -> None:
+        _check_options(self, "server_lr", "beta1", "beta2", "tau")
         self._m: dict[str, npt.NDArray[np.float64]] = {}
         self._v: dict[str, npt.NDArray[np.float64]] = {}
 

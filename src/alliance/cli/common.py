@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from alliance.core.errors import AllianceError, ConfigError, DataError
 
@@ -25,7 +26,7 @@ def errors() -> Iterator[None]:
     except AllianceError as exc:
         if state["verbose"]:
             raise
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         # Bad input (a setting, a file, a code) exits 2; a model or federation failure 1.
         raise typer.Exit(2 if isinstance(exc, ConfigError | DataError) else 1) from None
     except KeyboardInterrupt:

@@ -14,31 +14,36 @@ bundle per party, each a folder that is copied as a whole to where the party run
 ``add-site`` issues one more site bundle and touches nothing else; ``revoke-site`` and
 ``renew-crl`` sign a new CRL into ``ca/`` and ``coordinator/``. The CA key's passphrase is
 read from ``ALLIANCE_CA_PASSPHRASE`` and never printed or logged; without it the key is
-written unencrypted, with a warning. TOML is read with :mod:`tomllib` and written from
-templates whose strings are escaped by :func:`_q`. Errors print one line and exit 2 (bad input)
-or 1; with ``alliance --verbose`` they raise with a traceback.
+written unencrypted, with a warning. TOML is read here with :mod:`tomllib`; the bundles and
+``consortium.toml`` are written by :mod:`alliance.cli.bundles`. Errors print one line and exit 2
+(bad input) or 1; with ``alliance --verbose`` they raise with a traceback.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tomllib
 import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from cryptography.hazmat.primitives import serialization
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from alliance.cli.bundles import (
+    Consortium,
+    Party,
+    save_consortium,
+    write_coordinator_bundle,
+    write_operator_bundle,
+    write_site_bundle,
+)
 from alliance.core.errors import AllianceError, ConfigError, DataError
 from alliance.crypto import (
     PASSPHRASE_ENV,
@@ -66,71 +71,15 @@ err = Console(stderr=True)
 _RESERVED = ("coordinator", "operator")
 _CRL_DAYS = 365
 
-_COORDINATOR_TOML = """\
-# Guardian Alliance coordinator of consortium "{name}".
-federation = {fed}
-
-[server]
-host = "0.0.0.0"
-port = {port}
-
-[tls]
-certificate = "coordinator.crt"
-key = "coordinator.key"
-signing_key = "signing.key"
-ca = "ca.crt"
-crl = "crl.pem"
-
-[store]
-# SQLite by default; PostgreSQL: "postgresql+psycopg://user@host:5432/db"
-url = "sqlite:///coordinator.db"
-
-[audit]
-path = "audit.log"
-"""
-_SITE_TOML = """\
-# Guardian Alliance site agent of "{display}" in consortium "{name}".
-federation = {fed}
-site = {site}
-coordinator = {url}
-
-[tls]
-certificate = "site.crt"
-key = "site.key"
-signing_key = "signing.key"
-ca = "ca.crt"
-
-[data]
-# Fill in: this hospital's cases (phenopacket JSON, a folder of them, or JSON lines).
-train = "cases.train.jsonl"
-# Optional held-out cases; only aggregate top-k counts on them ever leave the hospital.
-test = ""
-
-[policy]
-# sha256 of every study file this hospital approved (alliance study hash study.toml).
-approved_studies = []
-# Refuse to train when fewer local cases than this would be used.
-min_cohort = 20
-
-[state]
-dir = "state"
-"""
-_OPERATOR_TOML = """\
-# Guardian Alliance operator (the consortium's data scientist) of consortium "{name}".
-federation = {fed}
-operator = "operator"
-coordinator = {url}
-
-[tls]
-certificate = "operator.crt"
-key = "operator.key"
-signing_key = "signing.key"
-ca = "ca.crt"
-"""
-
 
 @contextmanager
 def _errors() -> Iterator[None]:
+    """Print an AllianceError as one line and exit 2 (bad input) or 1 (the rest).
+
+    Not :func:`alliance.cli.common.errors`: this prints on this module's ``err`` (which callers
+    and tests may replace, e.g. to stop line wrapping) and re-raises when the ``alliance``
+    logger is at DEBUG (``alliance --verbose``).
+    """
     try:
         yield
     except AllianceError as exc:
@@ -143,11 +92,6 @@ def _errors() -> Iterator[None]:
 def _say(*parts: str | tuple[str, str], stderr: bool = False) -> None:
     """Print text as is: names and paths may hold '[', which rich markup would swallow."""
     (err if stderr else console).print(Text.assemble(*parts), highlight=False)
-
-
-def _q(text: str) -> str:
-    """``text`` as a TOML basic string (JSON's escapes are TOML's; DEL escaped too)."""
-    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def _plain(value: Any, where: str) -> str:
@@ -163,30 +107,6 @@ def _site_id(value: Any, where: str) -> str:
     if site in _RESERVED:
         raise ConfigError(f"{where} {site!r} is reserved; choose another site id")
     return site
-
-
-@dataclass
-class _Party:
-    id: str
-    name: str
-    serial: str
-    fingerprint: str
-    revoked_at: str | None = None
-
-
-@dataclass
-class _Consortium:
-    name: str
-    host: str
-    port: int
-    ca_fingerprint: str
-    coordinator: _Party
-    operator: _Party
-    sites: list[_Party]
-
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
-        return f"https://{host}:{self.port}"
 
 
 def _read_toml(path: Path, what: str) -> dict[str, Any]:
@@ -238,11 +158,11 @@ def _read_sites(path: Path) -> tuple[str, int, list[tuple[str, str]]]:
     return host, port, sites
 
 
-def _party(raw: Any, where: str) -> _Party:
+def _party(raw: Any, where: str) -> Party:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a table")
     revoked = raw.get("revoked_at")
-    return _Party(
+    return Party(
         id=check_party_name(raw.get("id"), field=f"{where}.id"),
         name=_plain(raw.get("name", raw.get("id")), f"{where}.name"),
         serial=_plain(raw.get("serial"), f"{where}.serial"),
@@ -251,14 +171,14 @@ def _party(raw: Any, where: str) -> _Party:
     )
 
 
-def _load_consortium(folder: Path) -> _Consortium:
+def _load_consortium(folder: Path) -> Consortium:
     path = folder / "consortium.toml"
     raw = _read_toml(path, "consortium file")
     host, port = _coordinator(raw, path, None)
     sites = raw.get("site", [])
     if not isinstance(sites, list):
         raise ConfigError(f"{path}: 'site' must be a list of [[site]] tables")
-    return _Consortium(
+    return Consortium(
         name=_plain(raw.get("name"), f"{path}: name"),
         host=host,
         port=port,
@@ -269,56 +189,21 @@ def _load_consortium(folder: Path) -> _Consortium:
     )
 
 
-def _party_toml(header: str, party: _Party, extra: str = "") -> str:
-    lines = [header, f"id = {_q(party.id)}", f"name = {_q(party.name)}", extra]
-    lines += [f"serial = {_q(party.serial)}", f"fingerprint = {_q(party.fingerprint)}"]
-    if header == "[[site]]":
-        lines.append(f"revoked = {'true' if party.revoked_at else 'false'}")
-        if party.revoked_at:
-            lines.append(f"revoked_at = {_q(party.revoked_at)}")
-    return "\n".join(line for line in lines if line) + "\n"
-
-
-def _save_consortium(folder: Path, c: _Consortium) -> Path:
-    parts = [
-        f'# Guardian Alliance consortium "{c.name}": who holds which certificate.\n'
-        "# Written by 'alliance consortium'; the CA's own record is ca/state.json.\n"
-        f"name = {_q(c.name)}\nca_fingerprint = {_q(c.ca_fingerprint)}\n",
-        _party_toml("[coordinator]", c.coordinator, f"host = {_q(c.host)}\nport = {c.port}"),
-        _party_toml("[operator]", c.operator),
-        *(_party_toml("[[site]]", s) for s in c.sites),
-    ]
-    path = folder / "consortium.toml"
-    write_file(path, "\n".join(parts).encode("utf-8"))
-    return path
-
-
 def _passphrase() -> bytes | None:
     value = os.environ.get(PASSPHRASE_ENV, "")
     return value.encode("utf-8") if value else None
 
 
-def _record(party: IssuedParty, party_id: str, name: str | None = None) -> _Party:
-    return _Party(party_id, name or party_id, f"{party.serial:x}", party.fingerprint)
-
-
-def _bundle(
-    folder: Path, party: IssuedParty, stem: str, ca: CertificateAuthority, toml: str
-) -> None:
-    party.write(folder, stem=stem)
-    write_file(folder / "ca.crt", ca.certificate.public_bytes(serialization.Encoding.PEM))
-    write_file(folder / f"{stem}.toml", toml.encode("utf-8"))
+def _record(party: IssuedParty, party_id: str, name: str | None = None) -> Party:
+    return Party(party_id, name or party_id, f"{party.serial:x}", party.fingerprint)
 
 
 def _site_bundle(
-    folder: Path, c: _Consortium, ca: CertificateAuthority, site: str, display: str, days: int
-) -> _Party:
+    folder: Path, c: Consortium, ca: CertificateAuthority, site: str, display: str, days: int
+) -> Party:
     party = ca.issue(site, Role.SITE, valid_days=days)
-    text = _SITE_TOML.format(
-        display=display, name=c.name, fed=_q(c.name), site=_q(site), url=_q(c.url())
-    )
-    _bundle(folder / "sites" / site, party, "site", ca, text)
-    logger.info("wrote the bundle of site %r to %s", site, folder / "sites" / site)
+    where = write_site_bundle(folder, c, ca, party, site, display)
+    logger.info("wrote the bundle of site %r to %s", site, where)
     return _record(party, site, display)
 
 
@@ -335,7 +220,7 @@ def _publish_crl(
     )
 
 
-def _load_ca(folder: Path, c: _Consortium) -> CertificateAuthority:
+def _load_ca(folder: Path, c: Consortium) -> CertificateAuthority:
     ca = CertificateAuthority.load(folder / "ca", passphrase=_passphrase())
     if fingerprint(ca.certificate) != c.ca_fingerprint:
         raise ConfigError(
@@ -345,7 +230,7 @@ def _load_ca(folder: Path, c: _Consortium) -> CertificateAuthority:
     return ca
 
 
-def _print_parties(c: _Consortium, title: str, *, only: str | None = None) -> None:
+def _print_parties(c: Consortium, title: str, *, only: str | None = None) -> None:
     table = Table(title=Text(title), title_justify="left")
     for column in ("party", "name", "serial", "sha256 fingerprint", "status"):
         table.add_column(column, overflow="fold")
@@ -387,15 +272,13 @@ def init(
         coordinator = ca.issue("coordinator", Role.COORDINATOR, hosts=hosts, valid_days=valid_days)
         operator = ca.issue("operator", Role.OPERATOR, valid_days=valid_days)
         records = (_record(coordinator, "coordinator"), _record(operator, "operator"))
-        c = _Consortium(name, host, port, fingerprint(ca.certificate), *records, sites=[])
+        c = Consortium(name, host, port, fingerprint(ca.certificate), *records, sites=[])
         for site, display in plan:
             c.sites.append(_site_bundle(out, c, ca, site, display, valid_days))
-        text = _COORDINATOR_TOML.format(name=name, fed=_q(name), port=port)
-        _bundle(out / "coordinator", coordinator, "coordinator", ca, text)
-        text = _OPERATOR_TOML.format(name=name, fed=_q(name), url=_q(c.url()))
-        _bundle(out / "operator", operator, "operator", ca, text)
+        write_coordinator_bundle(out, c, ca, coordinator)
+        write_operator_bundle(out, c, ca, operator)
         _publish_crl(out, ca, crl_days, passphrase)  # the CA folder last: init can be re-run
-        _save_consortium(out, c)
+        save_consortium(out, c)
     _print_parties(c, f'Consortium "{name}" written to {out}/')
     _say(f"coordinator certificate hosts: {', '.join(hosts)}")
     if passphrase is None:
@@ -438,7 +321,7 @@ def add_site(
         entry = _site_bundle(folder, c, ca, site, display, valid_days)
         ca.save(folder / "ca")
         c.sites = [s for s in c.sites if s.id != site] + [entry]
-        _save_consortium(folder, c)
+        save_consortium(folder, c)
     _print_parties(c, f'Site {site!r} added to consortium "{c.name}"', only=site)
     _say(
         f"Next: send {folder / 'sites' / site}/ to {display} over a trusted channel, and "
@@ -465,7 +348,7 @@ def revoke_site(
         serials = ca.revoke(site, role=Role.SITE)
         where = _publish_crl(folder, ca, crl_days)
         entry.revoked_at = f"{ca.revoked_at(serials[0]) or datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}"
-        _save_consortium(folder, c)
+        save_consortium(folder, c)
     _say(
         f"revoked site {site!r} (certificate serial {', '.join(f'{s:x}' for s in serials)})\n"
         f"{where}.\nCopy crl.pem to the coordinator's [tls] crl path now: it re-reads the "

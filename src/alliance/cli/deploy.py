@@ -15,7 +15,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from alliance.cli.common import console, errors
+from alliance.cli.common import console, errors, state
+from alliance.core.logging import configure_logging
 
 __all__ = ["coordinator_app", "site_app", "study_app"]
 
@@ -31,6 +32,7 @@ def coordinator_serve(config: ConfigOption = Path("coordinator.toml")) -> None:
     """Serve the coordinator API over mutual TLS until interrupted."""
     from alliance.coordinator.serve import CoordinatorConfig, serve
 
+    configure_logging(verbose=state["verbose"], service=True)
     with errors():
         cfg = CoordinatorConfig.load(config)
 
@@ -60,6 +62,7 @@ def site_run(
     """Poll the coordinator, check each task against the hospital's policy, train, submit."""
     from alliance.site.runner import SiteConfig, SiteRunner, describe
 
+    configure_logging(verbose=state["verbose"], service=True)
     with errors():
         cfg = SiteConfig.load(config)
         runner = SiteRunner(cfg)
@@ -107,7 +110,7 @@ def study_submit(
         status = _client(config).submit(study)
         console.print(
             f"submitted study [bold]{status['study']}[/] ({status['hash']}): {status['status']}; "
-            "hospitals must list this hash in [policy] approved_studies"
+            "hospitals must list this hash in \\[policy] approved_studies"
         )
 
 

@@ -436,3 +436,4 @@ class Coordinator:
 
     def _event(self, kind: str, message: str) -> None:
         self.store.add_event(StoredEvent(self.study, self.clock(), kind, message))
+        logger.info("study %s: %s", self.study, message)

@@ -136,6 +136,9 @@ class CoordinatorService:
                 self.tick()
             except AllianceError as exc:
                 logger.error("study driver: %s", exc)
+            except Exception:
+                # The driver must outlive any one study's fault; the traceback goes to the log.
+                logger.exception("study driver: unexpected error; continuing")
             with self._changed:
                 self._changed.wait(interval_s)
 
@@ -230,10 +233,15 @@ class CoordinatorService:
         record = (running or queued)[0]
         try:
             self._running = self._load(record)
-        except AllianceError as exc:
-            self.store.set_study_status(record.study_id, StudyStatus.FAILED, error=str(exc))
-            self.audit.append("study_failed", study=record.study_id, error=str(exc))
-            logger.error("study %s cannot run: %s", record.study_id, exc)
+        except (AllianceError, TypeError, ValueError) as exc:
+            # TypeError, ValueError: [model] or [strategy] options of the wrong type, which only
+            # building the model or strategy meets (`dim = 1.5`, `sources = 5`).
+            error = str(exc)
+            if not isinstance(exc, AllianceError):
+                error = f"its [model] or [strategy] options do not fit: {exc}"
+            self.store.set_study_status(record.study_id, StudyStatus.FAILED, error=error)
+            self.audit.append("study_failed", study=record.study_id, error=error)
+            logger.error("study %s cannot run: %s", record.study_id, error)
             return None
         if record.status is StudyStatus.QUEUED:
             self.store.set_study_status(record.study_id, StudyStatus.RUNNING)

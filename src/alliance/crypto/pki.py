@@ -307,6 +307,20 @@ class TrustStore:
         ConfigError
             The CRL file changed and the new one is unusable.
         """
+        try:
+            return self._verify(certificate, role=role, name=name, now=now)
+        except (ValueError, TypeError, UnicodeError, x509.InvalidVersion) as exc:
+            # cryptography parses lazily: a malformed field surfaces only when it is read.
+            raise IntegrityError(f"certificate is malformed: {exc}") from None
+
+    def _verify(
+        self,
+        certificate: x509.Certificate | bytes,
+        *,
+        role: Role | None,
+        name: str | None,
+        now: datetime | None,
+    ) -> Identity:
         if isinstance(certificate, bytes | bytearray | memoryview):
             try:
                 certificate = x509.load_der_x509_certificate(bytes(certificate))

@@ -119,6 +119,8 @@ class StudySpec:
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+        except RecursionError:  # tomllib recurses once per level of nesting
+            raise ConfigError(f"{where}: arrays or inline tables nested too deeply") from None
         study = _table(raw, "study", where) or {}
         unknown = set(study) - _STUDY_KEYS
         if unknown:

@@ -32,13 +32,13 @@ from alliance.crypto.signing import Signer
 from alliance.crypto.tls import client_context
 from alliance.crypto.verifier import MessageVerifier
 from alliance.models.tasks import StudyModel, make_study_model
-from alliance.protocol.codec import decode_signed, encode_signed
-from alliance.protocol.envelope import COORDINATOR, MessageKind
+from alliance.protocol.envelope import COORDINATOR, Envelope, MessageKind
 from alliance.protocol.messages import StudyEnd, TrainTask
 from alliance.protocol.study import StudySpec, spec_hash
 from alliance.site.agent import Site
 from alliance.store.audit import AuditLog
 from alliance.transport.http import HttpClient
+from alliance.transport.https_link import HttpSiteLink
 
 __all__ = ["SiteConfig", "SiteRunner", "describe"]
 
@@ -126,12 +126,17 @@ class SiteRunner:
                 f"{config.certificate} is issued to {self.signer.name!r}"
             )
         self.trust = TrustStore.load(config.ca, config.crl)
-        self._verify = MessageVerifier(self.trust, role=Role.COORDINATOR)
-        self.client = client or HttpClient(
-            config.coordinator,
-            ssl_context=client_context(
-                certificate=config.certificate, key=config.key, ca=config.ca
+        self.link = HttpSiteLink(
+            client
+            or HttpClient(
+                config.coordinator,
+                ssl_context=client_context(
+                    certificate=config.certificate, key=config.key, ca=config.ca
+                ),
             ),
+            signer=self.signer,
+            verify=MessageVerifier(self.trust, role=Role.COORDINATOR),
+            poll_s=config.poll_s,
         )
         self.audit = AuditLog(config.state_dir / "audit.log", actor=config.site)
         self._studies: dict[str, _Study] = {}
@@ -144,16 +149,9 @@ class SiteRunner:
         self.audit.append("agent_started", coordinator=self.config.coordinator)
         stop = stop or threading.Event()
         while not stop.is_set() and (max_studies is None or self.studies_done < max_studies):
-            response = self.client.request(
-                "GET",
-                "/v1/messages/next",
-                params={"wait": self.config.poll_s},
-                extra_timeout_s=self.config.poll_s,
-            )
-            if response.status_code == 204:
-                continue
             try:
-                worked = self._handle(response.content)
+                env = self.link.fetch(self.config.site)
+                worked = True if env is None else self._handle(env)
             except AllianceError as exc:
                 logger.error("site %s: %s", self.config.site, exc)
                 self.audit.append("error", message=str(exc))
@@ -162,10 +160,8 @@ class SiteRunner:
                 # The coordinator offers a refused task again at once; do not spin on it.
                 stop.wait(self.config.poll_s)
 
-    def _handle(self, data: bytes) -> bool:
-        """Act on one message; ``False`` if the site refused to work on it."""
-        signed = decode_signed(data, self._verify)
-        env = signed.envelope
+    def _handle(self, env: Envelope) -> bool:
+        """Act on one verified message; ``False`` if the site refused to work on it."""
         h = env.header
         if h.federation != self.config.federation or h.recipient != self.config.site:
             raise ProtocolError(
@@ -177,6 +173,7 @@ class SiteRunner:
             end = StudyEnd.from_envelope(env)
             if self._open_study(h.study):
                 self.audit.append("study_ended", study=h.study, final_version=end.final_version)
+                logger.info("study %s ended at model version %d", h.study, end.final_version)
                 self._studies.pop(h.study, None)
                 self.studies_done += 1
             return True
@@ -189,23 +186,30 @@ class SiteRunner:
         self.audit.append(
             "task_received", study=h.study, round=h.round, model_version=task.model_version
         )
-        update = study.site.train_round(task)
-        payload = encode_signed(update.to_envelope(), self.signer)
-        crash_point("site.before_submit")
-        answer = self.client.request(
-            "POST",
-            "/v1/updates",
-            content=payload,
-            headers={"content-type": "application/octet-stream"},
+        logger.info(
+            "study %s round %d: training on model version %d", h.study, h.round, task.model_version
         )
+        update = study.site.train_round(task)
+        crash_point("site.before_submit")
+        self.link.submit(update.to_envelope())
+        size, receipt = self.link.last_sent or (0, "?")
         self.audit.append(
             "update_sent",
             study=h.study,
             round=h.round,
-            bytes=len(payload),
+            bytes=size,
             num_examples=update.num_examples,
             metrics=sorted(update.metrics),
-            receipt=answer.json().get("receipt"),
+            receipt=receipt,
+        )
+        logger.info(
+            "study %s round %d: sent %d bytes (delta of %d cases, metrics %s): %s",
+            h.study,
+            h.round,
+            size,
+            update.num_examples,
+            ", ".join(sorted(update.metrics)),
+            receipt,
         )
         return True
 
@@ -220,7 +224,7 @@ class SiteRunner:
         study_id = task.header.study
         if study_id in self._studies:
             return self._check_plan(self._studies[study_id], task)
-        text = self.client.request("GET", f"/v1/studies/{study_id}/spec").text
+        text = self.link.study_spec(study_id)
         digest = spec_hash(text)
         if digest not in self.config.approved_studies:
             self._refuse(

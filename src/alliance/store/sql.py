@@ -29,19 +29,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy.typing as npt
 from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy import exc as sa_exc
 
-from alliance.core.errors import ConfigError
 from alliance.core.faults import crash_point
-from alliance.store import rules
+from alliance.store import rules, sqlrows
 from alliance.store import sqlschema as db
-from alliance.store.arrays import dump_json, load_json, pack_arrays, unpack_arrays
+from alliance.store.arrays import dump_json, load_json, unpack_arrays
 from alliance.store.state import (
     RoundState,
     RoundStatus,
@@ -104,26 +103,9 @@ class SqlStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def _tx(self, *, write: bool) -> Iterator[Connection]:
+    def _tx(self, *, write: bool) -> AbstractContextManager[Connection]:
         """One transaction; committed when the block ends, rolled back if it raises."""
-        try:
-            with self._engine.connect() as conn:
-                conn.execution_options(**{db.WRITE_OPTION: write})
-                with conn.begin():
-                    yield conn
-        except sa_exc.OperationalError as exc:
-            detail, password = db.first_line(exc), self._engine.url.password
-            if password:  # drivers do not echo passwords, but never risk it
-                detail = detail.replace(str(password), "***")
-            if self._engine.dialect.name == "sqlite":
-                hint = "that its directory exists and is writable, that the disk is not full"
-            else:
-                hint = "that the server is running and reachable with these credentials"
-            raise ConfigError(
-                f"coordinator store {self.url}: {detail}; check {hint}, and that no other "
-                "program holds a lock on the database"
-            ) from None
+        return db.transaction(self._engine, self.url, write=write)
 
     def drop_all(self) -> None:
         """Drop every ``alliance_*`` table (tests only: the state is gone)."""
@@ -154,13 +136,13 @@ class SqlStore:
         """One study, or ``None``."""
         with self._tx(write=False) as conn:
             row = conn.execute(select(db.studies).where(db.studies.c.study_id == study_id)).first()
-        return None if row is None else db.study_record(row)
+        return None if row is None else sqlrows.study_record(row)
 
     def studies(self) -> list[StudyRecord]:
         """Every study, oldest first (ties by study id)."""
         with self._tx(write=False) as conn:
             query = select(db.studies).order_by(db.studies.c.created_at, db.studies.c.study_id)
-            return [db.study_record(row) for row in conn.execute(query)]
+            return [sqlrows.study_record(row) for row in conn.execute(query)]
 
     def set_study_status(
         self, study_id: str, status: StudyStatus, *, error: str | None = None
@@ -179,19 +161,18 @@ class SqlStore:
     # --- model versions --------------------------------------------------------------------
     def save_initial_model(self, study_id: str, weights: Weights, strategy_state: Weights) -> None:
         """Store model version 0 unless it exists (idempotent, for restarts)."""
-        row = {
-            "study_id": study_id,
-            "version": 0,
-            "weights": pack_arrays(weights, what=f"initial weights of study {study_id!r}"),
-            "strategy_state": pack_arrays(
-                strategy_state, what=f"initial strategy state of study {study_id!r}"
-            ),
-        }
+        row = sqlrows.model_row(
+            study_id,
+            0,
+            weights,
+            strategy_state,
+            what=f"initial weights of study {study_id!r}",
+            state_what=f"initial strategy state of study {study_id!r}",
+        )
+        stored = select(db.models.c.version).where(*db.version_key(study_id, 0))
         with self._tx(write=True) as conn:
             self._require_study(conn, study_id)
-            if conn.execute(
-                select(db.models.c.version).where(*db.version_key(study_id, 0))
-            ).first():
+            if conn.execute(stored).first():
                 return
             try:
                 with conn.begin_nested():
@@ -214,12 +195,7 @@ class SqlStore:
             row = conn.execute(query).first()
         if row is None:
             raise rules.no_model(study_id)
-        what = f"model version {row.version} of study {study_id!r}"
-        return (
-            row.version,
-            unpack_arrays(row.weights, what=what),
-            unpack_arrays(row.strategy_state, what=f"strategy state of {what}"),
-        )
+        return sqlrows.model_arrays(study_id, row.version, row.weights, row.strategy_state)
 
     def model(self, study_id: str, version: int) -> dict[str, npt.NDArray[Any]]:
         """The weights of one model version (``ConfigError`` if absent)."""
@@ -245,15 +221,11 @@ class SqlStore:
         Raises ``FederationError`` if a round is open, the round exists or is not the next one,
         or ``model_version`` is not stored; ``ConfigError`` for an unknown study.
         """
-        names = dump_json(list(participants), what=f"participants of round {round_}")
+        row = sqlrows.round_row(study_id, round_, model_version, participants, deadline)
         with self._tx(write=True) as conn:
             self._require_study(conn, study_id, lock=True)
-            newest = conn.execute(
-                select(db.rounds.c.round, db.rounds.c.status)
-                .where(db.rounds.c.study_id == study_id)
-                .order_by(db.rounds.c.round.desc())
-                .limit(1)
-            ).first()
+            query = db.newest_round(study_id, db.rounds.c.round, db.rounds.c.status)
+            newest = conn.execute(query).first()
             version = conn.execute(
                 select(db.models.c.version).where(*db.version_key(study_id, model_version))
             ).first()
@@ -265,29 +237,13 @@ class SqlStore:
                 version_exists=version is not None,
                 model_version=model_version,
             )
-            conn.execute(
-                insert(db.rounds).values(
-                    study_id=study_id,
-                    round=round_,
-                    model_version=model_version,
-                    participants=names,
-                    deadline=deadline,
-                    status=_OPEN,
-                    summary=None,
-                )
-            )
+            conn.execute(insert(db.rounds).values(**row))
 
     def current_round(self, study_id: str) -> RoundState | None:
         """The newest round of the study (open or closed), or ``None`` before the first."""
-        query = (
-            select(db.rounds)
-            .where(db.rounds.c.study_id == study_id)
-            .order_by(db.rounds.c.round.desc())
-            .limit(1)
-        )
         with self._tx(write=False) as conn:
-            row = conn.execute(query).first()
-        return None if row is None else db.round_state(row)
+            row = conn.execute(db.newest_round(study_id)).first()
+        return None if row is None else sqlrows.round_state(row)
 
     def rounds(self, study_id: str) -> list[RoundState]:
         """Every round, in order."""
@@ -295,7 +251,7 @@ class SqlStore:
             select(db.rounds).where(db.rounds.c.study_id == study_id).order_by(db.rounds.c.round)
         )
         with self._tx(write=False) as conn:
-            return [db.round_state(row) for row in conn.execute(query)]
+            return [sqlrows.round_state(row) for row in conn.execute(query)]
 
     def set_deadline(self, study_id: str, round_: int, deadline: float | None) -> None:
         """Move the deadline of an open round (``FederationError`` if it is not open)."""
@@ -315,17 +271,7 @@ class SqlStore:
         even after its round closed: the site is answered "already received".
         """
         where = rules.update_where(study_id, round_, meta.site)
-        row = {
-            "study_id": study_id,
-            "round": round_,
-            "site": meta.site,
-            "nonce": meta.nonce,
-            "digest": meta.digest,
-            "num_examples": meta.num_examples,
-            "metrics": dump_json(dict(meta.metrics), what=f"metrics of the {where}"),
-            "payload": pack_arrays(delta, what=where),
-            "received_at": time.time(),
-        }
+        row = sqlrows.update_row(study_id, round_, meta, delta, where=where)
         stored = select(db.updates.c.digest).where(*db.update_key(study_id, round_, meta.site))
         with self._tx(write=True) as conn:
             digest = conn.execute(stored).scalar()
@@ -396,12 +342,7 @@ class SqlStore:
         the round's update payloads (``FederationError`` if the round is not open or
         ``new_version`` is not newer than every stored version)."""
         what = f"model version {new_version} of study {study_id!r}"
-        model_row = {
-            "study_id": study_id,
-            "version": new_version,
-            "weights": pack_arrays(weights, what=what),
-            "strategy_state": pack_arrays(strategy_state, what=f"strategy state of {what}"),
-        }
+        model_row = sqlrows.model_row(study_id, new_version, weights, strategy_state, what=what)
         text_summary = dump_json(dict(summary), what=f"summary of round {round_}")
         this_round = db.round_key(db.rounds, study_id, round_)
         with self._tx(write=True) as conn:
@@ -441,8 +382,7 @@ class SqlStore:
             .order_by(db.rejections.c.id)
         )
         with self._tx(write=False) as conn:
-            rows = conn.execute(query).all()
-        return [StoredRejection(r.study_id, r.round, r.sender, r.reason, r.at) for r in rows]
+            return [sqlrows.rejection(r) for r in conn.execute(query)]
 
     def add_event(self, event: StoredEvent) -> None:
         """Append a line to a study's log."""
@@ -457,5 +397,4 @@ class SqlStore:
             .order_by(db.events.c.id)
         )
         with self._tx(write=False) as conn:
-            rows = conn.execute(query).all()
-        return [(r.id, StoredEvent(r.study_id, r.at, r.kind, r.message)) for r in rows]
+            return [sqlrows.stored_event(r) for r in conn.execute(query)]

@@ -1,4 +1,5 @@
-"""The SQL layer under :class:`~alliance.store.sql.SqlStore`: tables, engine, migration.
+"""The SQL layer under :class:`~alliance.store.sql.SqlStore`: tables, engine, transactions,
+migration.
 
 Layout version :data:`SCHEMA_VERSION` (recorded in ``alliance_schema_version``); changing a
 table means a new version and a step in :func:`migrate`, which also refuses a database written
@@ -20,14 +21,18 @@ participants, metrics and summaries are JSON text. :func:`make_engine` sets SQLi
 journaling with ``synchronous=FULL`` (a committed transaction survives SIGKILL and power loss),
 a busy timeout, foreign keys on, and SQLAlchemy in charge of ``BEGIN`` (``BEGIN IMMEDIATE`` for
 writing transactions, so two writers never hold snapshots they cannot upgrade); PostgreSQL gets
-``pool_pre_ping`` and a connect timeout. The ``*_key`` helpers spell the ``WHERE`` terms the
-store repeats, and :func:`study_record` / :func:`round_state` turn rows back into records.
+``pool_pre_ping`` and a connect timeout. :func:`transaction` runs one transaction and turns a
+database that cannot be reached or locked into a ``ConfigError``. The ``*_key`` helpers and
+:func:`newest_round` spell the ``WHERE`` terms and queries the store repeats; rows and records
+are converted in :mod:`alliance.store.sqlrows`.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import (
@@ -42,7 +47,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
-    Row,
+    Select,
     String,
     Table,
     Text,
@@ -57,8 +62,6 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
 from alliance.core.errors import ConfigError
-from alliance.store.arrays import load_json
-from alliance.store.state import RoundState, RoundStatus, StudyRecord, StudyStatus
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -72,13 +75,13 @@ __all__ = [
     "metadata",
     "migrate",
     "models",
+    "newest_round",
     "rejections",
     "round_key",
-    "round_state",
     "rounds",
     "schema_version",
     "studies",
-    "study_record",
+    "transaction",
     "update_key",
     "updates",
     "version_key",
@@ -199,11 +202,46 @@ def version_key(study_id: str, version: int) -> tuple[ColumnElement[bool], ...]:
     return (models.c.study_id == study_id, models.c.version == version)
 
 
+def newest_round(study_id: str, *columns: Column[Any]) -> Select[Any]:
+    """``SELECT`` of a study's newest round (open or closed): ``columns``, or the whole row."""
+    query = select(*columns) if columns else select(rounds)
+    return query.where(rounds.c.study_id == study_id).order_by(rounds.c.round.desc()).limit(1)
+
+
 def first_line(exc: BaseException) -> str:
     """The driver's own message of a SQLAlchemy error, first line only (no SQL, no URL)."""
     orig = getattr(exc, "orig", None)
     lines = str(orig if orig is not None else exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+@contextmanager
+def transaction(engine: Engine, shown: str, *, write: bool) -> Iterator[Connection]:
+    """One transaction on ``engine``; committed when the block ends, rolled back if it raises.
+
+    Raises
+    ------
+    ConfigError
+        If the database cannot be reached, opened or locked (``shown``: the URL, password
+        masked; the password never appears in the message).
+    """
+    try:
+        with engine.connect() as conn:
+            conn.execution_options(**{WRITE_OPTION: write})
+            with conn.begin():
+                yield conn
+    except sa_exc.OperationalError as exc:
+        detail, password = first_line(exc), engine.url.password
+        if password:  # drivers do not echo passwords, but never risk it
+            detail = detail.replace(str(password), "***")
+        if engine.dialect.name == "sqlite":
+            hint = "that its directory exists and is writable, that the disk is not full"
+        else:
+            hint = "that the server is running and reachable with these credentials"
+        raise ConfigError(
+            f"coordinator store {shown}: {detail}; check {hint}, and that no other "
+            "program holds a lock on the database"
+        ) from None
 
 
 def make_engine(url: str, shown: str, *, echo: bool) -> Engine:
@@ -302,30 +340,3 @@ def migrate(conn: Connection, shown: str) -> None:
     metadata.create_all(conn)
     if found is None:
         conn.execute(insert(schema_version).values(id=1, version=SCHEMA_VERSION))
-
-
-def study_record(row: Row[Any]) -> StudyRecord:
-    """A study as read from ``alliance_studies``."""
-    return StudyRecord(
-        study_id=row.study_id,
-        spec=row.spec,
-        spec_hash=row.spec_hash,
-        submitted_by=row.submitted_by,
-        status=StudyStatus(row.status),
-        created_at=row.created_at,
-        finished_at=row.finished_at,
-        error=row.error,
-    )
-
-
-def round_state(row: Row[Any]) -> RoundState:
-    """A round as read from ``alliance_rounds``."""
-    return RoundState(
-        study_id=row.study_id,
-        round=row.round,
-        model_version=row.model_version,
-        participants=tuple(load_json(row.participants)),
-        deadline=row.deadline,
-        status=RoundStatus(row.status),
-        summary={} if row.summary is None else load_json(row.summary),
-    )

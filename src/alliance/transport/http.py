@@ -33,7 +33,10 @@ import uvicorn
 from fastapi import FastAPI, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from alliance.core.errors import (
@@ -128,6 +131,28 @@ def _error(exc: AllianceError) -> JSONResponse:
     return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, status_code=status)
 
 
+class ErrorBody(BaseModel):
+    """A refused request: the error's kind and what the caller did wrong."""
+
+    error: str = Field(description="The kind of error, e.g. PermissionDenied or NotFoundError.")
+    detail: str = Field(description="What was wrong, and how to fix it.")
+
+
+_MEANING = {
+    400: "Malformed request or invalid content (ProtocolError, ConfigError, DataError)",
+    403: "The client certificate does not allow this request (PermissionDenied)",
+    404: "No such study (NotFoundError)",
+    409: "Not possible in the federation's current state (FederationError)",
+    422: "The update's signature or integrity check failed (IntegrityError)",
+}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses a route answers with (always JSON)."""
+    body = {"application/json": {"schema": ErrorBody.model_json_schema()}}
+    return {code: {"description": _MEANING[code], "content": body} for code in codes}
+
+
 class StudySubmission(BaseModel):
     """A study file's text."""
 
@@ -162,6 +187,24 @@ def create_app(service: CoordinatorEndpoints) -> FastAPI:
     async def _alliance_error(request: Request, exc: AllianceError) -> JSONResponse:
         return _error(exc)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # The framework's own refusals (unknown path, method, unparsable body) in the same shape.
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every method of the path, not only the first route's
+            methods = {
+                method
+                for route in app.routes
+                if isinstance(route, APIRoute) and route.matches(request.scope)[0] is Match.PARTIAL
+                for method in route.methods or ()
+            }
+            headers["Allow"] = ", ".join(sorted(methods))
+        return JSONResponse(
+            {"error": "ProtocolError", "detail": str(exc.detail)},
+            status_code=exc.status_code,
+            headers=headers,
+        )
+
     async def caller(request: Request, *roles: str) -> str:
         peer = getattr(request.state, "tls_peer_der", None)
         name, role = await run_in_threadpool(service.identify, peer)
@@ -178,7 +221,11 @@ def create_app(service: CoordinatorEndpoints) -> FastAPI:
     @app.get(
         "/v1/messages/next",
         summary="Long-poll: the calling site's next signed message",
-        responses={200: {"content": {OCTETS: {}}}, 204: {"description": "nothing yet"}},
+        responses={
+            200: {"content": {OCTETS: {}}},
+            204: {"description": "nothing yet"},
+            **_errors(400, 403),
+        },
         response_class=Response,
     )
     async def next_message(
@@ -193,6 +240,7 @@ def create_app(service: CoordinatorEndpoints) -> FastAPI:
     @app.post(
         "/v1/updates",
         summary="Submit the calling site's signed model update",
+        responses=_errors(400, 403, 409, 422),
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -206,17 +254,26 @@ def create_app(service: CoordinatorEndpoints) -> FastAPI:
         receipt = await run_in_threadpool(service.submit_update, site, data)
         return {"receipt": receipt}
 
-    @app.get("/v1/studies", summary="Every study, oldest first")
+    @app.get("/v1/studies", summary="Every study, oldest first", responses=_errors(400, 403))
     async def list_studies(request: Request) -> list[dict[str, Any]]:
         await caller(request, "operator", "site")
         return await run_in_threadpool(service.list_studies)
 
-    @app.post("/v1/studies", status_code=201, summary="Submit a study (operators only)")
+    @app.post(
+        "/v1/studies",
+        status_code=201,
+        summary="Submit a study (operators only)",
+        responses=_errors(400, 403),
+    )
     async def submit_study(request: Request, body: StudySubmission) -> dict[str, Any]:
         operator = await caller(request, "operator")
         return await run_in_threadpool(service.submit_study, operator, body.spec)
 
-    @app.get("/v1/studies/{study_id}", summary="A study's status and per-round metrics")
+    @app.get(
+        "/v1/studies/{study_id}",
+        summary="A study's status and per-round metrics",
+        responses=_errors(400, 403, 404),
+    )
     async def study_status(request: Request, study_id: str) -> dict[str, Any]:
         await caller(request, "operator", "site")
         return await run_in_threadpool(service.study_status, study_id)
@@ -225,12 +282,17 @@ def create_app(service: CoordinatorEndpoints) -> FastAPI:
         "/v1/studies/{study_id}/spec",
         summary="The study file exactly as submitted (sites check its hash)",
         response_class=PlainTextResponse,
+        responses=_errors(400, 403, 404),
     )
     async def study_spec(request: Request, study_id: str) -> PlainTextResponse:
         await caller(request, "operator", "site")
         return PlainTextResponse(await run_in_threadpool(service.study_spec, study_id))
 
-    @app.get("/v1/studies/{study_id}/logs", summary="A study's log lines after a sequence number")
+    @app.get(
+        "/v1/studies/{study_id}/logs",
+        summary="A study's log lines after a sequence number",
+        responses=_errors(400, 403, 404),
+    )
     async def study_logs(
         request: Request, study_id: str, after: int = Query(0, ge=0, le=2**62)
     ) -> list[dict[str, Any]]:

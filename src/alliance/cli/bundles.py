@@ -1,0 +1,190 @@
+"""What ``alliance consortium`` writes: each party's bundle folder and ``consortium.toml``.
+
+A bundle is the folder a party runs from: its certificate, keys, the root's ``ca.crt`` and its
+configuration file, made from the coordinator.toml, site.toml and operator.toml templates here.
+``consortium.toml`` records who holds which certificate (:class:`Consortium`, :class:`Party`).
+Strings go into TOML through :func:`_q`, which escapes them, so a name holding quotes or
+backslashes cannot change what a file says. These layouts are kept apart from the commands of
+:mod:`alliance.cli.consortium` so that each can be read and reviewed on its own.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
+from alliance.crypto import CertificateAuthority, IssuedParty
+from alliance.crypto.keyfiles import write_file
+
+__all__ = [
+    "Consortium",
+    "Party",
+    "save_consortium",
+    "write_coordinator_bundle",
+    "write_operator_bundle",
+    "write_site_bundle",
+]
+
+_COORDINATOR_TOML = """\
+# Guardian Alliance coordinator of consortium "{name}".
+federation = {fed}
+
+[server]
+host = "0.0.0.0"
+port = {port}
+
+[tls]
+certificate = "coordinator.crt"
+key = "coordinator.key"
+signing_key = "signing.key"
+ca = "ca.crt"
+crl = "crl.pem"
+
+[store]
+# SQLite by default; PostgreSQL: "postgresql+psycopg://user@host:5432/db"
+url = "sqlite:///coordinator.db"
+
+[audit]
+path = "audit.log"
+"""
+_SITE_TOML = """\
+# Guardian Alliance site agent of "{display}" in consortium "{name}".
+federation = {fed}
+site = {site}
+coordinator = {url}
+
+[tls]
+certificate = "site.crt"
+key = "site.key"
+signing_key = "signing.key"
+ca = "ca.crt"
+
+[data]
+# Fill in: this hospital's cases (phenopacket JSON, a folder of them, or JSON lines).
+train = "cases.train.jsonl"
+# Optional held-out cases; only aggregate top-k counts on them ever leave the hospital.
+test = ""
+
+[policy]
+# sha256 of every study file this hospital approved (alliance study hash study.toml).
+approved_studies = []
+# Refuse to train when fewer local cases than this would be used.
+min_cohort = 20
+
+[state]
+dir = "state"
+"""
+_OPERATOR_TOML = """\
+# Guardian Alliance operator (the consortium's data scientist) of consortium "{name}".
+federation = {fed}
+operator = "operator"
+coordinator = {url}
+
+[tls]
+certificate = "operator.crt"
+key = "operator.key"
+signing_key = "signing.key"
+ca = "ca.crt"
+"""
+
+
+@dataclass
+class Party:
+    """One certificate holder as recorded in ``consortium.toml``."""
+
+    id: str
+    name: str
+    serial: str
+    fingerprint: str
+    revoked_at: str | None = None
+
+
+@dataclass
+class Consortium:
+    """The contents of ``consortium.toml``: the coordinator's address and every party."""
+
+    name: str
+    host: str
+    port: int
+    ca_fingerprint: str
+    coordinator: Party
+    operator: Party
+    sites: list[Party]
+
+    def url(self) -> str:
+        """The coordinator's ``https://`` URL (an IPv6 host in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        return f"https://{host}:{self.port}"
+
+
+def _q(text: str) -> str:
+    """``text`` as a TOML basic string (JSON's escapes are TOML's; DEL escaped too)."""
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def _party_toml(header: str, party: Party, extra: str = "") -> str:
+    lines = [header, f"id = {_q(party.id)}", f"name = {_q(party.name)}", extra]
+    lines += [f"serial = {_q(party.serial)}", f"fingerprint = {_q(party.fingerprint)}"]
+    if header == "[[site]]":
+        lines.append(f"revoked = {'true' if party.revoked_at else 'false'}")
+        if party.revoked_at:
+            lines.append(f"revoked_at = {_q(party.revoked_at)}")
+    return "\n".join(line for line in lines if line) + "\n"
+
+
+def save_consortium(folder: Path, c: Consortium) -> Path:
+    """Write ``folder/consortium.toml`` from ``c``; return its path."""
+    parts = [
+        f'# Guardian Alliance consortium "{c.name}": who holds which certificate.\n'
+        "# Written by 'alliance consortium'; the CA's own record is ca/state.json.\n"
+        f"name = {_q(c.name)}\nca_fingerprint = {_q(c.ca_fingerprint)}\n",
+        _party_toml("[coordinator]", c.coordinator, f"host = {_q(c.host)}\nport = {c.port}"),
+        _party_toml("[operator]", c.operator),
+        *(_party_toml("[[site]]", s) for s in c.sites),
+    ]
+    path = folder / "consortium.toml"
+    write_file(path, "\n".join(parts).encode("utf-8"))
+    return path
+
+
+def _bundle(
+    folder: Path, party: IssuedParty, stem: str, ca: CertificateAuthority, toml: str
+) -> None:
+    party.write(folder, stem=stem)
+    write_file(folder / "ca.crt", ca.certificate.public_bytes(serialization.Encoding.PEM))
+    write_file(folder / f"{stem}.toml", toml.encode("utf-8"))
+
+
+def write_coordinator_bundle(
+    folder: Path, c: Consortium, ca: CertificateAuthority, party: IssuedParty
+) -> None:
+    """Write the coordinator's bundle into ``folder/coordinator/``."""
+    text = _COORDINATOR_TOML.format(name=c.name, fed=_q(c.name), port=c.port)
+    _bundle(folder / "coordinator", party, "coordinator", ca, text)
+
+
+def write_operator_bundle(
+    folder: Path, c: Consortium, ca: CertificateAuthority, party: IssuedParty
+) -> None:
+    """Write the operator's bundle into ``folder/operator/``."""
+    text = _OPERATOR_TOML.format(name=c.name, fed=_q(c.name), url=_q(c.url()))
+    _bundle(folder / "operator", party, "operator", ca, text)
+
+
+def write_site_bundle(
+    folder: Path,
+    c: Consortium,
+    ca: CertificateAuthority,
+    party: IssuedParty,
+    site: str,
+    display: str,
+) -> Path:
+    """Write site ``site``'s bundle (shown as ``display``) into ``folder/sites/<site>/``."""
+    text = _SITE_TOML.format(
+        display=display, name=c.name, fed=_q(c.name), site=_q(site), url=_q(c.url())
+    )
+    _bundle(folder / "sites" / site, party, "site", ca, text)
+    return folder / "sites" / site
