@@ -231,7 +231,12 @@ def build_frame(pre: dict[str, Any], payload: bytes, sign_with: Callable[[bytes]
     """A signed frame laid out as codec.py documents it, whatever its contents claim."""
     raw = json.dumps(pre, sort_keys=True, separators=(",", ":")).encode("utf-8")
     signed = b"".join([_FIXED.pack(b"GASG", 1, len(raw)), raw, _LEN64.pack(len(payload)), payload])
-    return signed + sign_with(signed)
+    return signed + sign_with(prehash(signed))
+
+
+def prehash(signed: bytes) -> bytes:
+    """What Ed25519 signs, as codec.py documents it: a domain tag and the frame's SHA-256."""
+    return b"GASG-SHA256" + hashlib.sha256(signed).digest()
 
 
 def flip(frame: bytes, position: int, mask: int) -> bytes:
@@ -873,7 +878,7 @@ def test_a_validly_signed_message_that_does_not_fit_the_round_changes_nothing(
 GOLDEN_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 GOLDEN_CERT = b"0\x82 fixed certificate bytes, not parsed by the codec \x00\xff"
 GOLDEN_NOW = 1_700_000_000.0
-GOLDEN_SHA256 = "199d948e2684b7c9bd4a9591863f678cd80aa6cdb0460751b420da998a8f2cdd"
+GOLDEN_SHA256 = "82387a5a3397fc157d00240f976d0b21706e9ccbd2b54fad5983c4297c5bdd03"
 
 
 @dataclass(frozen=True)
@@ -928,7 +933,7 @@ def test_the_signed_frame_layout_is_stable() -> None:
     )
     assert frame[:10] == b"GASG\x01\x00" + struct.pack("<I", parts.preamble.stop - 10)
     assert frame[parts.payload] == encode(golden_envelope())
-    assert frame[parts.signature] == GOLDEN_KEY.sign(frame[: parts.signature.start])
+    assert frame[parts.signature] == GOLDEN_KEY.sign(prehash(frame[: parts.signature.start]))
     assert hashlib.sha256(frame).hexdigest() == GOLDEN_SHA256
 
     signed = decode_signed(frame, golden_verify, now=GOLDEN_NOW + 1)

@@ -9,11 +9,13 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from alliance.core.errors import ConfigError
 from alliance.crypto import (
@@ -243,6 +245,10 @@ def test_reloading_the_crl_revokes_on_a_live_context(tmp_path: Path) -> None:
     ca.revoke("late")
     ca.crl()  # lastUpdate strictly later than the first CRL's
     ca.save(tmp_path / "ca")
+    # OpenSSL prefers a CRL that is already valid: wait out the new one's lastUpdate, which
+    # the CA may have stamped up to a second ahead to keep CRLs strictly ordered.
+    new = x509.load_pem_x509_crl((tmp_path / "ca" / "crl.pem").read_bytes())
+    time.sleep(max(0.0, (new.last_update_utc - datetime.now(UTC)).total_seconds() + 0.05))
     reload_crl(server, tmp_path / "ca" / "crl.pem")
     outcome = handshake(server, client)
     assert verify_message(outcome.server_error) == "certificate revoked"

@@ -23,12 +23,14 @@ Signed messages (everything that crosses HTTPS or a file bundle) wrap an encoded
                                           "expires_at"} (unix seconds)
     u64 payload length      8 bytes
     payload                 an encoded message (the layout above)
-    signature               64 bytes, Ed25519 over every byte before it
+    signature               64 bytes, Ed25519 over b"GASG-SHA256" + sha256(every byte before it)
 
 The signature covers the signer's certificate, the validity window and the whole message, whose
 header binds it to its federation, study, round, sender, recipient and nonce. Which keys to
 trust is not this module's business: :func:`decode_signed` asks a :class:`SignatureVerifier`
-(the consortium's trust store) and only then decodes the payload.
+(the consortium's trust store) and only then decodes the payload. Ed25519 signs a domain-separated
+SHA-256 digest of the frame rather than the frame itself: Ed25519 hashes its input twice with
+SHA-512, which for a 40 MB model update costs four times one SHA-256 pass.
 """
 
 from __future__ import annotations
@@ -86,11 +88,11 @@ def _finite_json(value: Any, where: str) -> None:
             _finite_json(item, f"{where}[{i}]")
 
 
-def encode(envelope: Envelope) -> bytes:
-    """Serialise an envelope to bytes (deterministic for equal inputs)."""
+def _parts(envelope: Envelope) -> tuple[bytes, list[memoryview]]:
+    """The preamble and a view of each array's little-endian bytes, without copying them."""
     _finite_json(dict(envelope.body), "body")
     specs: list[dict[str, Any]] = []
-    blobs: list[bytes] = []
+    blobs: list[memoryview] = []
     for name in sorted(envelope.arrays):
         # np.ascontiguousarray would turn a 0-d array into 1-d; keep scalar shapes exact.
         arr = np.asarray(envelope.arrays[name])
@@ -104,7 +106,7 @@ def encode(envelope: Envelope) -> bytes:
                 f"array {name!r}: dtype {arr.dtype} cannot be sent; use a numeric dtype"
             )
         specs.append({"name": name, "dtype": dtype, "shape": list(arr.shape)})
-        blobs.append(arr.tobytes())
+        blobs.append(arr.reshape(-1).view(np.uint8).data)
     preamble = json.dumps(
         {"header": envelope.header.to_json(), "body": envelope.body, "arrays": specs},
         sort_keys=True,
@@ -112,6 +114,12 @@ def encode(envelope: Envelope) -> bytes:
         ensure_ascii=False,
         allow_nan=False,
     ).encode("utf-8")
+    return preamble, blobs
+
+
+def encode(envelope: Envelope) -> bytes:
+    """Serialise an envelope to bytes (deterministic for equal inputs)."""
+    preamble, blobs = _parts(envelope)
     return b"".join([_FIXED.pack(MAGIC, FORMAT_VERSION, len(preamble)), preamble, *blobs])
 
 
@@ -122,7 +130,11 @@ def content_digest(envelope: Envelope) -> str:
     after a crash) have the same digest, so the coordinator can count it once.
     """
     header = Header(MessageKind.MODEL_SNAPSHOT, "-", "-", 0, "-", "-", nonce="-")
-    return hashlib.sha256(encode(Envelope(header, envelope.body, envelope.arrays))).hexdigest()
+    preamble, blobs = _parts(Envelope(header, envelope.body, envelope.arrays))
+    digest = hashlib.sha256(_FIXED.pack(MAGIC, FORMAT_VERSION, len(preamble)) + preamble)
+    for blob in blobs:
+        digest.update(blob)
+    return digest.hexdigest()
 
 
 def _parse_header(raw: Any) -> Header:
@@ -195,7 +207,7 @@ def _read_arrays(data: memoryview, offset: int, specs: Any) -> dict[str, npt.NDA
     return arrays
 
 
-def decode(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Envelope:
+def decode(data: bytes | memoryview, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Envelope:
     """Parse bytes into an :class:`Envelope`, validating every size, type and field.
 
     Raises
@@ -240,6 +252,7 @@ def decode(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Envelope:
 SIGNED_MAGIC = b"GASG"
 SIGNATURE_BYTES = 64
 _LEN64 = struct.Struct("<Q")
+_PREHASH_DOMAIN = b"GASG-SHA256"
 #: How far a sender's clock may run ahead of the receiver's.
 MAX_CLOCK_SKEW_S = 300.0
 
@@ -305,16 +318,27 @@ def encode_signed(
         sort_keys=True,
         separators=(",", ":"),
     ).encode("utf-8")
-    payload = encode(envelope)
-    signed = b"".join(
-        [
-            _FIXED.pack(SIGNED_MAGIC, FORMAT_VERSION, len(preamble)),
-            preamble,
-            _LEN64.pack(len(payload)),
-            payload,
-        ]
-    )
-    return signed + signer.sign(signed)
+    # The payload's parts are hashed and joined in place: one copy of the arrays, not three.
+    inner, blobs = _parts(envelope)
+    payload_len = _FIXED.size + len(inner) + sum(b.nbytes for b in blobs)
+    parts: list[bytes | memoryview] = [
+        _FIXED.pack(SIGNED_MAGIC, FORMAT_VERSION, len(preamble)),
+        preamble,
+        _LEN64.pack(payload_len),
+        _FIXED.pack(MAGIC, FORMAT_VERSION, len(inner)),
+        inner,
+        *blobs,
+    ]
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    signature = signer.sign(_PREHASH_DOMAIN + digest.digest())
+    return b"".join([*parts, signature])
+
+
+def _prehash(signed: bytes | memoryview) -> bytes:
+    """What Ed25519 signs: the frame's SHA-256 digest, in a domain of its own."""
+    return _PREHASH_DOMAIN + hashlib.sha256(signed).digest()
 
 
 def _signed_preamble(raw: bytes) -> tuple[str, bytes, float, float]:
@@ -377,8 +401,9 @@ def decode_signed(
             f"signed message length {len(data)} does not match its payload length {payload_len}"
         )
     signer, der, issued, expires = _signed_preamble(bytes(data[_FIXED.size : _FIXED.size + plen]))
-    signed_part = bytes(data[: len(data) - SIGNATURE_BYTES])
-    verify(signer, der, signed_part, bytes(data[len(data) - SIGNATURE_BYTES :]))
+    view = memoryview(data)
+    signed_part = view[: len(data) - SIGNATURE_BYTES]
+    verify(signer, der, _prehash(signed_part), bytes(view[len(data) - SIGNATURE_BYTES :]))
     clock = time.time() if now is None else now
     if clock > expires:
         raise ProtocolError(

@@ -301,6 +301,10 @@ def _configure_sqlite(engine: Engine) -> None:
             if mode is None or str(mode[0]).lower() != "wal":
                 logger.warning("SQLite refused WAL journaling (mode %s); concurrency suffers", mode)
             cursor.execute("PRAGMA synchronous = FULL")
+            # Released update payloads are sites' individual model deltas: overwrite them on
+            # disk (Debian's SQLite does by default; others may not). It costs one write of
+            # every released byte when a round closes (bench/deployment_overhead.py).
+            cursor.execute("PRAGMA secure_delete = ON")
             cursor.execute("PRAGMA foreign_keys = ON")
         finally:
             cursor.close()
