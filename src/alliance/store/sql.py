@@ -128,7 +128,7 @@ class SqlStore:
         with self._tx(write=True) as conn:
             try:
                 with conn.begin_nested():
-                    conn.execute(insert(db.studies).values(**values))
+                    conn.execute(insert(db.studies), values)
             except sa_exc.IntegrityError:
                 raise rules.study_exists(record.study_id) from None
 
@@ -176,7 +176,7 @@ class SqlStore:
                 return
             try:
                 with conn.begin_nested():
-                    conn.execute(insert(db.models).values(**row))
+                    conn.execute(insert(db.models), row)
             except sa_exc.IntegrityError:  # stored meanwhile by a concurrent caller
                 logger.debug("study %s: model version 0 stored concurrently", study_id)
 
@@ -237,7 +237,7 @@ class SqlStore:
                 version_exists=version is not None,
                 model_version=model_version,
             )
-            conn.execute(insert(db.rounds).values(**row))
+            conn.execute(insert(db.rounds), row)
 
     def current_round(self, study_id: str) -> RoundState | None:
         """The newest round of the study (open or closed), or ``None`` before the first."""
@@ -287,7 +287,7 @@ class SqlStore:
                 raise rules.not_open(where, status is not None)
             try:
                 with conn.begin_nested():
-                    conn.execute(insert(db.updates).values(**row))
+                    conn.execute(insert(db.updates), row)
             except sa_exc.IntegrityError:
                 # A concurrent caller won the race; its row is committed and visible now.
                 logger.debug("%s: a concurrent submission was stored first", where)
@@ -355,7 +355,7 @@ class SqlStore:
                 select(func.max(db.models.c.version)).where(db.models.c.study_id == study_id)
             ).scalar()
             rules.check_new_version(study_id, new_version, latest)
-            conn.execute(insert(db.models).values(**model_row))
+            conn.execute(insert(db.models), model_row)
             # Killed here, the new model is written but not committed: the round stays open.
             crash_point("store.mid_checkpoint")
             conn.execute(
@@ -372,7 +372,7 @@ class SqlStore:
     def add_rejection(self, rejection: StoredRejection) -> None:
         """Remember a refused message."""
         with self._tx(write=True) as conn:
-            conn.execute(insert(db.rejections).values(**vars(rejection)))
+            conn.execute(insert(db.rejections), vars(rejection))
 
     def rejections(self, study_id: str) -> list[StoredRejection]:
         """Refused messages of a study, oldest first."""
@@ -387,7 +387,7 @@ class SqlStore:
     def add_event(self, event: StoredEvent) -> None:
         """Append a line to a study's log."""
         with self._tx(write=True) as conn:
-            conn.execute(insert(db.events).values(**vars(event)))
+            conn.execute(insert(db.events), vars(event))
 
     def events(self, study_id: str, *, after: int = 0) -> list[tuple[int, StoredEvent]]:
         """Log lines with their sequence number (increasing), those after ``after`` only."""
