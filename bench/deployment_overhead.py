@@ -86,6 +86,7 @@ from tests.e2e.deployment import (  # noqa: E402
     approve,
     free_port,
     provision,
+    simulate_study,
     study_text,
 )
 
@@ -108,7 +109,6 @@ from alliance.protocol.codec import (  # noqa: E402
 from alliance.protocol.envelope import COORDINATOR, Header, MessageKind  # noqa: E402
 from alliance.protocol.messages import ModelUpdate, TrainTask, check_same_shapes  # noqa: E402
 from alliance.protocol.study import StudySpec  # noqa: E402
-from alliance.sim.simulation import Simulation  # noqa: E402
 from alliance.site.runner import SiteConfig  # noqa: E402
 from alliance.store.audit import AuditLog, read_audit_log  # noqa: E402
 from alliance.store.memory import MemoryStore  # noqa: E402
@@ -341,29 +341,16 @@ def _spec_text(study_id: str, sites: tuple[str, ...], rounds: int, dim: int) -> 
 def run_simulation(d: Deployment, text: str, kind: StudyModel) -> dict[str, Any]:
     """The in-process simulation of the study over the same hospitals' files."""
     spec = StudySpec.parse(text)
-    sites = spec.sites or d.sites
-    train = {s: kind.load(d.site_dir(s) / "cases.train.jsonl").dataset for s in sites}
-    test = {s: kind.load(d.site_dir(s) / "cases.test.jsonl").dataset for s in sites}
     ends: list[tuple[float, float, float]] = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the site processes run (OMP_NUM_THREADS=1)
     load = os.getloadavg()[0]
-    try:
-        result = Simulation(
-            model_fn=lambda: kind.build(spec.seed),
-            sites=train,
-            test=test,
-            strategy=make_strategy(spec.strategy["name"], **spec.strategy_options),
-            rounds=spec.rounds,
-            plan=spec.plan,
-            collate_fn=kind.collate,
-            seed=spec.seed,
-            on_round=lambda _: ends.append(
-                (time.perf_counter(), time.process_time(), machine_busy_cpu_s())
-            ),
-        ).run()
-    finally:
-        torch.set_num_threads(threads)
+    result = simulate_study(
+        d,
+        text,
+        kind=kind,
+        on_round=lambda _: ends.append(
+            (time.perf_counter(), time.process_time(), machine_busy_cpu_s())
+        ),
+    )
     walls = [b[0] - a[0] for a, b in itertools.pairwise(ends)]
     cpus = [b[1] - a[1] for a, b in itertools.pairwise(ends)]
     machine = (ends[-1][2] - ends[0][2]) / (len(ends) - 1)

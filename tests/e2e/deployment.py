@@ -13,22 +13,62 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from typer.testing import CliRunner
 
+from alliance.algorithms.strategies import make_strategy
 from alliance.cli.consortium import app as consortium_app
 from alliance.coordinator.client import OperatorConfig, StudyClient
+from alliance.coordinator.rounds import RoundRecord
 from alliance.data.loading import write_jsonl
 from alliance.data.ontology import load_ontology
 from alliance.data.synth import CohortConfig, generate_consortium, scaled_hospitals
-from alliance.protocol.study import spec_hash
+from alliance.models.tasks import StudyModel, make_study_model
+from alliance.protocol.study import StudySpec, spec_hash
+from alliance.sim.simulation import Simulation, SimulationResult
 from alliance.store.sql import SqlStore
 
 FEDERATION = "guardian"
+
+
+def simulate_study(
+    d: Deployment,
+    text: str,
+    *,
+    kind: StudyModel | None = None,
+    on_round: Callable[[RoundRecord], None] | None = None,
+) -> SimulationResult:
+    """The in-process simulation of a study over the same hospitals' case files.
+
+    Torch runs on one thread, as the site processes do (``OMP_NUM_THREADS=1``), so that the
+    simulation and the deployment do the very same arithmetic.
+    """
+    spec = StudySpec.parse(text)
+    kind = kind or make_study_model(dict(spec.model))
+    sites = spec.sites or d.sites
+    train = {s: kind.load(d.site_dir(s) / "cases.train.jsonl").dataset for s in sites}
+    test = {s: kind.load(d.site_dir(s) / "cases.test.jsonl").dataset for s in sites}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return Simulation(
+            model_fn=lambda: kind.build(spec.seed),
+            sites=train,
+            test=test,
+            strategy=make_strategy(spec.strategy["name"], **spec.strategy_options),
+            rounds=spec.rounds,
+            plan=spec.plan,
+            collate_fn=kind.collate,
+            seed=spec.seed,
+            on_round=on_round,
+        ).run()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def free_port() -> int:

@@ -22,14 +22,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
-from tests.e2e.deployment import Deployment, approve, provision, study_text
+from tests.e2e.deployment import Deployment, approve, provision, simulate_study, study_text
 
-from alliance.algorithms.strategies import make_strategy
-from alliance.models.tasks import make_study_model
 from alliance.models.training import get_weights
-from alliance.protocol.study import StudySpec
-from alliance.sim.simulation import Simulation
 
 pytestmark = pytest.mark.slow
 
@@ -42,28 +37,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
 
 
 def simulate(d: Deployment, text: str) -> dict[str, np.ndarray[Any, Any]]:
-    """The in-process simulation of the same study over the same hospitals' files."""
-    spec = StudySpec.parse(text)
-    kind = make_study_model(dict(spec.model))
-    sites = spec.sites or d.sites
-    train = {s: kind.load(d.site_dir(s) / "cases.train.jsonl").dataset for s in sites}
-    test = {s: kind.load(d.site_dir(s) / "cases.test.jsonl").dataset for s in sites}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the site processes run (OMP_NUM_THREADS=1)
-    try:
-        result = Simulation(
-            model_fn=lambda: kind.build(spec.seed),
-            sites=train,
-            test=test,
-            strategy=make_strategy(spec.strategy["name"], **spec.strategy_options),
-            rounds=spec.rounds,
-            plan=spec.plan,
-            collate_fn=kind.collate,
-            seed=spec.seed,
-        ).run()
-    finally:
-        torch.set_num_threads(threads)
-    return get_weights(result.model)
+    """The final weights of the in-process simulation of the same study."""
+    return get_weights(simulate_study(d, text).model)
 
 
 def run_study(
