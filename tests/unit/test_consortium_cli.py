@@ -12,7 +12,7 @@ from cryptography import x509
 from rich.console import Console
 from typer.testing import CliRunner, Result
 
-from alliance.cli import consortium
+from alliance.cli import common, consortium
 from alliance.core.errors import IntegrityError
 from alliance.crypto import (
     Role,
@@ -75,8 +75,8 @@ SITE_IDS = ("west-china", "ruijin", "pumch")
 @pytest.fixture(autouse=True)
 def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
     """No line wrapping, so that messages can be matched whole."""
-    monkeypatch.setattr(consortium, "console", Console(width=400))
-    monkeypatch.setattr(consortium, "err", Console(width=400, stderr=True))
+    monkeypatch.setattr(common, "console", Console(width=400))
+    monkeypatch.setattr(common, "err", Console(width=400, stderr=True))
 
 
 def run(*args: str, passphrase: str | None = None) -> Result:

@@ -25,17 +25,15 @@ import logging
 import os
 import tomllib
 import unicodedata
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from alliance.cli import common
 from alliance.cli.bundles import (
     Consortium,
     Party,
@@ -44,7 +42,7 @@ from alliance.cli.bundles import (
     write_operator_bundle,
     write_site_bundle,
 )
-from alliance.core.errors import AllianceError, ConfigError, DataError
+from alliance.core.errors import ConfigError
 from alliance.crypto import (
     PASSPHRASE_ENV,
     CertificateAuthority,
@@ -65,33 +63,14 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err = Console(stderr=True)
 
 _RESERVED = ("coordinator", "operator")
 _CRL_DAYS = 365
 
 
-@contextmanager
-def _errors() -> Iterator[None]:
-    """Print an AllianceError as one line and exit 2 (bad input) or 1 (the rest).
-
-    Not :func:`alliance.cli.common.errors`: this prints on this module's ``err`` (which callers
-    and tests may replace, e.g. to stop line wrapping) and re-raises when the ``alliance``
-    logger is at DEBUG (``alliance --verbose``).
-    """
-    try:
-        yield
-    except AllianceError as exc:
-        if logging.getLogger("alliance").isEnabledFor(logging.DEBUG):  # alliance --verbose
-            raise
-        _say(("error: ", "bold red"), str(exc), stderr=True)
-        raise typer.Exit(2 if isinstance(exc, ConfigError | DataError) else 1) from None
-
-
 def _say(*parts: str | tuple[str, str], stderr: bool = False) -> None:
     """Print text as is: names and paths may hold '[', which rich markup would swallow."""
-    (err if stderr else console).print(Text.assemble(*parts), highlight=False)
+    (common.err if stderr else common.console).print(Text.assemble(*parts), highlight=False)
 
 
 def _plain(value: Any, where: str) -> str:
@@ -241,7 +220,7 @@ def _print_parties(c: Consortium, title: str, *, only: str | None = None) -> Non
             status = f"revoked {p.revoked_at}" if p.revoked_at else "valid"
             cells = (label, p.name, p.serial[:16], p.fingerprint[:32], status)
             table.add_row(*(Text(cell) for cell in cells))
-    console.print(table)
+    common.console.print(table)
 
 
 Folder = Annotated[Path, typer.Argument(help="The consortium folder made by init.")]
@@ -259,7 +238,7 @@ def init(
     crl_days: CrlDays = _CRL_DAYS,
 ) -> None:
     """Create the root CA and the bundles of the coordinator, the operator and every site."""
-    with _errors():
+    with common.errors():
         host, port, plan = _read_sites(sites)
         if (out / "ca").exists():
             raise ConfigError(
@@ -307,7 +286,7 @@ def add_site(
     valid_days: Days = 825,
 ) -> None:
     """Issue one more site bundle; no other party's files change."""
-    with _errors():
+    with common.errors():
         c = _load_consortium(folder)
         site = _site_id(site, "site id")
         previous = next((s for s in c.sites if s.id == site), None)
@@ -336,7 +315,7 @@ def revoke_site(
     crl_days: CrlDays = _CRL_DAYS,
 ) -> None:
     """Revoke a site's certificate and write the new revocation list."""
-    with _errors():
+    with common.errors():
         c = _load_consortium(folder)
         entry = next((s for s in c.sites if s.id == site), None)
         if entry is None:
@@ -359,7 +338,7 @@ def revoke_site(
 @app.command("renew-crl")
 def renew_crl(folder: Folder, crl_days: CrlDays = _CRL_DAYS) -> None:
     """Re-sign the revocation list before it expires (an expired one refuses every site)."""
-    with _errors():
+    with common.errors():
         c = _load_consortium(folder)
         where = _publish_crl(folder, _load_ca(folder, c), crl_days)
     _say(f"{where}; copy it to the coordinator's [tls] crl path.")
