@@ -85,9 +85,11 @@ def study_text(
     quorum: int,
     timeout_s: float,
     seed: int = 7,
+    extra: str = "",
 ) -> str:
     listed = '"all"' if sites is None else "[" + ", ".join(f'"{s}"' for s in sites) + "]"
-    return f"""[study]
+    return (
+        f"""[study]
 id = "{study_id}"
 title = "Rare-disease differential diagnosis (e2e)"
 rounds = {rounds}
@@ -109,6 +111,8 @@ learning_rate = 0.01
 kind = "phenotype-ranker"
 dim = 32
 """
+        + extra
+    )
 
 
 @dataclass

@@ -64,6 +64,13 @@ approved_studies = []
 # Refuse to train when fewer local cases than this would be used.
 min_cohort = 20
 
+[privacy]
+# This hospital's total differential-privacy budget over every study, decided by its privacy
+# officer: a round that would take the patients' total past it is declined ("refused: budget").
+# Spending is kept in <state dir>/privacy.ledger; `alliance site budget` shows it.
+budget_epsilon = 8.0
+delta = 1e-5
+
 [state]
 dir = "state"
 """

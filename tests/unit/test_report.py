@@ -212,3 +212,27 @@ def test_write_report_keeps_the_old_file_when_rendering_fails(
 
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
+
+
+def test_private_runs_are_tabled_next_to_the_non_private_one(metrics: dict[str, Any]) -> None:
+    assert "Privacy and accuracy" not in render_report(metrics)
+    metrics["privacy"] = [
+        {
+            "target_epsilon": eps,
+            "delta": 1e-5,
+            "overall": {"top1": 0.1 * i, "top3": 0.2, "top10": 0.3 + 0.1 * i, "n": 500},
+            "epsilon_spent": {"a": eps * 0.99, "b": eps * 0.97},
+        }
+        for i, eps in enumerate((1.0, 3.0, 8.0))
+    ]
+    html = render_report(metrics)
+    assert "Privacy and accuracy" in html
+    section = html[html.index("Privacy and accuracy") : html.index("Learning over the rounds")]
+    assert section.count("<tr class=") == 4  # no DP, then ε = 1, 3, 8
+    for eps, spent in (("1", "0.99"), ("3", "2.97"), ("8", "7.92")):
+        assert f"ε = {eps}, δ = 1e-05" in section
+        assert f">{spent}<" in section
+    assert ">50.0%<" in section  # ε = 8: top-10 0.5
+    metrics["privacy"] = ["not a run"]
+    with pytest.raises(DataError, match=r"privacy\[0\]"):
+        render_report(metrics)

@@ -8,6 +8,7 @@ traceback is shown only with ``--verbose``.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ from alliance.cli.audit import app as audit_app
 from alliance.cli.common import console, err, errors, state
 from alliance.cli.consortium import app as consortium_app
 from alliance.cli.deploy import coordinator_app, site_app, study_app
-from alliance.core.errors import DataError
+from alliance.core.errors import ConfigError, DataError
 from alliance.core.logging import configure_logging
 
 __all__ = ["app", "main"]
@@ -83,6 +84,13 @@ def demo(
     diseases: Annotated[
         int, typer.Option(min=1, help="Diseases in the synthetic cohort (the label space is all).")
     ] = 600,
+    epsilon: Annotated[
+        str,
+        typer.Option(
+            help="Also run the federation with patient-level DP-SGD and secure aggregation at "
+            "each of these privacy budgets (ε over the whole study, δ = 1e-5), e.g. 1,3,8."
+        ),
+    ] = "",
 ) -> None:
     """Run the 12-hospital demo: local-only vs federated vs pooled, with a report."""
     from alliance.algorithms.strategies import make_strategy
@@ -91,6 +99,7 @@ def demo(
 
     with errors():
         make_strategy(strategy)
+        epsilons = _epsilons(epsilon)
         if cases is not None and not cases.exists():
             raise DataError(f"cases file {cases} does not exist")
         cfg = DemoConfig(
@@ -101,9 +110,11 @@ def demo(
             cases=cases,
             cohort=CohortConfig(seed=seed, n_diseases=diseases),
             hospitals=scaled_hospitals(scale),
+            epsilons=epsilons,
         )
         console.print(
             f"[bold]Guardian Alliance demo[/] — 12 hospitals, {rounds} rounds of {strategy}"
+            + (f"; with DP at ε = {', '.join(f'{e:g}' for e in epsilons)}" if epsilons else "")
         )
         with Progress(
             TextColumn("{task.description:<22}"),
@@ -125,6 +136,59 @@ def demo(
     _print_demo(result.metrics)
     for name, path in paths.items():
         console.print(f"  {name:<8} {path}")
+
+
+def _epsilons(text: str) -> tuple[float, ...]:
+    """Parse ``--epsilon 1,3,8``."""
+    if not text.strip():
+        return ()
+    out = []
+    for part in text.split(","):
+        try:
+            value = float(part)
+        except ValueError:
+            raise ConfigError(
+                f"--epsilon: {part.strip()!r} is not a number; give budgets like 1,3,8"
+            ) from None
+        if not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"--epsilon: every budget must be a number > 0, got {part.strip()}")
+        out.append(value)
+    return tuple(out)
+
+
+def _print_privacy(m: dict[str, Any]) -> None:
+    runs = m.get("privacy") or []
+    if not runs:
+        return
+    fed = m["overall"]["federated"]
+    best = m["overall"]["local_best"]
+    table = Table(
+        title="Federated accuracy (%) by privacy budget — DP-SGD at every hospital, "
+        "secure aggregation"
+    )
+    for col in ("Run", "top-1", "top-3", "top-10", "ε spent (max site)"):
+        table.add_column(col, justify="left" if col == "Run" else "right")
+    table.add_row(
+        "No differential privacy", _pct(fed["top1"]), _pct(fed["top3"]), _pct(fed["top10"]), "—"
+    )
+    for run in runs:
+        o = run["overall"]
+        spent = max(run["epsilon_spent"].values()) if run["epsilon_spent"] else float("nan")
+        table.add_row(
+            f"ε = {run['target_epsilon']:g}, δ = {run['delta']:g}",
+            _pct(o["top1"]),
+            _pct(o["top3"]),
+            _pct(o["top10"]),
+            f"{spent:.2f}",
+        )
+    table.add_row(
+        "Best single hospital (no DP)",
+        _pct(best["top1"]),
+        _pct(best["top3"]),
+        _pct(best["top10"]),
+        "—",
+    )
+    console.print(table)
 
 
 def _print_demo(m: dict[str, Any]) -> None:
@@ -178,6 +242,7 @@ def _print_demo(m: dict[str, Any]) -> None:
         f"Federated top-10 is [bold]{gain:+.1f} points[/] over the best single hospital "
         f"and {abs(gap):.1f} points {side} pooled training."
     )
+    _print_privacy(m)
 
 
 def _load(model: Path) -> Any:

@@ -2,6 +2,7 @@
 
 - ``alliance coordinator serve --config coordinator.toml``
 - ``alliance site run --config site.toml``
+- ``alliance site budget --config site.toml`` (the hospital's privacy spending, per study)
 - ``alliance study hash|submit|status|logs`` (submit/status/logs with ``--config operator.toml``)
 """
 
@@ -73,6 +74,55 @@ def site_run(
             f"min cohort {info['min_cohort']}; audit log {cfg.state_dir / 'audit.log'}"
         )
         runner.run(max_studies=studies)
+
+
+@site_app.command("budget")
+def site_budget(
+    config: ConfigOption = Path("site.toml"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Show the privacy budget: ε spent per study, the hospital's total, and what is left."""
+    from alliance.site.runner import SiteConfig
+
+    with errors():
+        cfg = SiteConfig.load(config)
+        if not cfg.ledger_path.exists():
+            console.print(
+                f"no privacy ledger yet at {cfg.ledger_path}: no study has spent any of the "
+                f"budget (ε = {cfg.budget_epsilon:g}, δ = {cfg.budget_delta:g})"
+            )
+            return
+        with cfg.open_ledger() as ledger:
+            studies = ledger.by_study()
+            total = ledger.spent()
+            remaining = ledger.remaining()
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "budget": {"epsilon": cfg.budget_epsilon, "delta": cfg.budget_delta},
+                    "spent": {"epsilon": total.epsilon, "pld": total.pld, "rdp": total.rdp},
+                    "remaining": remaining,
+                    "studies": [
+                        {"study": st.study, "rounds": st.rounds, "epsilon": st.epsilon.epsilon}
+                        for st in studies
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return
+    table = Table(title=f"Privacy budget of {cfg.site} (δ = {cfg.budget_delta:g})")
+    for col in ("Study", "Rounds", "ε spent"):
+        table.add_column(col, justify="left" if col == "Study" else "right")
+    for st in studies:
+        table.add_row(st.study, str(st.rounds), f"{st.epsilon.epsilon:.3f}")
+    table.add_row("[bold]all studies (composed)[/]", "", f"[bold]{total.epsilon:.3f}[/]")
+    console.print(table)
+    console.print(
+        f"budget ε = {cfg.budget_epsilon:g}; remaining ε = {remaining:.3f}"
+        + (f" [yellow]({total.note})[/]" if total.note else "")
+    )
 
 
 @study_app.command("hash")
@@ -148,6 +198,21 @@ def _print_status(status: dict[str, Any]) -> None:
     )
     if status.get("error"):
         console.print(f"[red]error:[/] {status['error']}")
+    privacy = status.get("privacy") or {}
+    parts = []
+    if privacy.get("patient_level") == "dp-sgd":
+        target = privacy.get("target_epsilon")
+        parts.append(
+            "patient-level DP-SGD at every hospital "
+            + (f"(ε = {target:g} per study" if target else f"(σ = {privacy['noise_multiplier']}")
+            + f", δ = {privacy['delta']:g}; each hospital's ledger keeps its own spend)"
+        )
+    if privacy.get("client_level_epsilon") is not None:
+        parts.append(f"client-level ε = {privacy['client_level_epsilon']:.2f}")
+    if privacy.get("secure_aggregation"):
+        parts.append("secure aggregation (the coordinator sees only sums)")
+    if parts:
+        console.print("privacy: " + "; ".join(parts))
     open_round = status.get("open_round")
     if open_round:
         waiting = sorted(set(open_round["participants"]) - set(open_round["answered"]))

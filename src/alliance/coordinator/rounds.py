@@ -19,6 +19,14 @@ digest and acknowledged as a duplicate, never counted twice.
 When every participant has answered (or, at :meth:`Coordinator.close_round`, at least the
 quorum has), the strategy aggregates the updates, loaded one at a time in sorted site order,
 into a new model version.
+
+A site may decline a round with a :class:`~alliance.protocol.messages.Refusal` (its privacy
+budget would be exceeded); it is then not waited for. In a study with secure aggregation the
+round runs the stages of :class:`~alliance.coordinator.secure.SecureRound` instead: no update is
+stored, the coordinator only ever holds masked vectors and finally their sum, from which the
+strategy takes the weighted mean as if it were one site's update (privacy and secure aggregation
+wrap aggregation; strategies do not know about them). :meth:`Coordinator.advance` moves the
+stages on; :meth:`Coordinator.outgoing` is what a site receives next, whichever the stage.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import numpy as np
 import numpy.typing as npt
 
 from alliance.algorithms.strategies import SiteUpdate, Strategy
+from alliance.coordinator.secure import SecureRound
 from alliance.core.errors import AllianceError, ConfigError, FederationError, ProtocolError
 from alliance.core.faults import crash_point
 from alliance.evaluation.ranking import topk_from_counts
@@ -41,11 +50,14 @@ from alliance.protocol.codec import content_digest
 from alliance.protocol.envelope import COORDINATOR, Envelope, Header, MessageKind
 from alliance.protocol.messages import (
     ModelUpdate,
+    Refusal,
     StudyEnd,
     TrainingPlan,
     TrainTask,
     check_same_shapes,
 )
+from alliance.protocol.privacy import PrivacyPlan, SecAggPlan
+from alliance.secagg import RoundContext
 from alliance.store.memory import MemoryStore
 from alliance.store.state import (
     CoordinatorStore,
@@ -147,6 +159,8 @@ class Coordinator:
     open_invitation
         Every site of the consortium may take part (a study with ``sites = "all"``): ``sites``
         may start empty and grows with :meth:`invite`; the quorum is not bounded by it.
+    privacy, secagg
+        The study's differential-privacy and secure-aggregation plans, sent with every task.
     """
 
     def __init__(
@@ -163,6 +177,8 @@ class Coordinator:
         store: CoordinatorStore | None = None,
         clock: Callable[[], float] = time.time,
         open_invitation: bool = False,
+        privacy: PrivacyPlan | None = None,
+        secagg: SecAggPlan | None = None,
     ) -> None:
         if not sites and not open_invitation:
             raise ConfigError("a study needs at least one invited site")
@@ -175,18 +191,32 @@ class Coordinator:
         self.plan = plan
         self.mailbox = mailbox
         self.open_invitation = open_invitation
+        secure_default = (secagg or SecAggPlan()).enabled and self.sites
+        if quorum is None and secure_default:
+            # A secure round completes with any threshold-sized set of survivors.
+            quorum = (secagg or SecAggPlan()).threshold_for(len(self.sites))
         self.quorum = len(self.sites) if quorum is None else quorum
         if self.quorum < 1 or (not open_invitation and self.quorum > len(self.sites)):
             raise ConfigError(f"quorum must be between 1 and {len(self.sites)} sites, got {quorum}")
         self.store: CoordinatorStore = MemoryStore() if store is None else store
         self.clock = clock
         self.rejections: list[Rejection] = []
+        self.privacy = privacy or PrivacyPlan()
+        self.secagg = secagg or SecAggPlan()
+        #: Sites that declined the open round (``site → reason``); they are not waited for.
+        self.refusals: dict[str, str] = {}
         if self.store.study(study) is None:
             self.store.add_study(
                 StudyRecord(study, "", "", COORDINATOR, StudyStatus.RUNNING, clock())
             )
         self.store.save_initial_model(study, weights, strategy.state())
+        self._secure: SecureRound | None = None
+        # Attempts are numbered from the clock so that a restarted coordinator never reuses one.
+        self._attempt = int(clock() * 1000) % 2**31
         self._resume()
+        if self._open and self.secagg.enabled:
+            current = self.store.current_round(study)
+            self._new_attempt(self.participants, None if current is None else current.deadline)
 
     def _resume(self) -> None:
         """Load the current model, strategy state and round from the store."""
@@ -244,7 +274,10 @@ class Coordinator:
         self.round += 1
         self._open = True
         self.participants = chosen
+        self.refusals = {}
         self._event("round_opened", f"round {self.round} opened for {len(chosen)} sites")
+        if self.secagg.enabled:
+            self._new_attempt(chosen, deadline)
         if self.mailbox is not None:
             for site in chosen:
                 task = self.task_for(site)
@@ -252,22 +285,126 @@ class Coordinator:
                     self.mailbox.publish(task.to_envelope())
         return self.round
 
+    def _new_attempt(self, cohort: Sequence[str], deadline: float | None) -> None:
+        """Start a fresh attempt of the open secure round (fresh keys at every site)."""
+        self._attempt = (self._attempt + 1) % 2**31
+        context = RoundContext(
+            federation=self.federation, study=self.study, round=self.round, attempt=self._attempt
+        )
+        self._secure = SecureRound(
+            context=context,
+            cohort=cohort,
+            plan=self.secagg,
+            reference=self.weights,
+            deadline=deadline,
+        )
+
+    def retry_secure_round(
+        self, participants: Sequence[str] | None = None, *, deadline: float | None = None
+    ) -> None:
+        """After an aborted attempt, start another with ``participants`` (default: the cohort
+        minus the sites that refused)."""
+        if not self._open or self._secure is None:
+            raise FederationError("no secure round is open")
+        cohort = participants or [s for s in self.participants if s not in self.refusals]
+        self._event(
+            "secure_round_retried",
+            f"round {self.round}: attempt aborted ({self._secure.aborted}); new attempt with "
+            f"{len(cohort)} sites",
+        )
+        self._new_attempt(cohort, deadline)
+        if self.mailbox is not None:
+            for site in cohort:
+                task = self.task_for(site)
+                if task is not None:
+                    self.mailbox.publish(task.to_envelope())
+
+    @property
+    def secure_round(self) -> SecureRound | None:
+        """The open secure round's current attempt (``None`` in plaintext studies)."""
+        return self._secure if self._open else None
+
+    def outgoing(self, site: str) -> Envelope | None:
+        """What ``site`` should receive now in the open round: its task or a stage message."""
+        secure = self.secure_round
+        if secure is not None and secure.stage != "train":
+            msg = secure.message_for(site)
+            return None if msg is None else msg.to_envelope()
+        task = self.task_for(site)
+        return None if task is None else task.to_envelope()
+
+    def advance(self, *, now: float | None = None, force: bool = False) -> bool:
+        """Move a secure round to its next stage when the current one is complete, past its
+        deadline, or ``force``; publish the new stage's messages to the mailbox. Returns
+        whether the stage changed (plaintext rounds have no stages: ``False``)."""
+        secure = self.secure_round
+        if secure is None:
+            return False
+        before = secure.stage
+        changed = secure.advance(
+            now=self.clock() if now is None else now,
+            stage_timeout_s=self.secagg.stage_timeout_s,
+            force=force,
+        )
+        if not changed:
+            return False
+        if secure.aborted is not None:
+            self._event("secure_round_aborted", f"round {self.round}: {secure.aborted}")
+            return True
+        self._event(
+            "secure_stage",
+            f"round {self.round}: {before} done, {secure.stage} "
+            + (
+                f"with {len(secure.waiting)} sites"
+                if secure.stage != "done"
+                else f"unmasked the sum of {len(secure.survivors)} sites"
+            ),
+        )
+        if self.mailbox is not None:
+            for msg in secure.messages():
+                self.mailbox.publish(msg.to_envelope())
+        return True
+
     def task_for(self, site: str) -> TrainTask | None:
         """The open round's task for ``site``, or ``None`` if it has none (or already answered)."""
-        if not self._open or site not in self.participants or site in self.answered():
+        if (
+            not self._open
+            or site not in self.participants
+            or site in self.answered()
+            or site in self.refusals
+        ):
             return None
+        secure = self._secure
+        cohort: tuple[str, ...] = ()
+        attempt = 0
+        if self.secagg.enabled:
+            if secure is None or secure.stage != "train" or site not in secure.waiting:
+                return None
+            cohort, attempt = secure.cohort, secure.context.attempt
         plan = self.strategy.configure(self.plan)
         header = self._header(MessageKind.TRAIN_TASK, site)
-        return TrainTask(header, self.version, plan, self.weights)
+        return TrainTask(
+            header,
+            self.version,
+            plan,
+            self.weights,
+            self.privacy,
+            self.secagg,
+            cohort,
+            attempt,
+        )
 
     def end_for(self, site: str) -> StudyEnd:
         """The message telling ``site`` the study is over."""
         return StudyEnd(self._header(MessageKind.STUDY_END, site), self.version)
 
     def answered(self) -> set[str]:
-        """Sites whose update for the open round is stored."""
+        """Sites whose update for the open round is stored (secure rounds: sites that answered
+        the current stage)."""
         if not self._open:
             return set()
+        if self._secure is not None:
+            return set(self._secure.cohort) - self._secure.waiting - self._secure.refused
         return {u.site for u in self.store.updates(self.study, self.round)}
 
     def receive(self) -> int:
@@ -291,6 +428,10 @@ class Coordinator:
             The message is refused (the reason is also recorded); nothing changed.
         """
         try:
+            if env.header.kind is MessageKind.REFUSAL:
+                return self._refusal(env)
+            if env.header.kind is MessageKind.SECAGG:
+                return self._secure_answer(env)
             if self.store.nonce_seen(env.header.nonce):
                 if self._is_resend(env):
                     logger.info("update from %s sent again", env.header.sender)
@@ -316,6 +457,28 @@ class Coordinator:
             raise
         return Receipt.ACCEPTED
 
+    def _refusal(self, env: Envelope) -> Receipt:
+        """A participant declines the open round; it is no longer waited for."""
+        h = env.header
+        self._check_binding(h)
+        refusal = Refusal.from_envelope(env)
+        if h.sender in self.refusals:
+            return Receipt.DUPLICATE
+        self.refusals[h.sender] = refusal.reason
+        if self._secure is not None:
+            self._secure.decline(h.sender)
+        self._event("site_refused", f"{h.sender} declined round {self.round}: {refusal.reason}")
+        return Receipt.ACCEPTED
+
+    def _secure_answer(self, env: Envelope) -> Receipt:
+        """File one stage answer of the open secure round."""
+        self._check_binding(env.header)
+        if self._secure is None:
+            raise ProtocolError(
+                f"study {self.study!r} does not use secure aggregation; send a model update"
+            )
+        return Receipt.ACCEPTED if self._secure.accept(env) else Receipt.DUPLICATE
+
     def _reject(self, header: Header, reason: str) -> None:
         rejection = Rejection(header.round, header.sender, reason)
         self.rejections.append(rejection)
@@ -327,6 +490,24 @@ class Coordinator:
 
     def _check(self, env: Envelope) -> ModelUpdate:
         h = env.header
+        self._check_binding(h)
+        update = ModelUpdate.from_envelope(env)
+        if self.secagg.enabled:
+            raise ProtocolError(
+                f"study {self.study!r} uses secure aggregation; a plaintext update from "
+                f"{h.sender} is refused"
+            )
+        if update.model_version != self.version:
+            raise ProtocolError(
+                f"update trained on model version {update.model_version}, current is {self.version}"
+            )
+        check_same_shapes(
+            update.delta, self.weights, what=f"update from {h.sender} round {h.round}"
+        )
+        return update
+
+    def _check_binding(self, h: Header) -> None:
+        """The message is for this study's open round, from one of its participants."""
         if (h.federation, h.study, h.recipient) != (self.federation, self.study, COORDINATOR):
             raise ProtocolError(
                 f"message bound to federation {h.federation!r}, study {h.study!r}, recipient "
@@ -339,15 +520,6 @@ class Coordinator:
             raise ProtocolError(f"update for round {h.round}, but the open round is {open_round}")
         if h.sender not in self.participants:
             raise ProtocolError(f"site {h.sender!r} is not a participant of round {self.round}")
-        update = ModelUpdate.from_envelope(env)
-        if update.model_version != self.version:
-            raise ProtocolError(
-                f"update trained on model version {update.model_version}, current is {self.version}"
-            )
-        check_same_shapes(
-            update.delta, self.weights, what=f"update from {h.sender} round {h.round}"
-        )
-        return update
 
     def _is_resend(self, env: Envelope) -> bool:
         """Whether ``env`` is the very update already stored (same sender, round, nonce, content).
@@ -366,8 +538,10 @@ class Coordinator:
 
     @property
     def complete(self) -> bool:
-        """Whether every participant has answered the open round."""
-        return self._open and self.answered() >= set(self.participants)
+        """Whether every participant has answered the open round (secure rounds: the sum is in)."""
+        if self._open and self._secure is not None:
+            return self._secure.stage == "done"
+        return self._open and self.answered() | set(self.refusals) >= set(self.participants)
 
     def close_round(self) -> RoundRecord:
         """Aggregate the updates received so far into a new model version.
@@ -379,6 +553,8 @@ class Coordinator:
         """
         if not self._open:
             raise FederationError("no round is open")
+        if self._secure is not None:
+            return self._close_secure(self._secure)
         metas = self.store.updates(self.study, self.round)
         quorum = min(self.quorum, len(self.participants))
         if len(metas) < quorum:
@@ -388,8 +564,6 @@ class Coordinator:
             )
         crash_point("coordinator.after_quorum")
         updates = [SiteUpdate(m.site, m.num_examples, self._loader(m.site)) for m in metas]
-        before = self.strategy.state()
-        weights = self.strategy.aggregate(self.weights, updates)
         n = sum(m.num_examples for m in metas)
         record = RoundRecord(
             round=self.round,
@@ -399,6 +573,18 @@ class Coordinator:
             train_loss=sum(m.num_examples * m.metrics.get("train_loss", 0.0) for m in metas) / n,
             site_metrics={m.site: dict(m.metrics) for m in metas},
         )
+        return self._apply(
+            updates,
+            record,
+            f"round {self.round} closed with {len(metas)} of {len(self.participants)} sites "
+            f"({n} cases)",
+        )
+
+    def _apply(self, updates: list[SiteUpdate], record: RoundRecord, message: str) -> RoundRecord:
+        """Aggregate with the strategy and store the new version, summary and strategy state
+        in one transaction (the strategy's state is rolled back if that fails)."""
+        before = self.strategy.state()
+        weights = self.strategy.aggregate(self.weights, updates)
         crash_point("coordinator.before_checkpoint")
         try:
             self.store.close_round(
@@ -416,12 +602,44 @@ class Coordinator:
         self.version += 1
         self.history.append(record)
         self._open = False
-        self._event(
-            "round_closed",
-            f"round {self.round} closed with {len(metas)} of {len(self.participants)} sites "
-            f"({n} cases), model version {self.version}",
-        )
+        self._secure = None
+        self._event("round_closed", f"{message}, model version {self.version}")
         return record
+
+    def _close_secure(self, secure: SecureRound) -> RoundRecord:
+        """Apply the strategy to the unmasked weighted mean of the survivors' updates."""
+        if secure.aborted is not None:
+            raise FederationError(
+                f"round {self.round}: secure aggregation aborted: {secure.aborted}"
+            )
+        if secure.result is None:
+            raise FederationError(
+                f"round {self.round}: secure aggregation is in stage {secure.stage!r}, waiting "
+                f"for {', '.join(sorted(secure.waiting)) or 'nobody'}"
+            )
+        total = secure.result
+        quorum = min(self.quorum, len(self.participants))
+        if total.sites < quorum:
+            raise FederationError(
+                f"round {self.round}: the sum holds {total.sites} sites, quorum is {quorum}"
+            )
+        crash_point("coordinator.after_quorum")
+        mean = total.mean_delta
+        summed = SiteUpdate(f"sum of {total.sites} sites", total.total_weight, lambda: mean)
+        record = RoundRecord(
+            round=self.round,
+            model_version=self.version + 1,
+            sites=secure.survivors,
+            num_examples=total.total_weight,
+            train_loss=total.mean_loss,
+            site_metrics={"secure-sum": {**total.metrics, "train_loss": total.mean_loss}},
+        )
+        return self._apply(
+            [summed],
+            record,
+            f"round {self.round} closed securely with the sum of {total.sites} of "
+            f"{len(self.participants)} sites",
+        )
 
     def _loader(self, site: str) -> Callable[[], Mapping[str, npt.NDArray[Any]]]:
         return lambda: self.store.load_delta(self.study, self.round, site)

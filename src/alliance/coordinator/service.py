@@ -36,15 +36,17 @@ from alliance.crypto.pki import Role, TrustStore
 from alliance.crypto.verifier import MessageVerifier
 from alliance.models.tasks import StudyModel, make_study_model
 from alliance.models.training import get_weights
+from alliance.privacy.accountant import SampledGaussian, epsilon
 from alliance.protocol.codec import MessageSigner, decode_signed, encode_signed
 from alliance.protocol.envelope import COORDINATOR, Header, MessageKind
 from alliance.protocol.messages import StudyEnd
+from alliance.protocol.privacy import PrivacyPlan, SecAggPlan
 from alliance.protocol.study import StudySpec
 from alliance.store.audit import AuditLog
 from alliance.store.state import CoordinatorStore, StoredEvent, StudyRecord, StudyStatus
 from alliance.transport.http import NotFoundError, PermissionDenied
 
-__all__ = ["CoordinatorService"]
+__all__ = ["CoordinatorService", "describe_privacy"]
 
 logger = logging.getLogger(__name__)
 #: A site that has not polled for this long is not offered a place in a new round.
@@ -155,6 +157,8 @@ class CoordinatorService:
             if run is None:
                 return
             coord, spec, now = run.coordinator, run.spec, self.clock()
+            if coord.is_open and coord.secure_round is not None:
+                self._advance_secure(run, now)
             if coord.is_open:
                 self._maybe_close(run, now)
             if coord.is_open:
@@ -168,16 +172,38 @@ class CoordinatorService:
                 return
             self._maybe_open(run, now)
 
+    def _advance_secure(self, run: _Running, now: float) -> None:
+        """Move the open secure round through its stages; retry an aborted attempt."""
+        coord = run.coordinator
+        secure = coord.secure_round
+        assert secure is not None
+        if secure.aborted is not None:
+            alive = [
+                s
+                for s in coord.participants
+                if now - self._seen.get(s, -ALIVE_S - 1) <= ALIVE_S and s not in coord.refusals
+            ]
+            self.audit.append(
+                "secure_round_retried", study=run.spec.study_id, round=coord.round, sites=alive
+            )
+            coord.retry_secure_round(alive, deadline=now + run.spec.round_timeout_s)
+            self._changed.notify_all()
+            return
+        if coord.advance(now=now):
+            self._changed.notify_all()
+
     def _maybe_close(self, run: _Running, now: float) -> None:
         coord = run.coordinator
         current = self.store.current_round(run.spec.study_id)
         deadline = None if current is None else current.deadline
+        if coord.secure_round is not None and not coord.complete:
+            return  # a secure round's stages keep their own deadlines
         if not coord.complete and (deadline is None or now < deadline):
             return
         try:
             record = coord.close_round()
         except FederationError as exc:
-            missing = sorted(set(coord.participants) - coord.answered())
+            missing = sorted(set(coord.participants) - coord.answered() - set(coord.refusals))
             coord.store.set_deadline(run.spec.study_id, coord.round, now + run.spec.round_timeout_s)
             self._log(run, "round_waiting", f"{exc}; still waiting for {', '.join(missing)}")
             return
@@ -266,8 +292,13 @@ class CoordinatorService:
             store=self.store,
             clock=self.clock,
             open_invitation=spec.sites is None,
+            privacy=spec.privacy,
+            secagg=spec.secagg,
         )
         size = sum(int(w.nbytes) for w in weights.values())
+        if spec.secagg.enabled:
+            # A masked vector is one unsigned integer per parameter (uint32 or uint64).
+            size = max(size, sum(int(w.size) for w in weights.values()) * 8)
         return _Running(spec, coordinator, self.clock(), size + UPLOAD_MARGIN)
 
     def _log(self, run: _Running, kind: str, message: str) -> None:
@@ -305,10 +336,10 @@ class CoordinatorService:
 
     def _message_for(self, site: str) -> bytes | None:
         run = self._running
-        task = None if run is None else run.coordinator.task_for(site)
-        if run is not None and task is not None:
+        message = None if run is None else run.coordinator.outgoing(site)
+        if run is not None and message is not None:
             ttl = run.spec.round_timeout_s * 4
-            return encode_signed(task.to_envelope(), self.signer, ttl_s=ttl)
+            return encode_signed(message, self.signer, ttl_s=ttl)
         if self._finished is not None and site not in self._ended_sent:
             study_id, version, participants = self._finished
             if site in participants:
@@ -346,12 +377,24 @@ class CoordinatorService:
                 self.audit.append("update_rejected", site=site, bytes=len(data), reason=str(exc))
                 raise
             if receipt is Receipt.ACCEPTED:
+                h = signed.envelope.header
+                event = {
+                    MessageKind.MODEL_UPDATE: "update_received",
+                    MessageKind.REFUSAL: "round_refused",
+                    MessageKind.SECAGG: "secagg_received",
+                }.get(h.kind, "message_received")
+                details: dict[str, Any] = {}
+                if h.kind is MessageKind.SECAGG:
+                    details["stage"] = signed.envelope.body.get("stage")
+                if h.kind is MessageKind.REFUSAL:
+                    details["reason"] = signed.envelope.body.get("reason")
                 self.audit.append(
-                    "update_received",
+                    event,
                     study=run.spec.study_id,
-                    round=signed.envelope.header.round,
+                    round=h.round,
                     site=site,
                     bytes=len(data),
+                    **details,
                 )
             self._changed.notify_all()
         crash_point("service.after_update_commit")
@@ -419,6 +462,7 @@ class CoordinatorService:
             },
             "history": [dict(r.summary) for r in rounds if r.status.value == "closed"],
             "rejections": len(self.store.rejections(study_id)),
+            "privacy": describe_privacy(spec.privacy, spec.secagg, spec.rounds),
         }
 
     def study_spec(self, study_id: str) -> str:
@@ -432,3 +476,34 @@ class CoordinatorService:
             {"seq": seq, "at": e.at, "kind": e.kind, "message": e.message}
             for seq, e in self.store.events(study_id, after=after)
         ]
+
+
+def describe_privacy(privacy: PrivacyPlan, secagg: SecAggPlan, rounds: int) -> dict[str, Any]:
+    """What a study promises, for its status: the mechanisms and the consortium-level ε.
+
+    Patient-level ε is each hospital's, in its own ledger (it depends on its size). The
+    client-level guarantee is the consortium's: every round releases the sum of at least
+    ``threshold`` clipped updates with Gaussian noise of std ``σ_c · C_c`` in all, i.e. one
+    Gaussian mechanism per round with full participation (q = 1), composed over the rounds.
+    """
+    out: dict[str, Any] = {
+        "patient_level": privacy.mechanism,
+        "target_epsilon": privacy.target_epsilon,
+        "noise_multiplier": privacy.noise_multiplier,
+        "delta": privacy.delta,
+        "secure_aggregation": secagg.enabled,
+        "client_level_epsilon": None,
+    }
+    if privacy.client_level:
+        assert privacy.client_noise_multiplier is not None
+        sigma = privacy.client_noise_multiplier
+        # σ = 0 is no guarantee at all: reported as None, never as a number.
+        out["client_level_epsilon"] = (
+            None
+            if sigma == 0
+            else epsilon(
+                [SampledGaussian(sample_rate=1.0, noise_multiplier=sigma, steps=rounds)],
+                delta=privacy.delta,
+            ).epsilon
+        )
+    return out

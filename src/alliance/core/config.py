@@ -8,6 +8,7 @@ relative to the file's own folder, so a bundle can be moved as a whole.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -60,6 +61,33 @@ class TomlFile:
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             raise ConfigError(f"{self._where(table, key)} must be an integer >= {minimum}")
         return value
+
+    def number(
+        self,
+        table: str | None,
+        key: str,
+        *,
+        default: float,
+        minimum: float = 0.0,
+        maximum: float = math.inf,
+        exclusive_minimum: bool = False,
+    ) -> float:
+        """A finite number in ``[minimum, maximum]`` (``(minimum, ...]`` if exclusive)."""
+        value = self._get(table, key)
+        if value is None:
+            return default
+        low_ok = value > minimum if exclusive_minimum else value >= minimum
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+            or not low_ok
+            or value > maximum
+        ):
+            op = ">" if exclusive_minimum else ">="
+            upper = "" if maximum == math.inf else f" and <= {maximum}"
+            raise ConfigError(f"{self._where(table, key)} must be a number {op} {minimum}{upper}")
+        return float(value)
 
     def strings(self, table: str | None, key: str) -> tuple[str, ...]:
         """A list of strings (empty if absent)."""

@@ -10,7 +10,10 @@
     │   └── IntegrityError         a message fails a consistency check (shapes, NaN, round binding)
     ├── TransportError             a message could not be delivered: retry or check the channel
     ├── FederationError            the federation cannot go on (no quorum, no sites, no cases)
-    └── ModelError                 a model file or model state is unusable
+    │   └── SecAggAbort            a secure-aggregation attempt is abandoned: start a new attempt
+    ├── ModelError                 a model file or model state is unusable
+    └── PrivacyError               the site's privacy ledger refuses a release or is untrustworthy
+        └── BudgetExceeded         a release would push the hospital's ε past its budget
 
 Every message names what was wrong, where (file and line, site, round, field) and what to do.
 Exit codes are chosen only by the CLI.
@@ -20,12 +23,15 @@ from __future__ import annotations
 
 __all__ = [
     "AllianceError",
+    "BudgetExceeded",
     "ConfigError",
     "DataError",
     "FederationError",
     "IntegrityError",
     "ModelError",
+    "PrivacyError",
     "ProtocolError",
+    "SecAggAbort",
     "TransportError",
     "UnknownCodeError",
 ]
@@ -63,5 +69,23 @@ class FederationError(AllianceError):
     """The federation cannot proceed: too few sites, no cases, quorum not reached."""
 
 
+class SecAggAbort(FederationError):  # noqa: N818 - an abort is the event, not a fault
+    """A secure-aggregation attempt cannot complete safely and is abandoned.
+
+    Raised by the coordinator's side when too few sites remain at a stage (the message names the
+    stage, the sites left and the threshold), and by a site that refuses a request that is
+    inconsistent with what it has seen (a lying or confused coordinator, a replayed or forged
+    message). The attempt reveals nothing; start a new attempt with fresh keys.
+    """
+
+
 class ModelError(AllianceError):
     """A model file or model state cannot be used."""
+
+
+class PrivacyError(AllianceError):
+    """The privacy ledger refuses a release, or is missing or inconsistent (see the message)."""
+
+
+class BudgetExceeded(PrivacyError):  # noqa: N818 - a refusal by policy, not a fault
+    """A release would push the hospital's total ε past its budget; nothing was charged."""

@@ -90,6 +90,7 @@ def render_report(metrics: Mapping[str, Any]) -> str:
         attribution=str(attribution) if attribution else None,
         headline=_headline(overall, best_name),
         overall_rows=_model_rows(overall, "overall", best_name),
+        privacy_rows=_privacy_rows(metrics, overall),
         sites=sites,
         round_rows=[_round_row(r) for r in rounds],
         subsets=_subsets(metrics),
@@ -278,6 +279,33 @@ def _score_row(label: str, scores: Mapping[str, Any], key: str) -> dict[str, Any
         "cells": [_percent(_number(scores, k)) for k in ("top1", "top3", "top10")],
         "n": _cases(_count(scores, "n")),
     }
+
+
+def _privacy_rows(metrics: Mapping[str, Any], overall: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The federated model without DP, then one row per private run (``--epsilon``)."""
+    runs = metrics.get("privacy")
+    if not isinstance(runs, list) or not runs:
+        return []
+    rows = []
+    federated = _optional_mapping(overall, "federated", "overall")
+    if federated is not None:
+        rows.append({**_score_row("No differential privacy", federated, "federated"), "spent": "—"})
+    for i, run in enumerate(runs):
+        if not isinstance(run, Mapping):
+            raise DataError(f"metrics privacy[{i}] must be an object")
+        scores = _mapping(run, "overall", f"privacy[{i}]")
+        target = _number(run, "target_epsilon")
+        delta = _number(run, "delta")
+        spent = run.get("epsilon_spent") or {}
+        worst = max((float(v) for v in spent.values()), default=None) if spent else None
+        label = f"ε = {target:g}, δ = {delta:g}" if target is not None and delta else "private"
+        rows.append(
+            {
+                **_score_row(label, scores, "private"),
+                "spent": "—" if worst is None else f"{worst:.2f}",
+            }
+        )
+    return rows
 
 
 def _round_row(entry: Mapping[str, Any]) -> list[str]:

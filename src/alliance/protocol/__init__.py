@@ -11,11 +11,15 @@ from alliance.protocol.envelope import (
 )
 from alliance.protocol.messages import (
     ModelUpdate,
+    Refusal,
+    SecAggMessage,
     StudyEnd,
     TrainingPlan,
     TrainTask,
     check_same_shapes,
 )
+from alliance.protocol.privacy import PrivacyPlan, SecAggPlan
+from alliance.protocol.secure_update import SecureSum, UpdateLayout
 
 __all__ = [
     "COORDINATOR",
@@ -24,9 +28,15 @@ __all__ = [
     "Header",
     "MessageKind",
     "ModelUpdate",
+    "PrivacyPlan",
+    "Refusal",
+    "SecAggMessage",
+    "SecAggPlan",
+    "SecureSum",
     "StudyEnd",
     "TrainTask",
     "TrainingPlan",
+    "UpdateLayout",
     "check_same_shapes",
     "decode",
     "encode",

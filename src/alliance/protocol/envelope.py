@@ -30,6 +30,8 @@ class MessageKind(enum.Enum):
     MODEL_UPDATE = "model_update"
     STUDY_END = "study_end"
     MODEL_SNAPSHOT = "model_snapshot"
+    REFUSAL = "refusal"
+    SECAGG = "secagg"
 
 
 def new_nonce() -> str:

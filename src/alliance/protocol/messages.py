@@ -22,8 +22,18 @@ import numpy.typing as npt
 
 from alliance.core.errors import IntegrityError, ProtocolError
 from alliance.protocol.envelope import Envelope, Header, MessageKind
+from alliance.protocol.privacy import PrivacyPlan, SecAggPlan
 
-__all__ = ["ModelUpdate", "StudyEnd", "TrainTask", "TrainingPlan", "check_same_shapes"]
+__all__ = [
+    "REFUSAL_REASONS",
+    "ModelUpdate",
+    "Refusal",
+    "SecAggMessage",
+    "StudyEnd",
+    "TrainTask",
+    "TrainingPlan",
+    "check_same_shapes",
+]
 
 Arrays = Mapping[str, npt.NDArray[Any]]
 _METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -104,24 +114,53 @@ class TrainTask:
     model_version: int
     plan: TrainingPlan
     weights: Arrays
+    privacy: PrivacyPlan = field(default_factory=PrivacyPlan)
+    secagg: SecAggPlan = field(default_factory=SecAggPlan)
+    #: Secure rounds only: the sites asked to train this round (the key-agreement cohort) and
+    #: the attempt number (a round restarted after a coordinator restart gets fresh keys).
+    cohort: tuple[str, ...] = ()
+    attempt: int = 0
 
     def to_envelope(self) -> Envelope:
         """Wrap for transport."""
         return Envelope(
             self.header,
-            {"model_version": self.model_version, "plan": asdict(self.plan)},
+            {
+                "model_version": self.model_version,
+                "plan": asdict(self.plan),
+                "privacy": self.privacy.to_json(),
+                "secagg": self.secagg.to_json(),
+                "cohort": list(self.cohort),
+                "attempt": self.attempt,
+            },
             dict(self.weights),
         )
 
     @classmethod
     def from_envelope(cls, env: Envelope) -> TrainTask:
         """Validate and unwrap."""
-        _expect(env, MessageKind.TRAIN_TASK, {"model_version", "plan"})
+        _expect(
+            env,
+            MessageKind.TRAIN_TASK,
+            {"model_version", "plan", "privacy", "secagg", "cohort", "attempt"},
+        )
         version = _version(env.body["model_version"], what="train task: model_version")
         for name, arr in env.arrays.items():
             if arr.dtype.kind == "f" and not bool(np.isfinite(arr).all()):
                 raise IntegrityError(f"train task: weight {name!r} contains NaN or infinite values")
-        return cls(env.header, version, TrainingPlan.from_json(env.body["plan"]), env.arrays)
+        cohort = env.body["cohort"]
+        if not isinstance(cohort, list) or not all(isinstance(s, str) for s in cohort):
+            raise ProtocolError("train task: cohort must be a list of site ids")
+        return cls(
+            env.header,
+            version,
+            TrainingPlan.from_json(env.body["plan"]),
+            env.arrays,
+            PrivacyPlan.from_json(env.body["privacy"]),
+            SecAggPlan.from_json(env.body["secagg"]),
+            tuple(cohort),
+            _version(env.body["attempt"], what="train task: attempt"),
+        )
 
 
 @dataclass(frozen=True)
@@ -192,6 +231,90 @@ class StudyEnd:
         """Validate and unwrap."""
         _expect(env, MessageKind.STUDY_END, {"final_version"})
         return cls(env.header, _version(env.body["final_version"], what="study end: final_version"))
+
+
+#: Why a site declined a task; the coordinator learns only this word, never the details.
+REFUSAL_REASONS = ("budget", "policy")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Site → coordinator: the site will not take part in this round.
+
+    Only the category travels (``"budget"``: the hospital's privacy budget would be exceeded;
+    ``"policy"``: the study or plan is not what the hospital approved). The details stay in the
+    hospital's own audit log.
+    """
+
+    header: Header
+    reason: str
+
+    def to_envelope(self) -> Envelope:
+        """Wrap for transport."""
+        return Envelope(self.header, {"reason": self.reason})
+
+    @classmethod
+    def from_envelope(cls, env: Envelope) -> Refusal:
+        """Validate and unwrap."""
+        _expect(env, MessageKind.REFUSAL, {"reason"})
+        if env.body["reason"] not in REFUSAL_REASONS:
+            raise ProtocolError(
+                f"refusal reason must be one of {list(REFUSAL_REASONS)}, got {env.body['reason']!r}"
+            )
+        return cls(env.header, env.body["reason"])
+
+
+_SECAGG_STAGES = (
+    # coordinator → site
+    "keys",  # every advertised key of the cohort: please share your secrets
+    "shares",  # the encrypted shares addressed to you, and who may mask: send your masked input
+    "confirm",  # who submitted a masked input: please sign that list
+    "unmask",  # the list and the signatures: send shares for survivors and dropped sites
+    # site → coordinator
+    "advert",
+    "share_out",
+    "masked",
+    "confirmation",
+    "unmask_out",
+)
+
+
+@dataclass(frozen=True)
+class SecAggMessage:
+    """One stage of a secure-aggregation round, in either direction.
+
+    ``payload`` is the stage's JSON (see :mod:`alliance.secagg`); ``arrays`` carries the masked
+    vector of a ``masked`` message. ``attempt`` binds the message to one try of the round.
+    """
+
+    header: Header
+    stage: str
+    attempt: int
+    payload: Mapping[str, Any]
+    arrays: Arrays = field(default_factory=dict)
+
+    def to_envelope(self) -> Envelope:
+        """Wrap for transport."""
+        body = {"stage": self.stage, "attempt": self.attempt, "payload": dict(self.payload)}
+        return Envelope(self.header, body, dict(self.arrays))
+
+    @classmethod
+    def from_envelope(cls, env: Envelope) -> SecAggMessage:
+        """Validate and unwrap (the stage's own checks are the secure-aggregation code's)."""
+        _expect(env, MessageKind.SECAGG, {"stage", "attempt", "payload"})
+        stage = env.body["stage"]
+        if stage not in _SECAGG_STAGES:
+            raise ProtocolError(f"secure aggregation: unknown stage {stage!r}")
+        if not isinstance(env.body["payload"], dict):
+            raise ProtocolError("secure aggregation: payload must be an object")
+        for name, arr in env.arrays.items():
+            if stage != "masked" or arr.dtype.kind != "u":
+                raise ProtocolError(
+                    f"secure aggregation: array {name!r} ({arr.dtype}) not allowed in a "
+                    f"{stage!r} message"
+                )
+        attempt = _version(env.body["attempt"], what="secure aggregation: attempt")
+        return cls(env.header, stage, attempt, env.body["payload"], env.arrays)
 
 
 def _is_number(value: Any) -> bool:

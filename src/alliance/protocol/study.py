@@ -40,6 +40,7 @@ from typing import Any
 
 from alliance.core.errors import ConfigError
 from alliance.protocol.messages import TrainingPlan
+from alliance.protocol.privacy import PrivacyPlan, SecAggPlan
 
 __all__ = ["ALL_SITES", "StudySpec", "spec_hash"]
 
@@ -80,6 +81,10 @@ class StudySpec:
         The local training plan.
     model
         Model kind and options (``{"kind": "phenotype-ranker", "dim": 32}``).
+    privacy
+        Differential privacy (``[privacy]``, see :mod:`alliance.protocol.privacy`).
+    secagg
+        Secure aggregation (``[secure_aggregation]``).
     text
         The file's text exactly as written; its hash is what hospitals approve.
     """
@@ -95,6 +100,8 @@ class StudySpec:
     plan: TrainingPlan
     model: Mapping[str, Any]
     text: str = field(repr=False)
+    privacy: PrivacyPlan = field(default_factory=PrivacyPlan)
+    secagg: SecAggPlan = field(default_factory=SecAggPlan)
 
     @property
     def hash(self) -> str:
@@ -157,9 +164,23 @@ class StudySpec:
             raise ConfigError(f"{where}: [plan] {exc}") from None
         model = dict(_table(raw, "model", where, required=False) or {})
         model.setdefault("kind", "phenotype-ranker")
-        extra = set(raw) - {"study", "strategy", "plan", "model"}
+        extra = set(raw) - {"study", "strategy", "plan", "model", "privacy", "secure_aggregation"}
         if extra:
             raise ConfigError(f"{where}: unknown tables {sorted(extra)}")
+        try:
+            privacy = PrivacyPlan.from_table(
+                _table(raw, "privacy", where, required=False), rounds=rounds
+            )
+            secagg = SecAggPlan.from_table(_table(raw, "secure_aggregation", where, required=False))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if secagg.enabled and sites is not None and len(sites) < 3:
+            raise ConfigError(
+                f"{where}: [secure_aggregation] needs at least 3 invited sites (with 2, each "
+                "site could subtract its own update from the sum); invite more or disable it"
+            )
+        if secagg.enabled and secagg.threshold is not None and secagg.threshold > quorum:
+            quorum = secagg.threshold
         return cls(
             study_id=study_id,
             title=str(study.get("title", study_id)),
@@ -172,6 +193,8 @@ class StudySpec:
             plan=plan,
             model=model,
             text=text,
+            privacy=privacy,
+            secagg=secagg,
         )
 
 

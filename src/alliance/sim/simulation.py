@@ -16,14 +16,25 @@ bytes exercised are those that travel over HTTPS or in a file bundle::
     result.model        # the final global model
     result.history      # one RoundRecord per round
 
-The same seed gives the same final model.
+The same seed gives the same final model (without differential privacy, whose noise comes from
+a cryptographically secure source and is therefore different on every run).
+
+Privacy is the deployment's, not a simulation of it: with ``privacy`` each site trains with
+DP-SGD and charges its own :class:`~alliance.privacy.ledger.PrivacyLedger` (kept in
+``ledger_dir``, a temporary folder by default); with ``secagg`` the simulation issues every site a
+certificate from an in-memory consortium CA and the rounds run the full secure-aggregation
+protocol over the same encoded messages, so the coordinator only ever holds the sum.
+``drop(site, round, stage)`` lets a test make a site vanish at any stage of a round.
 """
 
 from __future__ import annotations
 
+import math
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,8 +44,15 @@ from torch.utils.data import Dataset, TensorDataset
 from alliance.algorithms.strategies import Strategy, StrategyName, make_strategy
 from alliance.coordinator.rounds import Coordinator, RoundRecord
 from alliance.core.errors import ConfigError, FederationError
+from alliance.crypto.authority import CertificateAuthority
+from alliance.crypto.pki import Role, TrustStore
+from alliance.crypto.signing import Signer
+from alliance.crypto.verifier import MessageVerifier
 from alliance.models.training import get_weights, set_weights
+from alliance.privacy.ledger import PrivacyLedger
+from alliance.protocol.envelope import Envelope, MessageKind
 from alliance.protocol.messages import TrainingPlan
+from alliance.protocol.privacy import PrivacyPlan, SecAggPlan
 from alliance.site.agent import Site
 from alliance.transport.memory import InMemoryTransport
 
@@ -66,6 +84,8 @@ class SimulationResult:
     history: list[RoundRecord]
     seconds: float
     bytes_sent: Mapping[str, int] = field(default_factory=dict)
+    #: Each site's privacy spending (ε at the study's δ) at the end, when DP was on.
+    epsilon: Mapping[str, float] = field(default_factory=dict)
 
 
 class Simulation:
@@ -94,6 +114,18 @@ class Simulation:
         Called after each round with its :class:`RoundRecord`.
     encode
         Pass messages through the codec (default); off only to measure the codec's cost.
+    privacy, secagg
+        The study's differential-privacy and secure-aggregation plans (default: neither).
+    budget_epsilon
+        Each site's privacy budget (ε) in its ledger, or one budget per site id.
+    ledger_dir
+        Where the sites' ledgers are kept (default: a temporary folder removed after the run).
+    drop
+        ``drop(site, round, stage) → True`` makes the site ignore that message, as if it had
+        gone offline (stages: ``"train"``, ``"keys"``, ``"shares"``, ``"confirm"``,
+        ``"unmask"``).
+    quorum
+        Fewest sites that close a round (default: all; with secure aggregation, the threshold).
     """
 
     def __init__(
@@ -112,6 +144,12 @@ class Simulation:
         on_round: Callable[[RoundRecord], None] | None = None,
         encode: bool = True,
         tap: Callable[[str, str, bytes], None] | None = None,
+        privacy: PrivacyPlan | None = None,
+        secagg: SecAggPlan | None = None,
+        budget_epsilon: float | Mapping[str, float] = math.inf,
+        ledger_dir: Path | None = None,
+        drop: Callable[[str, int, str], bool] | None = None,
+        quorum: int | None = None,
     ) -> None:
         if rounds < 1:
             raise ConfigError(f"rounds must be >= 1, got {rounds}")
@@ -139,6 +177,14 @@ class Simulation:
         self.on_round = on_round
         self.encode = encode
         self.tap = tap
+        self.privacy = privacy or PrivacyPlan()
+        if self.privacy.rounds != rounds and self.privacy.patient_level:
+            self.privacy = PrivacyPlan(**{**self.privacy.to_json(), "rounds": rounds})
+        self.secagg = secagg or SecAggPlan()
+        self.budget_epsilon = budget_epsilon
+        self.ledger_dir = ledger_dir
+        self.drop = drop
+        self.quorum = quorum
 
     def _model(self) -> nn.Module:
         torch.manual_seed(self.seed)
@@ -146,6 +192,23 @@ class Simulation:
 
     def run(self) -> SimulationResult:
         """Run every round and return the final global model and the round history."""
+        if self.ledger_dir is not None or not self.privacy.patient_level:
+            return self._run(self.ledger_dir)
+        with tempfile.TemporaryDirectory(prefix="alliance-ledgers-") as tmp:
+            return self._run(Path(tmp))
+
+    def _identities(self) -> tuple[dict[str, Signer], MessageVerifier] | None:
+        """Certificates from an in-memory consortium CA, for secure aggregation's signatures."""
+        if not self.secagg.enabled:
+            return None
+        ca = CertificateAuthority.create(self.federation)
+        signers = {}
+        for name in sorted(self.train):
+            party = ca.issue(name, Role.SITE)
+            signers[name] = Signer(party.signing_key, party.certificate)
+        return signers, MessageVerifier(TrustStore(ca.certificate), role=Role.SITE)
+
+    def _run(self, ledger_dir: Path | None) -> SimulationResult:
         start = time.perf_counter()
         transport = InMemoryTransport(encode=self.encode, tap=self.tap)
         global_model = self._model()
@@ -157,35 +220,88 @@ class Simulation:
             strategy=self.strategy,
             plan=self.plan,
             mailbox=transport,
+            privacy=self.privacy,
+            secagg=self.secagg,
+            quorum=self.quorum,
         )
-        sites = [
-            Site(
-                name,
-                federation=self.federation,
-                model=self._model(),
-                train=data,
-                test=self.test.get(name),
-                link=transport,
-                collate_fn=self.collate_fn,
+        identities = self._identities()
+        ledgers: dict[str, PrivacyLedger] = {}
+        sites = []
+        for name, data in sorted(self.train.items()):
+            if data is None:
+                continue
+            if ledger_dir is not None and self.privacy.patient_level:
+                budget = (
+                    self.budget_epsilon.get(name, math.inf)
+                    if isinstance(self.budget_epsilon, Mapping)
+                    else self.budget_epsilon
+                )
+                ledgers[name] = PrivacyLedger.open(
+                    ledger_dir / f"{name}.ledger",
+                    budget_epsilon=budget,
+                    delta=self.privacy.delta,
+                )
+            sites.append(
+                Site(
+                    name,
+                    federation=self.federation,
+                    model=self._model(),
+                    train=data,
+                    test=self.test.get(name),
+                    link=transport,
+                    collate_fn=self.collate_fn,
+                    ledger=ledgers.get(name),
+                    signer=None if identities is None else identities[0][name],
+                    peers=None if identities is None else identities[1],
+                )
             )
-            for name, data in sorted(self.train.items())
-            if data is not None
-        ]
-        for _ in range(self.rounds):
-            coordinator.start_round()
+        try:
+            for _ in range(self.rounds):
+                coordinator.start_round()
+                self._drive(coordinator, sites, transport)
+                record = coordinator.close_round()
+                if self.on_round is not None:
+                    self.on_round(record)
+            coordinator.finish()
             for site in sites:
                 site.step()
-            coordinator.receive()
-            record = coordinator.close_round()
-            if self.on_round is not None:
-                self.on_round(record)
-        coordinator.finish()
-        for site in sites:
-            site.step()
+            epsilon = {name: ledger.spent().epsilon for name, ledger in ledgers.items()}
+        finally:
+            for ledger in ledgers.values():
+                ledger.close()
         set_weights(global_model, coordinator.weights)
         return SimulationResult(
             model=global_model,
             history=coordinator.history,
             seconds=time.perf_counter() - start,
             bytes_sent=dict(transport.bytes_sent),
+            epsilon=epsilon,
         )
+
+    def _drive(
+        self, coordinator: Coordinator, sites: list[Site], transport: InMemoryTransport
+    ) -> None:
+        """Deliver messages until the open round can close (every stage of a secure round)."""
+        for _ in range(16):
+            for site in sites:
+                while True:
+                    env = transport.fetch(site.id)
+                    if env is None:
+                        break
+                    if self.drop is not None and self.drop(site.id, env.header.round, _stage(env)):
+                        continue
+                    for reply in site.handle(env):
+                        transport.submit(reply)
+            coordinator.receive()
+            secure = coordinator.secure_round
+            if coordinator.complete or (secure is not None and secure.aborted is not None):
+                return  # close_round reports an aborted secure round
+            # Every site that could answer has: the silent ones are dropped at this stage.
+            coordinator.advance(force=True)
+        raise FederationError(f"round {coordinator.round} did not complete")
+
+
+def _stage(env: Envelope) -> str:
+    if env.header.kind is MessageKind.SECAGG:
+        return str(env.body.get("stage", ""))
+    return "train" if env.header.kind is MessageKind.TRAIN_TASK else env.header.kind.value

@@ -3,8 +3,14 @@
 The site always initiates: it polls its :class:`~alliance.transport.base.SiteLink` for the next
 message. For a :class:`~alliance.protocol.messages.TrainTask` addressed to it within its
 federation it (1) loads the global weights, (2) evaluates them on its held-out cases and keeps
-only aggregate counts, (3) trains locally with the task's plan, and (4) submits the parameter
-delta, its number of training examples and those counts. Nothing else leaves the site.
+only aggregate counts, (3) trains locally with the task's plan under the study's privacy plan
+(:mod:`alliance.site.privatize`: DP-SGD charged to the hospital's ledger, client-level clipping
+and noise), and (4) submits the parameter delta, its number of training examples and those
+counts — or, under secure aggregation, takes part in the masking stages
+(:mod:`alliance.site.secure`) so that the coordinator only ever sees the sum. A task that would
+take the hospital past its privacy budget is declined with a
+:class:`~alliance.protocol.messages.Refusal` that says only "budget". Nothing else leaves the
+site.
 """
 
 from __future__ import annotations
@@ -14,15 +20,26 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 from torch import nn
 from torch.utils.data import Dataset
 
-from alliance.core.errors import FederationError, ProtocolError
+from alliance.core.errors import BudgetExceeded, FederationError, ProtocolError
 from alliance.evaluation.ranking import rank_dataset, topk_counts
-from alliance.models.training import get_weights, set_weights, train_locally
-from alliance.protocol.envelope import COORDINATOR, Header, MessageKind
-from alliance.protocol.messages import ModelUpdate, StudyEnd, TrainTask, check_same_shapes
+from alliance.models.training import get_weights, set_weights
+from alliance.privacy.ledger import PrivacyLedger
+from alliance.privacy.noise import SecureGaussian
+from alliance.protocol.codec import MessageSigner, SignatureVerifier
+from alliance.protocol.envelope import COORDINATOR, Envelope, Header, MessageKind
+from alliance.protocol.messages import (
+    ModelUpdate,
+    Refusal,
+    SecAggMessage,
+    StudyEnd,
+    TrainTask,
+    check_same_shapes,
+)
+from alliance.site.privatize import LocalUpdate, train_under_plan
+from alliance.site.secure import SecureRounds
 from alliance.transport.base import SiteLink
 
 __all__ = ["Site", "site_seed"]
@@ -48,6 +65,13 @@ class Site:
         submits itself and calls :meth:`train_round`.
     collate_fn
         Batch builder for both datasets.
+    ledger
+        The hospital's privacy ledger (required for studies with DP-SGD).
+    signer, peers
+        The site's signing identity and the check of other sites' signatures (required for
+        studies with secure aggregation: key advertisements are signed and verified).
+    noise
+        Source of privacy noise (default: a fresh CSPRNG; a fixed key only in tests).
     """
 
     def __init__(
@@ -60,6 +84,10 @@ class Site:
         test: Dataset[Any] | None,
         link: SiteLink | None,
         collate_fn: Callable[[list[Any]], Any] | None = None,
+        ledger: PrivacyLedger | None = None,
+        signer: MessageSigner | None = None,
+        peers: SignatureVerifier | None = None,
+        noise: SecureGaussian | None = None,
     ) -> None:
         if len(train) == 0:  # type: ignore[arg-type]
             raise FederationError(
@@ -74,6 +102,11 @@ class Site:
         self.collate_fn = collate_fn
         self.finished = False
         self.final_version: int | None = None
+        self.ledger = ledger
+        self.noise = noise or SecureGaussian()
+        self.secure = SecureRounds(site_id, signer=signer, peers=peers)
+        #: Rounds this site declined, ``(study, round) → reason`` (kept at the site).
+        self.declined: dict[tuple[str, int], str] = {}
 
     def step(self) -> bool:
         """Handle at most one pending message; return whether there was one."""
@@ -82,6 +115,15 @@ class Site:
         env = self.link.fetch(self.id)
         if env is None:
             return False
+        for reply in self.handle(env):
+            self.link.submit(reply)
+        return True
+
+    def handle(self, env: Envelope) -> list[Envelope]:
+        """Act on one message from the coordinator; return the replies to send.
+
+        A message addressed to another site or federation is refused (logged, no reply).
+        """
         if env.header.recipient != self.id or env.header.federation != self.federation:
             logger.warning(
                 "site %s refused a %s message addressed to %s in federation %s",
@@ -90,20 +132,52 @@ class Site:
                 env.header.recipient,
                 env.header.federation,
             )
-            return True
-        if env.header.kind is MessageKind.STUDY_END:
+            return []
+        kind = env.header.kind
+        if kind is MessageKind.STUDY_END:
             self.final_version = StudyEnd.from_envelope(env).final_version
             self.finished = True
-            return True
-        if env.header.kind is not MessageKind.TRAIN_TASK:
+            return []
+        if kind is MessageKind.SECAGG:
+            return [m.to_envelope() for m in self.secure.handle(SecAggMessage.from_envelope(env))]
+        if kind is not MessageKind.TRAIN_TASK:
             raise ProtocolError(
-                f"site {self.id}: unexpected {env.header.kind.value} message from the coordinator"
+                f"site {self.id}: unexpected {kind.value} message from the coordinator"
             )
-        self.link.submit(self.train_round(TrainTask.from_envelope(env)).to_envelope())
-        return True
+        task = TrainTask.from_envelope(env)
+        try:
+            if task.secagg.enabled:
+                return [self.secure.begin(task, lambda: self._train(task)).to_envelope()]
+            return [self.train_round(task).to_envelope()]
+        except BudgetExceeded as exc:
+            logger.warning("site %s declined round %d: %s", self.id, task.header.round, exc)
+            self.declined[(task.header.study, task.header.round)] = str(exc)
+            return [Refusal(self._reply_header(task, MessageKind.REFUSAL), "budget").to_envelope()]
+
+    def _reply_header(self, task: TrainTask, kind: MessageKind) -> Header:
+        return Header(
+            kind=kind,
+            federation=self.federation,
+            study=task.header.study,
+            round=task.header.round,
+            sender=self.id,
+            recipient=COORDINATOR,
+        )
 
     def train_round(self, task: TrainTask) -> ModelUpdate:
-        """Evaluate the task's model on the held-out cases, train, and return the update."""
+        """Evaluate the task's model on the held-out cases, train, and return the update.
+
+        Raises
+        ------
+        BudgetExceeded
+            The round would take the hospital past its privacy budget (nothing was trained).
+        """
+        local, metrics = self._train(task)
+        header = self._reply_header(task, MessageKind.MODEL_UPDATE)
+        return ModelUpdate(header, task.model_version, local.num_examples, local.delta, metrics)
+
+    def _train(self, task: TrainTask) -> tuple[LocalUpdate, dict[str, float]]:
+        """Evaluate, then train one round under the task's privacy plan."""
         reference = get_weights(self.model)
         check_same_shapes(
             task.weights, reference, what=f"task for site {self.id} round {task.header.round}"
@@ -114,30 +188,23 @@ class Site:
             metrics.update(
                 topk_counts(rank_dataset(self.model, self.test, collate_fn=self.collate_fn))
             )
-        plan = task.plan
-        result = train_locally(
+        secure = task.secagg.enabled
+        local = train_under_plan(
             self.model,
             self.train,
-            epochs=plan.local_epochs,
-            batch_size=plan.batch_size,
-            learning_rate=plan.learning_rate,
-            weight_decay=plan.weight_decay,
-            proximal_mu=plan.proximal_mu,
-            seed=site_seed(plan.seed, task.header.round, self.id),
-            collate_fn=self.collate_fn,
-        )
-        metrics["train_loss"] = result.mean_loss
-        after = get_weights(self.model)
-        delta = {k: (after[k] - np.asarray(task.weights[k], dtype=np.float32)) for k in after}
-        header = Header(
-            kind=MessageKind.MODEL_UPDATE,
-            federation=self.federation,
+            plan=task.plan,
+            privacy=task.privacy,
+            start=task.weights,
+            seed=site_seed(task.plan.seed, task.header.round, self.id),
             study=task.header.study,
-            round=task.header.round,
-            sender=self.id,
-            recipient=COORDINATOR,
+            round_=task.header.round,
+            ledger=self.ledger,
+            secure_threshold=task.secagg.threshold_for(len(task.cohort)) if secure else None,
+            collate_fn=self.collate_fn,
+            noise=self.noise,
         )
-        return ModelUpdate(header, task.model_version, result.num_examples, delta, metrics)
+        metrics["train_loss"] = local.train_loss
+        return local, metrics
 
 
 def site_seed(seed: int, round_: int, site: str) -> int:

@@ -7,7 +7,12 @@ any patient record is touched:
 1. the study file's sha256 (fetched from the coordinator, hashed here) must be in
    ``[policy] approved_studies`` — a study cannot change after the hospital approved it;
 2. the task's training plan must be the one the approved study states;
-3. at least ``[policy] min_cohort`` local cases must load.
+3. at least ``[policy] min_cohort`` local cases must load;
+4. the study's privacy plan (DP, secure aggregation) must be the approved one, and its rounds
+   still ahead must fit the hospital's own privacy budget (``[privacy] budget_epsilon`` and
+   ``delta``), kept in the ledger ``<state dir>/privacy.ledger``; a round that does not fit is
+   declined and the coordinator learns only "refused: budget". ``alliance site budget`` shows
+   what each study spent.
 
 Then it trains with the same :class:`~alliance.site.agent.Site` code as the simulation, signs the
 update and submits it, retrying through coordinator restarts and network drops (the same signed
@@ -32,6 +37,7 @@ from alliance.crypto.signing import Signer
 from alliance.crypto.tls import client_context
 from alliance.crypto.verifier import MessageVerifier
 from alliance.models.tasks import StudyModel, make_study_model
+from alliance.privacy.ledger import PrivacyLedger
 from alliance.protocol.envelope import COORDINATOR, Envelope, MessageKind
 from alliance.protocol.messages import StudyEnd, TrainTask
 from alliance.protocol.study import StudySpec, spec_hash
@@ -64,6 +70,19 @@ class SiteConfig:
     min_cohort: int
     state_dir: Path
     poll_s: float = 25.0
+    budget_epsilon: float = 8.0
+    budget_delta: float = 1e-5
+
+    @property
+    def ledger_path(self) -> Path:
+        """The hospital's privacy ledger."""
+        return self.state_dir / "privacy.ledger"
+
+    def open_ledger(self) -> PrivacyLedger:
+        """Open (or create) the privacy ledger with this config's budget."""
+        return PrivacyLedger.open(
+            self.ledger_path, budget_epsilon=self.budget_epsilon, delta=self.budget_delta
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> SiteConfig:
@@ -97,6 +116,12 @@ class SiteConfig:
             approved_studies=approved,
             min_cohort=f.integer("policy", "min_cohort", default=20, minimum=1),
             state_dir=f.required_path("state", "dir", must_exist=False),
+            budget_epsilon=f.number(
+                "privacy", "budget_epsilon", default=8.0, minimum=0.0, exclusive_minimum=True
+            ),
+            budget_delta=f.number(
+                "privacy", "delta", default=1e-5, minimum=0.0, maximum=0.01, exclusive_minimum=True
+            ),
         )
 
 
@@ -139,6 +164,8 @@ class SiteRunner:
             poll_s=config.poll_s,
         )
         self.audit = AuditLog(config.state_dir / "audit.log", actor=config.site)
+        self.ledger = config.open_ledger()
+        self.peers = MessageVerifier(self.trust, role=Role.SITE)
         self._studies: dict[str, _Study] = {}
         self._refused: set[str] = set()
         self._kinds: dict[str, StudyModel] = {}
@@ -177,6 +204,12 @@ class SiteRunner:
                 self._studies.pop(h.study, None)
                 self.studies_done += 1
             return True
+        if h.kind is MessageKind.SECAGG:
+            current = self._studies.get(h.study)
+            if current is None:
+                raise ProtocolError(f"secure aggregation message for study {h.study!r}, not joined")
+            self._send(current.site.handle(env), h.study, h.round)
+            return True
         if h.kind is not MessageKind.TRAIN_TASK:
             raise ProtocolError(f"unexpected {h.kind.value} message from the coordinator")
         task = TrainTask.from_envelope(env)
@@ -189,29 +222,55 @@ class SiteRunner:
         logger.info(
             "study %s round %d: training on model version %d", h.study, h.round, task.model_version
         )
-        update = study.site.train_round(task)
+        before = len(self.ledger.entries())
+        replies = study.site.handle(env)
+        for entry in self.ledger.entries()[before:]:
+            self.audit.append(
+                "privacy_charged",
+                study=entry.study,
+                round=entry.round,
+                sample_rate=entry.event.sample_rate,
+                noise_multiplier=entry.event.noise_multiplier,
+                steps=entry.event.steps,
+                epsilon_total=self.ledger.spent().epsilon,
+            )
+        declined = study.site.declined.get((h.study, h.round))
+        if declined is not None:
+            self.audit.append("round_declined", study=h.study, round=h.round, reason=declined)
         crash_point("site.before_submit")
-        self.link.submit(update.to_envelope())
-        size, receipt = self.link.last_sent or (0, "?")
-        self.audit.append(
-            "update_sent",
-            study=h.study,
-            round=h.round,
-            bytes=size,
-            num_examples=update.num_examples,
-            metrics=sorted(update.metrics),
-            receipt=receipt,
-        )
-        logger.info(
-            "study %s round %d: sent %d bytes (delta of %d cases, metrics %s): %s",
-            h.study,
-            h.round,
-            size,
-            update.num_examples,
-            ", ".join(sorted(update.metrics)),
-            receipt,
-        )
+        self._send(replies, h.study, h.round)
         return True
+
+    def _send(self, replies: list[Envelope], study: str, round_: int) -> None:
+        """Submit the site's replies and record what left the hospital."""
+        for reply in replies:
+            self.link.submit(reply)
+            size, receipt = self.link.last_sent or (0, "?")
+            kind = reply.header.kind
+            details: dict[str, Any] = {}
+            if kind is MessageKind.MODEL_UPDATE:
+                event = "update_sent"
+                details = {
+                    "num_examples": reply.body["num_examples"],
+                    "metrics": sorted(reply.body["metrics"]),
+                }
+            elif kind is MessageKind.SECAGG:
+                event = "secagg_sent"
+                details = {"stage": reply.body["stage"]}
+            else:
+                event = "refusal_sent"
+                details = {"reason": reply.body.get("reason")}
+            self.audit.append(
+                event, study=study, round=round_, bytes=size, receipt=receipt, **details
+            )
+            logger.info(
+                "study %s round %d: sent %s (%d bytes): %s",
+                study,
+                round_,
+                event.removesuffix("_sent").replace("_", " "),
+                size,
+                receipt,
+            )
 
     def _open_study(self, study_id: str) -> bool:
         """Whether this hospital worked on ``study_id`` (in this run or before a restart) and
@@ -252,6 +311,9 @@ class SiteRunner:
             test=None if test is None else test.dataset,
             link=None,
             collate_fn=kind.collate,
+            ledger=self.ledger,
+            signer=self.signer,
+            peers=self.peers,
         )
         self.audit.append(
             "study_joined",
@@ -274,6 +336,15 @@ class SiteRunner:
                 task.header.study,
                 f"round {task.header.round}: the coordinator asked for plan {task.plan}, the "
                 f"approved study states {study.spec.plan}",
+                once=False,
+            )
+            return None
+        if task.privacy != study.spec.privacy or task.secagg != study.spec.secagg:
+            self._refuse(
+                task.header.study,
+                f"round {task.header.round}: the coordinator asked for privacy {task.privacy} "
+                f"and secure aggregation {task.secagg}, the approved study states "
+                f"{study.spec.privacy} and {study.spec.secagg}",
                 once=False,
             )
             return None
@@ -304,4 +375,5 @@ def describe(config: SiteConfig) -> dict[str, Any]:
         "test": str(config.test) if config.test else None,
         "approved_studies": len(config.approved_studies),
         "min_cohort": config.min_cohort,
+        "privacy_budget": {"epsilon": config.budget_epsilon, "delta": config.budget_delta},
     }
