@@ -61,7 +61,8 @@ from alliance.data.synth import CohortConfig, generate_consortium, scaled_hospit
 from alliance.models.features import PhenotypeFeatures
 from alliance.models.ranker import CaseDataset, PhenotypeRanker
 from alliance.models.training import get_weights, set_weights, train_locally
-from alliance.privacy.dpsgd import ClipMethod, DPSGDConfig, train_privately
+from alliance.privacy.clipping import ClipMethod
+from alliance.privacy.dpsgd import DPSGDConfig, train_privately
 from alliance.privacy.noise import SecureGaussian
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "dpsgd_epoch.json"

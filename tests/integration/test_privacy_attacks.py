@@ -35,7 +35,8 @@ from torch.utils.data import TensorDataset
 
 from alliance.models.training import train_locally
 from alliance.privacy.accountant import SampledGaussian, calibrate_noise, epsilon_pld
-from alliance.privacy.dpsgd import DPSGDConfig, per_sample_clipped_sum, train_privately
+from alliance.privacy.clipping import per_sample_clipped_sum
+from alliance.privacy.dpsgd import DPSGDConfig, train_privately
 from alliance.privacy.noise import SecureGaussian
 
 DELTA = 1e-5

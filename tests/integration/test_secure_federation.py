@@ -215,3 +215,24 @@ def test_a_site_over_budget_declines_and_the_coordinator_learns_only_budget(
     )
     with pytest.raises(FederationError, match="quorum"):
         again.run()
+
+
+def test_a_forged_key_advert_is_refused_by_the_coordinator_and_the_round_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from alliance.crypto.signing import Signer
+
+    original = Signer.sign
+
+    def sign(self: Signer, data: bytes) -> bytes:
+        signature = original(self, data)
+        if self.name == "h03" and b"alliance-secagg-advert" in data:
+            return bytes(64)  # a signature that verifies for no key
+        return signature
+
+    monkeypatch.setattr(Signer, "sign", sign)
+    # Without the coordinator's check every honest site would refuse the forged advert and the
+    # round would abort; with it, h03 is simply not in the cohort.
+    result = _sim(secagg=SecAggPlan(enabled=True)).run()
+    assert "h03" not in result.history[0].sites
+    assert len(result.history[0].sites) == 11

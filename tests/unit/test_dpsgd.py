@@ -20,12 +20,8 @@ from alliance.data.synth import CohortConfig, generate_consortium, scaled_hospit
 from alliance.models.features import PhenotypeFeatures
 from alliance.models.ranker import CaseDataset, PhenotypeRanker
 from alliance.models.training import get_weights, train_locally
-from alliance.privacy.dpsgd import (
-    ClipMethod,
-    DPSGDConfig,
-    per_sample_clipped_sum,
-    train_privately,
-)
+from alliance.privacy.clipping import ClipMethod, per_sample_clipped_sum
+from alliance.privacy.dpsgd import DPSGDConfig, train_privately
 from alliance.privacy.noise import SecureGaussian
 
 KEY = bytes(range(32))

@@ -46,7 +46,7 @@ from alliance.coordinator.secure import SecureRound
 from alliance.core.errors import AllianceError, ConfigError, FederationError, ProtocolError
 from alliance.core.faults import crash_point
 from alliance.evaluation.ranking import topk_from_counts
-from alliance.protocol.codec import content_digest
+from alliance.protocol.codec import SignatureVerifier, content_digest
 from alliance.protocol.envelope import COORDINATOR, Envelope, Header, MessageKind
 from alliance.protocol.messages import (
     ModelUpdate,
@@ -161,6 +161,9 @@ class Coordinator:
         may start empty and grows with :meth:`invite`; the quorum is not bounded by it.
     privacy, secagg
         The study's differential-privacy and secure-aggregation plans, sent with every task.
+    peers
+        Checks sites' signatures on secure-aggregation adverts and confirmations (the service
+        passes the consortium's CA; ``None`` leaves the check to the sites alone).
     """
 
     def __init__(
@@ -179,6 +182,7 @@ class Coordinator:
         open_invitation: bool = False,
         privacy: PrivacyPlan | None = None,
         secagg: SecAggPlan | None = None,
+        peers: SignatureVerifier | None = None,
     ) -> None:
         if not sites and not open_invitation:
             raise ConfigError("a study needs at least one invited site")
@@ -205,6 +209,7 @@ class Coordinator:
         self.secagg = secagg or SecAggPlan()
         #: Sites that declined the open round (``site → reason``); they are not waited for.
         self.refusals: dict[str, str] = {}
+        self.peers = peers
         if self.store.study(study) is None:
             self.store.add_study(
                 StudyRecord(study, "", "", COORDINATOR, StudyStatus.RUNNING, clock())
@@ -297,6 +302,7 @@ class Coordinator:
             plan=self.secagg,
             reference=self.weights,
             deadline=deadline,
+            peers=self.peers,
         )
 
     def retry_secure_round(

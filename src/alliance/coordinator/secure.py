@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy.typing as npt
 
-from alliance.core.errors import IntegrityError, ProtocolError, SecAggAbort
-from alliance.protocol.codec import content_digest
+from alliance.core.errors import AllianceError, IntegrityError, ProtocolError, SecAggAbort
+from alliance.protocol.codec import SignatureVerifier, content_digest
 from alliance.protocol.envelope import COORDINATOR, Envelope, Header, MessageKind
 from alliance.protocol.messages import SecAggMessage
 from alliance.protocol.privacy import SecAggPlan
@@ -77,6 +77,10 @@ class SecureRound:
         The current model's weights (fix the layout of the masked vector).
     deadline
         When the training stage gives up on silent sites (``None``: only when forced).
+    peers
+        Checks a site's signature against the certificate it sent with its advert (the
+        consortium CA, the site role): a forged advert or confirmation is refused here, before
+        it could make every honest site refuse the round.
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class SecureRound:
         plan: SecAggPlan,
         reference: Mapping[str, npt.NDArray[Any]],
         deadline: float | None,
+        peers: SignatureVerifier | None = None,
     ) -> None:
         self.context = context
         self.cohort = tuple(sorted(cohort))
@@ -100,7 +105,8 @@ class SecureRound:
             threshold=plan.share_threshold(len(self.cohort)),
             neighbours=plan.neighbours or None,
         )
-        self.server = SecAggServer(self.setup)
+        self.peers = peers
+        self.server = SecAggServer(self.setup, verify=None if peers is None else self._verify)
         self.stage = "train"
         self.deadline = deadline
         #: Sites still expected to answer the current stage.
@@ -175,8 +181,12 @@ class SecureRound:
             certificate = p.get("certificate")
             if not isinstance(certificate, str):
                 raise ProtocolError("key advert: the signer's certificate is missing")
-            self.server.receive_advert(advert)
             self._certificates[site] = certificate
+            try:
+                self.server.receive_advert(advert)
+            except BaseException:
+                del self._certificates[site]
+                raise
         elif self.stage == "keys":
             ciphertexts = p.get("ciphertexts")
             if not isinstance(ciphertexts, dict):
@@ -196,6 +206,16 @@ class SecureRound:
             self.server.receive_confirmation(site, _hex(p.get("signature")))
         elif self.stage == "unmask":
             self.server.receive_unmask(UnmaskResponse.from_json(p.get("response")))
+
+    def _verify(self, site: str, data: bytes, signature: bytes) -> bool:
+        certificate = self._certificates.get(site)
+        if certificate is None or self.peers is None:
+            return False
+        try:
+            self.peers(site, bytes.fromhex(certificate), data, signature)
+        except (AllianceError, ValueError):
+            return False
+        return True
 
     # --- stage transitions ------------------------------------------------------------------------
     @property

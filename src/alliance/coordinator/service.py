@@ -294,6 +294,7 @@ class CoordinatorService:
             open_invitation=spec.sites is None,
             privacy=spec.privacy,
             secagg=spec.secagg,
+            peers=self._verify,
         )
         size = sum(int(w.nbytes) for w in weights.values())
         if spec.secagg.enabled:

@@ -1,12 +1,15 @@
 """Differential privacy at the hospital: the patient is the unit of privacy.
 
 - :mod:`~alliance.privacy.noise`: Gaussian noise and Poisson sampling from a CSPRNG;
-- :mod:`~alliance.privacy.dpsgd`: DP-SGD (per-patient clipping, Poisson sampling, noise) with
-  a fast exact clipping path and a generic ``torch.func`` one;
+- :mod:`~alliance.privacy.clipping`: per-patient gradient clipping, with a fast exact
+  (ghost-clipping) path for common layers and generic ``torch.func`` and loop fallbacks;
+- :mod:`~alliance.privacy.dpsgd`: DP-SGD (Poisson sampling, per-patient clipping, noise);
 - :mod:`~alliance.privacy.accountant`: ε of sampled-Gaussian compositions (PLD reported, RDP
   cross-check), noise calibration to a target ε;
 - :mod:`~alliance.privacy.ledger`: the hospital's persistent record of every release and its
-  budget.
+  budget;
+- :mod:`~alliance.privacy.anchor`: the sidecar file that keeps a deleted or replaced ledger
+  from silently resetting that record.
 
 The site (:mod:`alliance.site.privatize`) puts them together; the coordinator never sees the
 ledger.
@@ -25,13 +28,8 @@ from alliance.privacy.accountant import (
     epsilon_pld,
     epsilon_rdp,
 )
-from alliance.privacy.dpsgd import (
-    ClipMethod,
-    DPSGDConfig,
-    PrivateResult,
-    per_sample_clipped_sum,
-    train_privately,
-)
+from alliance.privacy.clipping import ClipMethod, per_sample_clipped_sum
+from alliance.privacy.dpsgd import DPSGDConfig, PrivateResult, train_privately
 from alliance.privacy.ledger import (
     BudgetCheck,
     Charge,

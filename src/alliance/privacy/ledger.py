@@ -18,9 +18,10 @@ site does not depend on anyone else's arithmetic. The site's operator is trusted
 with the patient data itself: the ledger does not defend against someone with write access to
 the site's disk. What it does defend against is *accidental* loss of the accounting. A deleted,
 replaced or re-created ledger would silently reset the spend to zero, so at creation the ledger
-writes an **anchor**, ``<ledger>.anchor`` next to it (or a path given to :meth:`open`; a
-deployment can keep it on another volume), naming the ledger's random id and creation time.
-:meth:`PrivacyLedger.open` then refuses, with :class:`~alliance.core.errors.PrivacyError`,
+writes an **anchor** (:mod:`alliance.privacy.anchor`), ``<ledger>.anchor`` next to it (or a
+path given to :meth:`open`; a deployment can keep it on another volume), naming the ledger's
+random id and creation time. :meth:`PrivacyLedger.open` then refuses, with
+:class:`~alliance.core.errors.PrivacyError`,
 
 * a missing ledger file when its anchor exists (restore the ledger from backup; only if the
   privacy officer decides to start the accounting afresh, delete the anchor as well), and
@@ -51,10 +52,8 @@ the first.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import math
-import os
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -67,6 +66,12 @@ from typing import TypeVar
 
 from alliance.core.errors import BudgetExceeded, ConfigError, PrivacyError, ProtocolError
 from alliance.privacy.accountant import Epsilon, SampledGaussian, epsilon
+from alliance.privacy.anchor import (
+    LedgerIdentity,
+    default_anchor_path,
+    refuse_if_anchored,
+    verify_or_write_anchor,
+)
 
 __all__ = [
     "BUSY_TIMEOUT_S",
@@ -86,7 +91,6 @@ SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 60.0
 """How long a charge waits for another process holding the ledger's write lock."""
 
-_ANCHOR_FORMAT = "guardian-alliance privacy ledger anchor"
 _T = TypeVar("_T")
 
 _SCHEMA = """
@@ -262,15 +266,15 @@ class PrivacyLedger:
         if not 0.0 < delta < 1.0:
             raise ConfigError(f"delta must be in (0, 1), got {delta}")
         path = Path(path)
-        anchor = Path(anchor) if anchor is not None else path.with_name(path.name + ".anchor")
+        anchor = Path(anchor) if anchor is not None else default_anchor_path(path)
         existed = path.exists()
-        if not existed and anchor.exists():
-            raise PrivacyError(_missing_message(path, anchor))
+        if not existed:
+            refuse_if_anchored(path, anchor)
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
         try:
-            meta = _initialise(conn, path, anchor=anchor, delta=delta, budget=budget_epsilon)
-            _check_anchor(anchor, path, meta, existed=existed)
+            identity = _initialise(conn, path, anchor=anchor, delta=delta, budget=budget_epsilon)
+            verify_or_write_anchor(path, anchor, identity, existed=existed)
         except BaseException:
             conn.close()
             raise
@@ -490,20 +494,13 @@ class PrivacyLedger:
 # --- module internals ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Meta:
-    ledger_id: str
-    created_at: str
-    delta: float
-
-
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
 
 
 def _initialise(
     conn: sqlite3.Connection, path: Path, *, anchor: Path, delta: float, budget: float
-) -> _Meta:
+) -> LedgerIdentity:
     """Set the pragmas, create the schema on a fresh file, check δ and record the budget."""
     try:
         conn.execute("PRAGMA journal_mode=WAL")
@@ -516,8 +513,7 @@ def _initialise(
         if version == 0:
             if conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]:
                 raise ProtocolError(f"{path} is an SQLite database but not a privacy ledger")
-            if anchor.exists():
-                raise PrivacyError(_missing_message(path, anchor))
+            refuse_if_anchored(path, anchor)
             for statement in _SCHEMA.split(";"):  # not executescript: it would COMMIT first
                 if statement.strip():
                     conn.execute(statement)
@@ -549,59 +545,7 @@ def _initialise(
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
-    return _Meta(meta["ledger_id"], meta["created_at"], stored)
-
-
-def _check_anchor(anchor: Path, path: Path, meta: _Meta, *, existed: bool) -> None:
-    """Compare the ledger with its anchor; write the anchor if there is none."""
-    if anchor.exists():
-        try:
-            recorded = json.loads(anchor.read_text(encoding="utf-8"))
-            ledger_id = recorded["ledger_id"] if recorded["format"] == _ANCHOR_FORMAT else None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise PrivacyError(
-                f"the privacy ledger anchor {anchor} is unreadable ({exc}); restore it from "
-                f"backup, or delete it to have it rewritten from the ledger {path}"
-            ) from exc
-        if ledger_id != meta.ledger_id:
-            raise PrivacyError(
-                f"the privacy ledger {path} (id {meta.ledger_id}, created {meta.created_at}) is "
-                f"not the ledger its anchor {anchor} records (id {ledger_id}, created "
-                f"{recorded.get('created_at')}): it was replaced, which would reset the "
-                "hospital's privacy accounting. Put the original ledger back from backup"
-            )
-        return
-    if existed:
-        logger.warning("privacy ledger %s had no anchor; writing %s from the ledger", path, anchor)
-    record = {
-        "format": _ANCHOR_FORMAT,
-        "ledger": path.name,
-        "ledger_id": meta.ledger_id,
-        "created_at": meta.created_at,
-        "delta": meta.delta,
-    }
-    anchor.parent.mkdir(parents=True, exist_ok=True)
-    temporary = anchor.with_name(f"{anchor.name}.{uuid.uuid4().hex}.tmp")
-    with temporary.open("w", encoding="utf-8") as f:
-        json.dump(record, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, anchor)
-
-
-def _missing_message(path: Path, anchor: Path) -> str:
-    try:
-        created = json.loads(anchor.read_text(encoding="utf-8")).get("created_at", "?")
-    except (OSError, ValueError, AttributeError):
-        created = "?"
-    return (
-        f"the privacy ledger {path} is missing or empty, but its anchor {anchor} records that "
-        f"one was created on {created}; starting a new ledger would reset the hospital's "
-        "privacy accounting to zero. Restore the ledger from backup (or fix the path in "
-        "site.toml). Only if the privacy officer decides to start the accounting afresh, "
-        "delete the anchor as well"
-    )
+    return LedgerIdentity(meta["ledger_id"], meta["created_at"], stored)
 
 
 def _check_round(study: str, round: int, event: SampledGaussian) -> None:

@@ -211,6 +211,7 @@ class Simulation:
     def _run(self, ledger_dir: Path | None) -> SimulationResult:
         start = time.perf_counter()
         transport = InMemoryTransport(encode=self.encode, tap=self.tap)
+        identities = self._identities()
         global_model = self._model()
         coordinator = Coordinator(
             federation=self.federation,
@@ -223,8 +224,8 @@ class Simulation:
             privacy=self.privacy,
             secagg=self.secagg,
             quorum=self.quorum,
+            peers=None if identities is None else identities[1],
         )
-        identities = self._identities()
         ledgers: dict[str, PrivacyLedger] = {}
         sites = []
         for name, data in sorted(self.train.items()):
