@@ -10,13 +10,16 @@ to the end of the next. Bytes: what each site sent to the coordinator per round 
 messages), and what it received.
 
 The simulation runs the sites one after the other on one process; in a deployment they mask in
-parallel and only the coordinator's unmasking is serial, so this ratio is an upper bound on a
-deployment's for the same machine.
+parallel and only the coordinator's unmasking is serial. ``--deployment`` therefore also runs
+both studies on the real deployment (``alliance coordinator serve`` and 12 ``alliance site run``
+processes over mutual TLS, the harness of ``tests/e2e/deployment.py``, 512 training cases), one
+study after the other, and times rounds 2.. from the coordinator's ``round_closed`` events.
 
 Usage::
 
-    python bench/secure_round.py                 # 1M and 10M, 4 rounds
+    python bench/secure_round.py                 # 1M and 10M, 4 rounds, simulation
     python bench/secure_round.py --sizes 1M --rounds 3
+    python bench/secure_round.py --deployment    # also the networked deployment
 
 Prints a table and writes ``bench/results/secure_round.json``.
 """
@@ -24,9 +27,11 @@ Prints a table and writes ``bench/results/secure_round.json``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import statistics
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -47,6 +52,9 @@ from alliance.protocol.privacy import SecAggPlan
 from alliance.sim import Simulation
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the deployment harness lives in tests/e2e
+    sys.path.insert(0, str(ROOT))
 SIZES = {"1M": 24, "10M": 249}
 
 
@@ -105,11 +113,77 @@ def _variant(
     }
 
 
+def _deployment_rounds(d: Any, text: str, study_id: str) -> dict[str, Any]:
+    """Run ``text`` on the deployment ``d``; seconds between consecutive round closes."""
+    from tests.e2e.deployment import approve
+
+    from alliance.store.sql import SqlStore
+
+    approve(d, text)
+    if d.coordinator is None or d.coordinator.poll() is not None:
+        d.start_coordinator()
+    d.submit(text)
+    d.site_procs = {}
+    for site in d.sites:
+        d.start_site(site)
+    d.wait_sites(3000)
+    store = SqlStore(f"sqlite:///{d.coordinator_dir / 'coordinator.db'}")
+    try:
+        closes = sorted(e.at for _, e in store.events(study_id) if e.kind == "round_closed")
+    finally:
+        store.close()
+    per_round = [b - a for a, b in itertools.pairwise(closes)]
+    sent: dict[str, int] = defaultdict(int)
+    for line in (d.coordinator_dir / "audit.log").read_text().splitlines():
+        entry = json.loads(line)
+        details = entry.get("details", {})
+        if details.get("study") == study_id and entry["event"] in (
+            "update_received",
+            "secagg_received",
+        ):
+            sent[details["site"]] += int(details["bytes"])
+    rounds = len(closes)
+    return {
+        "round_seconds": per_round,
+        "median_round_s": statistics.median(per_round),
+        "bytes_sent_per_site": int(np.median([v / rounds for v in sent.values()])),
+    }
+
+
+def deployment(sizes: list[str], rounds: int) -> list[dict[str, Any]]:
+    """Plaintext and secure studies on the real deployment, per model size."""
+    import tempfile
+
+    from tests.e2e.deployment import provision, study_text
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="alliance-secure-bench-") as tmp:
+        d = provision(Path(tmp), scale=0.1, n_diseases=120)
+        try:
+            for size in sizes:
+                dim = SIZES[size]
+                out: dict[str, Any] = {"size": size}
+                for variant, extra in (("plain", ""), ("secure", "\n[secure_aggregation]\n")):
+                    study_id = f"{variant}-{size.lower()}"
+                    text = study_text(
+                        study_id, d.sites, rounds=rounds, quorum=12, timeout_s=900, extra=extra
+                    ).replace("dim = 32", f"dim = {dim}")
+                    out[variant] = _deployment_rounds(d, text, study_id)
+                out["ratio"] = out["secure"]["median_round_s"] / out["plain"]["median_round_s"]
+                rows.append(out)
+        finally:
+            d.stop()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--sizes", default="1M,10M", help="Comma-separated: 1M, 10M.")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--scale", type=float, default=0.1)
+    parser.add_argument(
+        "--deployment", action="store_true", help="Also time the networked deployment."
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     onto = load_ontology()
@@ -161,6 +235,18 @@ def main() -> None:
             f"{r['plain_bytes_sent_per_site']:>16,} {r['secure_bytes_sent_per_site']:>17,} "
             f"{r['max_weight_difference']:>9.2e}"
         )
+    networked = []
+    if args.deployment:
+        networked = deployment([x.strip() for x in args.sizes.split(",")], args.rounds)
+        print(f"\n{'deployment':>10} {'plain s':>8} {'secure s':>9} {'ratio':>6} "
+              f"{'sent/site plain':>16} {'sent/site secure':>17}")  # fmt: skip
+        for r in networked:
+            print(
+                f"{r['size']:>10} {r['plain']['median_round_s']:>8.2f} "
+                f"{r['secure']['median_round_s']:>9.2f} {r['ratio']:>6.2f} "
+                f"{r['plain']['bytes_sent_per_site']:>16,} "
+                f"{r['secure']['bytes_sent_per_site']:>17,}"
+            )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "secure_round.json"
     out.write_text(
@@ -175,6 +261,7 @@ def main() -> None:
                 "rounds": args.rounds,
                 "scale": args.scale,
                 "rows": rows,
+                "deployment": networked,
             },
             indent=2,
         )

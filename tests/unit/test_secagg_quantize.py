@@ -177,3 +177,22 @@ def test_decoded_sum_is_the_weighted_mean_of_clipped_inputs_within_the_bound(
     exact = sum(w * c for w, c in zip(ws, clipped, strict=True)) / sum(ws)
     assert mean.dtype == np.float32
     assert np.max(np.abs(mean.astype(np.float64) - exact)) <= q.error_bound()
+
+
+def test_the_32_bit_fast_path_agrees_with_the_64_bit_encoding_within_one_step() -> None:
+    q = Quantizer(clip_range=1.0, value_bits=15, max_sites=12, max_weight=4096)
+    assert q.modulus_bits == 32
+    assert q.dtype is np.uint32
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(200_000) * 0.3).astype(np.float32)
+    x[:4] = [1.5, -1.5, 1.0, -1.0]
+    fast, clipped_fast = q.encode(x, weight=4096)  # float32 input: the fast path
+    slow, clipped_slow = q.encode(x.astype(np.float64), weight=4096)
+    assert clipped_fast == clipped_slow == int(np.count_nonzero(np.abs(x) > 1.0))
+    assert fast.dtype == slow.dtype == np.uint32
+    # Signed difference in steps of the weighted value: 0, or one step on a rare rounding tie.
+    diff = (fast.astype(np.int64) - slow.astype(np.int64) + 2**31) % 2**32 - 2**31
+    assert set(np.unique(diff).tolist()) <= {-4096, 0, 4096}
+    assert np.count_nonzero(diff) < 0.001 * x.size
+    decoded = q.decode_sum(fast, total_weight=4096)
+    assert np.abs(decoded - np.clip(x, -1.0, 1.0)).max() <= q.error_bound()

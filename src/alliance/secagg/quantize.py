@@ -172,6 +172,8 @@ class Quantizer:
             )
         c = float(self.clip_range)
         clipped = int(np.count_nonzero(x > c)) + int(np.count_nonzero(x < -c))
+        if self._fits_32_bits and x.dtype == np.float32:
+            return QuantizedVector(self._encode_32(x, c, int(weight)), clipped)
         scaled = x.astype(np.float64)
         np.clip(scaled, -c, c, out=scaled)
         scaled *= self.scale
@@ -181,6 +183,28 @@ class Quantizer:
         words = integers.view(np.uint64)
         np.bitwise_and(words, np.uint64((1 << self.modulus_bits) - 1), out=words)
         return QuantizedVector(words.astype(self.dtype), clipped)
+
+    @property
+    def _fits_32_bits(self) -> bool:
+        """Whether ``weight · level`` fits int32 and the modulus uint32 (the fast path)."""
+        return self.modulus_bits <= 32 and self.levels * self.max_weight < 2**31
+
+    def _encode_32(self, x: npt.NDArray[np.float32], c: float, weight: int) -> UIntArray:
+        """:meth:`encode` in 32-bit arithmetic: four passes over the update instead of eight.
+
+        ``x · scale`` in float32 differs from the float64 product by at most
+        ``levels · 2**-24`` steps, i.e. ``clip_range · 2**-24`` in value, which
+        :meth:`error_bound` already allows for.
+        """
+        scaled = np.clip(x, np.float32(-c), np.float32(c))
+        scaled *= np.float32(self.scale)
+        np.rint(scaled, out=scaled)
+        integers = scaled.astype(np.int32)
+        integers *= np.int32(weight)
+        words = integers.view(np.uint32)
+        if self.modulus_bits < 32:
+            np.bitwise_and(words, np.uint32((1 << self.modulus_bits) - 1), out=words)
+        return words
 
     def decode_sum(self, summed: UIntArray, *, total_weight: int) -> npt.NDArray[np.float32]:
         """The weighted mean of the updates whose encodings add up to ``summed``.
