@@ -626,9 +626,9 @@ class Coordinator:
         total = secure.result
         quorum = min(self.quorum, len(self.participants))
         if total.sites < quorum:
-            raise FederationError(
-                f"round {self.round}: the sum holds {total.sites} sites, quorum is {quorum}"
-            )
+            # The attempt is spent: a new one (fresh keys) may gather more sites.
+            secure.aborted = f"the sum holds {total.sites} sites, quorum is {quorum}"
+            raise FederationError(f"round {self.round}: {secure.aborted}")
         crash_point("coordinator.after_quorum")
         mean = total.mean_delta
         summed = SiteUpdate(f"sum of {total.sites} sites", total.total_weight, lambda: mean)

@@ -12,7 +12,8 @@ hash a hospital puts in its policy. Example::
     rounds = 5
     seed = 7
     sites = ["west-china", "peking-union"]   # or "all": every site of the consortium
-    quorum = 2                                # fewest updates that close a round
+    quorum = 2                                # fewest updates that close a round (default:
+                                              # all sites; the threshold under secure aggregation)
     round_timeout_s = 600                     # a round closes then if the quorum answered
 
     [strategy]
@@ -179,6 +180,9 @@ class StudySpec:
                 f"{where}: [secure_aggregation] needs at least 3 invited sites (with 2, each "
                 "site could subtract its own update from the sum); invite more or disable it"
             )
+        if secagg.enabled and sites is not None and "quorum" not in study:
+            # A secure round completes with any threshold-sized set of survivors.
+            quorum = secagg.threshold_for(len(sites))
         if secagg.enabled and secagg.threshold is not None and secagg.threshold > quorum:
             quorum = secagg.threshold
         return cls(

@@ -41,7 +41,7 @@ from alliance.privacy.noise import SecureGaussian
 from alliance.protocol.messages import TrainingPlan
 from alliance.protocol.privacy import PrivacyPlan
 
-__all__ = ["LocalUpdate", "describe_event", "round_event", "train_under_plan"]
+__all__ = ["LocalUpdate", "round_event", "train_under_plan"]
 
 Arrays = dict[str, npt.NDArray[np.float32]]
 
@@ -172,14 +172,3 @@ def _clip_and_noise(
         if std > 0:
             d += noise.sample(d.shape, std=std).numpy().astype(np.float32, copy=False)
     return factor < 1.0
-
-
-def describe_event(event: SampledGaussian | None) -> dict[str, float]:
-    """The event as audit-log fields (no patient data: sampling rate, σ and steps)."""
-    if event is None:
-        return {}
-    return {
-        "sample_rate": event.sample_rate,
-        "noise_multiplier": event.noise_multiplier,
-        "steps": float(event.steps),
-    }
