@@ -236,3 +236,52 @@ def test_a_forged_key_advert_is_refused_by_the_coordinator_and_the_round_goes_on
     result = _sim(secagg=SecAggPlan(enabled=True)).run()
     assert "h03" not in result.history[0].sites
     assert len(result.history[0].sites) == 11
+
+
+def test_a_stage_answer_sent_again_is_a_duplicate_even_after_the_stage_moved_on() -> None:
+    from alliance.coordinator.rounds import Coordinator, Receipt
+    from alliance.transport.memory import InMemoryTransport
+
+    sent: list[tuple[str, str, bytes]] = []
+    sim = _sim(secagg=SecAggPlan(enabled=True), sites=_data(4))
+    transport = InMemoryTransport(tap=lambda s, r, d: sent.append((s, r, d)))
+    identities = sim._identities()
+    assert identities is not None
+    coordinator = Coordinator(
+        federation="simulation",
+        study="study",
+        sites=sorted(sim.train),
+        weights={k: v.detach().numpy() for k, v in _model_at_seed(3).named_parameters()},
+        strategy=sim.strategy,
+        plan=sim.plan,
+        mailbox=transport,
+        secagg=sim.secagg,
+        peers=identities[1],
+    )
+    from alliance.site.agent import Site
+
+    sites = [
+        Site(
+            name,
+            federation="simulation",
+            model=_model_at_seed(3),
+            train=data,
+            test=None,
+            link=transport,
+            signer=identities[0][name],
+            peers=identities[1],
+        )
+        for name, data in sorted(sim.train.items())
+        if data is not None
+    ]
+    coordinator.start_round()
+    for site in sites:
+        site.step()
+    coordinator.receive()
+    adverts = [decode(d) for _, r, d in sent if r == COORDINATOR]
+    assert coordinator.advance()
+    assert coordinator.secure_round is not None
+    assert coordinator.secure_round.stage == "keys"
+    # The first advert again (its acknowledgement was lost): counted once, no rejection.
+    assert coordinator.accept(adverts[0]) is Receipt.DUPLICATE
+    assert coordinator.rejections == []

@@ -113,6 +113,7 @@ class SecureRound:
         self.waiting: set[str] = set(self.cohort)
         #: Content digest of each site's answer to the current stage (recognises resends).
         self._answers: dict[str, str] = {}
+        self._accepted: set[str] = set()
         self._outgoing: dict[str, SecAggMessage] = {}
         self._certificates: dict[str, str] = {}
         self.refused: set[str] = set()
@@ -154,8 +155,8 @@ class SecureRound:
                 f"{self.context.attempt}"
             )
         digest = content_digest(env)
-        if self._answers.get(site) == digest:
-            return False
+        if digest in self._accepted:
+            return False  # an answer sent again (lost acknowledgement), in this stage or before
         expected = _REPLY.get(self.stage)
         if msg.stage != expected:
             raise ProtocolError(
@@ -169,6 +170,7 @@ class SecureRound:
         except SecAggAbort as exc:
             raise ProtocolError(str(exc)) from None
         self._answers[site] = digest
+        self._accepted.add(digest)
         self.waiting.discard(site)
         return True
 
