@@ -29,13 +29,13 @@ import logging
 import math
 import os
 import re
-import tempfile
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from alliance.core.errors import ConfigError, IntegrityError
+from alliance.core.files import write_atomically
 from alliance.store.audit_check import (
     AuditProblem,
     AuditReport,
@@ -229,16 +229,7 @@ def _json_value(value: Any, where: str) -> Any:
 
 
 def _write_head(path: Path, seq: int, entry_hash: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(json.dumps({"seq": seq, "hash": entry_hash}).encode() + b"\n")
-            fh.flush()
-            os.fchmod(fh.fileno(), 0o640)
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    head = json.dumps({"seq": seq, "hash": entry_hash}).encode() + b"\n"
+    write_atomically(path, head, permissions=0o640)
     with contextlib.suppress(OSError), locked(path.parent, os.O_RDONLY, None) as dir_fd:
         os.fsync(dir_fd)  # make the rename durable where the platform allows

@@ -9,14 +9,13 @@ another release, since the vocabulary and label order would not match.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alliance.core.errors import ModelError, ProtocolError
+from alliance.core.files import write_atomically
 from alliance.data.ontology import DiseaseSource, Ontology
 from alliance.models.features import PhenotypeFeatures
 from alliance.models.ranker import PhenotypeRanker
@@ -62,16 +61,7 @@ def save_model(
     header = Header(MessageKind.MODEL_SNAPSHOT, "local", "model", 0, COORDINATOR, COORDINATOR)
     data = encode(Envelope(header, body, get_weights(model)))
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(target, data)
     return target
 
 
