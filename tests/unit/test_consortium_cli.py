@@ -53,10 +53,26 @@ signing_key = "signing.key"
 ca = "ca.crt"
 
 [data]
-# Fill in: this hospital's cases (phenopacket JSON, a folder of them, or JSON lines).
+# Fill in: this hospital's cases, a file or a folder (or an OMOP database URL). Formats:
+# GA4GH Phenopacket v2 (.json), FHIR R4 Bundles (.json), CSV/TSV/Excel tables (see
+# [data.table]), OMOP CDM tables (a folder with person.csv, observation.csv and
+# condition_occurrence.csv), JSON lines. `alliance data check --config site.toml` shows how
+# they were read, before anything is trained.
 train = "cases.train.jsonl"
 # Optional held-out cases; only aggregate top-k counts on them ever leave the hospital.
 test = ""
+# format = "auto"              # or jsonl, phenopacket, fhir, table, omop
+# mapping = "local_codes.csv"  # local codes -> HP:/OMIM:/ORPHA: (columns code,target,label);
+#                              # `alliance data map --config site.toml` suggests HPO terms
+# hpo_release = "hp.obo"       # HPO release file: alternative ids, synonyms, SNOMED/UMLS xrefs
+# report_min_count = 5         # counts below this are suppressed in the data-quality report
+#
+# [data.table]                 # for CSV and Excel files
+# layout = "case"              # "case": a row per patient; "finding": a row per finding
+# id = "id"                    # column names: id, sex, age, observed, excluded, diagnoses
+#                              # (case layout) or id, code, status, kind, label (finding layout)
+# code_system = "LOCAL"        # the system of codes written without a prefix (HP, SNOMEDCT...)
+# encoding = "utf-8"           # e.g. "gbk" for files saved by Chinese Excel
 
 [policy]
 # sha256 of every study file this hospital approved (alliance study hash study.toml).

@@ -60,8 +60,24 @@ def load(
 
 
 def test_export_lists_name_what_the_modules_define() -> None:
-    assert sorted(loading.__all__) == ["LoadIssue", "LoadResult", "load_cases", "write_jsonl"]
-    assert sorted(phenopacket.__all__) == ["case_to_phenopacket", "phenopacket_to_case"]
+    assert sorted(loading.__all__) == [
+        "CodeUse",
+        "DataConfig",
+        "DataSource",
+        "LoadIssue",
+        "LoadResult",
+        "SourceFormat",
+        "code_mapper",
+        "load_cases",
+        "local_labels",
+        "read_source",
+        "write_jsonl",
+    ]
+    assert sorted(phenopacket.__all__) == [
+        "case_to_phenopacket",
+        "phenopacket_to_case",
+        "read_phenopackets",
+    ]
     for module in (loading, phenopacket):
         assert all(hasattr(module, name) for name in module.__all__)
 
@@ -250,7 +266,10 @@ def test_empty_file_raises_naming_path_and_format(
     with pytest.raises(DataError, match="empty") as info:
         load(path, ontology)
     assert str(path) in str(info.value)
-    assert ".jsonl" in str(info.value)
+    # The message names the format the file was read as.
+    assert (".jsonl" if name.endswith(".jsonl") else "Phenopacket v2 file (.json)") in str(
+        info.value
+    )
 
 
 def test_empty_gzip_file_raises(tmp_path: Path, ontology: Ontology) -> None:
@@ -278,10 +297,18 @@ def test_missing_path_raises_naming_it(tmp_path: Path, ontology: Ontology) -> No
 
 
 def test_unsupported_file_type_raises(tmp_path: Path, ontology: Ontology) -> None:
-    path = tmp_path / "cases.csv"
-    path.write_text("id,observed\n", encoding="utf-8")
+    path = tmp_path / "cases.xml"
+    path.write_text("<cases/>\n", encoding="utf-8")
     with pytest.raises(DataError, match="unsupported file type"):
         load(path, ontology)
+
+
+def test_a_table_with_only_its_header_raises_naming_it(tmp_path: Path, ontology: Ontology) -> None:
+    path = tmp_path / "cases.csv"
+    path.write_text("id,observed\n", encoding="utf-8")
+    with pytest.raises(DataError, match="holds no case record") as info:
+        load(path, ontology)
+    assert str(path) in str(info.value)
 
 
 def test_corrupt_gzip_raises_naming_the_file(tmp_path: Path, ontology: Ontology) -> None:
@@ -470,12 +497,12 @@ def test_bad_phenopacket_in_a_folder_costs_only_itself(tmp_path: Path, ontology:
     (tmp_path / "c.json").write_text(json.dumps(docs), encoding="utf-8")
     result = load(tmp_path, ontology)
     assert result.cases == CASES[:2]
-    assert [(Path(i.path).name, i.line, i.record) for i in result.issues] == [
-        ("b.json", None, None),
-        ("c.json", None, "x"),
+    assert [(Path(i.path).name, i.line, i.record, i.resource) for i in result.issues] == [
+        ("b.json", None, None, None),
+        ("c.json", None, "x", "list entry 1"),
     ]
     assert "not valid JSON" in result.issues[0].message
-    assert result.issues[1].message.startswith("list entry 1: ")
+    assert str(result.issues[1]).startswith(f"{tmp_path / 'c.json'} (list entry 1): case x: ")
 
 
 # --- the real phenopacket-store export ---------------------------------------------------------

@@ -236,3 +236,25 @@ def test_private_runs_are_tabled_next_to_the_non_private_one(metrics: dict[str, 
     metrics["privacy"] = ["not a run"]
     with pytest.raises(DataError, match=r"privacy\[0\]"):
         render_report(metrics)
+
+
+def test_how_each_hospital_keeps_its_data_is_shown_when_recorded(
+    metrics: dict[str, Any],
+) -> None:
+    assert "How each hospital keeps its data" not in render_report(metrics)
+    site = metrics["sites"][0]["id"]
+    metrics["site_files"] = [
+        {
+            "site": site,
+            "format": "FHIR R4 Bundle, <local> codes",
+            "cases_read": {"train": 1117, "test": 383},
+            "rejected": 0,
+        }
+    ]
+    html = render_report(metrics)
+    assert "How each hospital keeps its data" in html
+    assert "FHIR R4 Bundle, &lt;local&gt; codes" in html
+    assert "1,117" in html
+    metrics["site_files"] = [{"site": site, "format": "x"}]
+    with pytest.raises(DataError, match="cases_read"):
+        render_report(metrics)

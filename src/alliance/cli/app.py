@@ -21,6 +21,7 @@ from rich.table import Table
 from alliance.cli.audit import app as audit_app
 from alliance.cli.common import console, err, errors, state
 from alliance.cli.consortium import app as consortium_app
+from alliance.cli.data import app as data_app
 from alliance.cli.deploy import coordinator_app, site_app, study_app
 from alliance.core.errors import ConfigError, DataError
 from alliance.core.logging import configure_logging
@@ -41,6 +42,7 @@ app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(site_app, name="site")
 app.add_typer(study_app, name="study")
 app.add_typer(audit_app, name="audit")
+app.add_typer(data_app, name="data")
 
 
 @app.callback()
@@ -91,6 +93,13 @@ def demo(
             "each of these privacy budgets (ε over the whole study, δ = 1e-5), e.g. 1,3,8."
         ),
     ] = "",
+    site_files: Annotated[
+        bool,
+        typer.Option(
+            help="Each hospital keeps its synthetic cases in its own format (FHIR, Phenopacket, "
+            "CSV, Excel, OMOP, local codes) under OUT/hospitals/, read back by the adapters."
+        ),
+    ] = True,
 ) -> None:
     """Run the 12-hospital demo: local-only vs federated vs pooled, with a report."""
     from alliance.algorithms.strategies import make_strategy
@@ -111,6 +120,7 @@ def demo(
             cohort=CohortConfig(seed=seed, n_diseases=diseases),
             hospitals=scaled_hospitals(scale),
             epsilons=epsilons,
+            site_files=out / "hospitals" if site_files and cases is None else None,
         )
         console.print(
             f"[bold]Guardian Alliance demo[/] — 12 hospitals, {rounds} rounds of {strategy}"
@@ -154,6 +164,23 @@ def _epsilons(text: str) -> tuple[float, ...]:
             raise ConfigError(f"--epsilon: every budget must be a number > 0, got {part.strip()}")
         out.append(value)
     return tuple(out)
+
+
+def _print_site_files(m: dict[str, Any]) -> None:
+    files = m.get("site_files") or []
+    if not files:
+        return
+    formats = len({f["format"] for f in files})
+    read = sum(sum(f["cases_read"].values()) for f in files)
+    rejected = sum(f["rejected"] for f in files)
+    local = sum(1 for f in files if f.get("mapping"))
+    folder = Path(files[0]["folder"]).parent
+    console.print(
+        f"Each hospital kept its cases in its own format ({formats} formats, local codes at "
+        f"{local}); the sites read {read} cases back through the adapters, {rejected} rejected. "
+        f"Check one: alliance data check --config {folder}/<hospital>/data.toml",
+        highlight=False,
+    )
 
 
 def _print_privacy(m: dict[str, Any]) -> None:
@@ -243,6 +270,7 @@ def _print_demo(m: dict[str, Any]) -> None:
         f"and {abs(gap):.1f} points {side} pooled training."
     )
     _print_privacy(m)
+    _print_site_files(m)
 
 
 def _load(model: Path) -> Any:
@@ -346,10 +374,18 @@ def cohort_synth(
         int, typer.Option(min=1, help="Diseases drawn from the catalogue.")
     ] = 600,
     scale: Annotated[float, typer.Option(min=0.01, help="Multiply every hospital's size.")] = 1.0,
+    site_formats: Annotated[
+        bool,
+        typer.Option(
+            help="Write each hospital's cases in its own format, as the demo does (FHIR, "
+            "Phenopacket, CSV, Excel, OMOP, local codes), into OUT/<hospital>/ with a data.toml."
+        ),
+    ] = False,
 ) -> None:
     """Write the demo's synthetic cohort: <hospital>.train.jsonl and <hospital>.test.jsonl."""
     from alliance.data.loading import write_jsonl
     from alliance.data.ontology import load_ontology
+    from alliance.data.site_files import write_site_files
     from alliance.data.synth import CohortConfig, generate_consortium, scaled_hospitals
 
     with errors():
@@ -359,11 +395,19 @@ def cohort_synth(
             onto, onto.catalogue(), hospitals, CohortConfig(seed=seed, n_diseases=n_diseases)
         )
         out.mkdir(parents=True, exist_ok=True)
-        for c in cohorts:
-            write_jsonl(c.train, out / f"{c.hospital.id}.train.jsonl")
-            write_jsonl(c.test, out / f"{c.hospital.id}.test.jsonl")
+        for index, c in enumerate(cohorts):
+            if site_formats:
+                files = write_site_files(c, out / c.hospital.id, index=index, ontology=onto)
+                console.print(f"{c.hospital.id:<12} {files.description}")
+            else:
+                write_jsonl(c.train, out / f"{c.hospital.id}.train.jsonl")
+                write_jsonl(c.test, out / f"{c.hospital.id}.test.jsonl")
     total = sum(len(c.train) + len(c.test) for c in cohorts)
     console.print(f"wrote {total} synthetic cases for {len(cohorts)} hospitals to {out}/")
+    if site_formats:
+        console.print(
+            f"check one hospital's files: alliance data check --config {out}/<hospital>/data.toml"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -49,6 +49,8 @@ class TomlFile:
         value = self._get(table, key)
         if value is None and default is not None:
             return default
+        if value is None:
+            raise ConfigError(f"{self._where(table, key)} is missing; it must be set")
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{self._where(table, key)} must be a non-empty string")
         return value

@@ -1,120 +1,213 @@
-"""Read patient case files into :class:`~alliance.data.cases.Case` objects, and write them back.
+"""Reading a hospital's cases, whatever its format: where they are, how they are coded, one entry.
 
-:func:`load_cases` accepts, by path:
+A :class:`DataSource` says where a hospital's cases are and how to read them; the ``[data]``
+table of ``site.toml`` describes one for training and optionally one for held-out cases
+(:class:`DataConfig`):
 
-- JSON-lines of compact cases (``.jsonl`` or ``.jsonl.gz``), one object per line with ``id``,
-  ``observed`` and optionally ``excluded``, ``disease_ids``, ``sex``, ``age``, ``onset`` (ISO-8601
-  durations such as ``P3Y6M``) and ``pmid``; other fields are ignored and blank lines skipped;
-- a GA4GH Phenopacket v2 JSON file (``.json``) holding one phenopacket or a list of them;
-- a folder: every ``*.json``, ``*.jsonl`` and ``*.jsonl.gz`` file directly inside it, by name.
+.. code-block:: toml
 
-Every record is checked on its own, so one bad record never costs the others. What was wrong goes
-into a :class:`LoadIssue` naming the file, line and case id:
+    [data]
+    train = "cases/"             # a file, a folder, or an OMOP database URL (a relative
+                                 # sqlite:/// path is relative to this file's folder)
+    test = "held-out.xlsx"       # optional
+    format = "auto"              # auto, jsonl, phenopacket, fhir, table, omop
+    mapping = "local_codes.csv"  # optional: the hospital's code → HPO/OMIM/ORPHA table
+    hpo_release = "hp.obo"       # optional: alternative ids, synonyms, SNOMED/UMLS/ICD xrefs
+    schema = "cdm"               # optional: the OMOP schema in a database
+    report_min_count = 5         # counts below this are suppressed in `alliance data check`
 
-- a malformed record (bad JSON, missing ``id`` or ``observed``, wrong types) is rejected;
-- an unknown or malformed HPO id is dropped with a warning; obsolete ids are silently replaced by
-  their current term; a case left with no observed term is rejected;
-- a malformed disease id, one missing from the study's catalogue, or (by default) no diagnosis at
-  all rejects the case; so does an id already seen earlier in the same load;
-- an unreadable age or unrecognised sex only warns and is recorded as unknown.
+    [data.table]                 # for CSV and Excel files: see alliance.data.tabular
+    layout = "finding"
+    id = "patient"
 
+With ``format = "auto"`` each file is read by its name: ``.jsonl``/``.jsonl.gz`` compact cases
+(:mod:`~alliance.data.compact`), ``.json`` a FHIR Bundle when it names a ``resourceType``, else
+Phenopacket v2 (:mod:`~alliance.data.fhir`, :mod:`~alliance.data.phenopacket`),
+``.csv``/``.tsv``/``.xlsx`` a table (:mod:`~alliance.data.tabular`); a folder holding
+``person.csv``, or a database URL, is an OMOP CDM (:mod:`~alliance.data.omop`). Any other folder
+is read file by file, in name order (hidden files and other kinds skipped).
+
+:func:`read_source` runs the adapter and admits its records (:mod:`~alliance.data.admission`:
+codes mapped by the hospital's :class:`~alliance.data.codes.CodeMapper`, duplicates and cases
+without phenotype or diagnosis rejected, every problem a :class:`LoadIssue` naming file and line
+or resource). A file that cannot be read at all (empty, not decodable, a table without its id
+column) costs only itself and counts as one rejected record.
 :class:`~alliance.core.errors.DataError` is raised only when nothing can be loaded: a missing
-path, an empty file or folder, or a load where every record was rejected. Messages carry ids,
-lines, fields and the offending code, never a whole patient record.
-
-:func:`write_jsonl` writes the compact format (gzip-compressed when the name ends in ``.gz``),
-atomically. Conversion to and from Phenopacket v2 documents lives in
-:mod:`alliance.data.phenopacket`.
+path, a folder without case files, or every record rejected.
+:func:`load_cases` is the same for a bare path.
 """
 
 from __future__ import annotations
 
-import contextlib
 import enum
-import gzip
-import io
-import json
+import functools
 import logging
-import os
 import re
-import tempfile
-import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
-from alliance.core.errors import DataError, UnknownCodeError
-from alliance.data.cases import Case, Sex
+from alliance.core.config import TomlFile
+from alliance.core.errors import ConfigError, DataError
+from alliance.data.admission import CodeUse, LoadIssue, LoadResult, admit
+from alliance.data.codes import Code, CodeMapper, CrossReferences, LocalMapping
+from alliance.data.compact import read_compact, write_jsonl
 from alliance.data.ontology import DiseaseCatalogue, Ontology
-from alliance.data.phenopacket import (
-    _format_duration,
-    _kind,
-    _optional,
-    _parse_duration,
-    _Record,
-    _record_from_phenopacket,
-    _RecordError,
-    _required,
-    _show,
-)
+from alliance.data.phenopacket import read_phenopackets
+from alliance.data.records import Location, RecordError, RecordStream
+from alliance.data.tabular import TableLayout
 
-__all__ = ["LoadIssue", "LoadResult", "load_cases", "write_jsonl"]
+__all__ = [
+    "CodeUse",
+    "DataConfig",
+    "DataSource",
+    "LoadIssue",
+    "LoadResult",
+    "SourceFormat",
+    "code_mapper",
+    "load_cases",
+    "local_labels",
+    "read_source",
+    "write_jsonl",
+]
 
 logger = logging.getLogger(__name__)
 
 _EXPECTED = (
-    "expected JSON-lines of cases (.jsonl or .jsonl.gz, one object per line with 'id' and "
-    "'observed'), a GA4GH Phenopacket v2 file (.json), or a folder of such files"
+    "expected JSON-lines of cases (.jsonl or .jsonl.gz), a GA4GH Phenopacket v2 or FHIR Bundle "
+    "file (.json), a table (.csv, .tsv, .xlsx), an OMOP CDM folder or database URL, or a "
+    "folder of such files"
 )
-_DISEASE_ID = re.compile(r"^(OMIM|ORPHA):\d+$")
-# Sex values that mean "unknown" on purpose and so raise no warning.
-_UNKNOWN_SEX_WORDS = frozenset({"", "UNKNOWN", "UNKNOWN_SEX"})
+_RESOURCE_TYPE = re.compile(rb'"resourceType"\s*:')
+
+
+class SourceFormat(enum.Enum):
+    """How a source's files are read."""
+
+    AUTO = "auto"
+    COMPACT = "jsonl"
+    PHENOPACKET = "phenopacket"
+    FHIR = "fhir"
+    TABLE = "table"
+    OMOP = "omop"
+
+
+_SUFFIXES: dict[SourceFormat, tuple[str, ...]] = {
+    SourceFormat.COMPACT: (".jsonl", ".jsonl.gz"),
+    SourceFormat.PHENOPACKET: (".json",),
+    SourceFormat.FHIR: (".json",),
+    SourceFormat.TABLE: (".csv", ".tsv", ".xlsx"),
+}
 
 
 @dataclass(frozen=True)
-class LoadIssue:
-    """One problem found while loading, located as precisely as the format allows.
+class DataSource:
+    """Where a hospital's cases are and how they are read and coded.
 
     Parameters
     ----------
-    path
-        The file the record came from.
-    line
-        1-based line for JSON-lines; ``None`` for a JSON file.
-    record
-        The case id when it could be read.
-    message
-        What was wrong and what to do about it.
-    rejected
-        ``True`` when the case was not loaded; ``False`` for a warning (the case was loaded
-        without the offending value, such as one unknown HPO term).
+    location
+        A file, a folder, or (OMOP) a SQLAlchemy database URL.
+    format
+        How to read it; ``AUTO`` decides by file name (see the module docstring).
+    table
+        The layout of CSV and Excel files (defaults of :class:`~alliance.data.tabular.TableLayout`
+        when ``None``).
+    schema
+        The schema of OMOP tables in a database.
+    mapping
+        The hospital's mapping table of local (or any) codes.
+    hpo_release
+        An HPO release file (``hp.obo``) for alternative ids, synonyms and cross-references;
+        when ``None``, :func:`~alliance.data.hpo_release.find_release` looks for one.
     """
 
-    path: str
-    line: int | None
-    record: str | None
-    message: str
-    rejected: bool
+    location: str
+    format: SourceFormat = SourceFormat.AUTO
+    table: TableLayout | None = None
+    schema: str | None = None
+    mapping: Path | None = None
+    hpo_release: Path | None = None
 
-    def __str__(self) -> str:
-        where = self.path if self.line is None else f"{self.path}:{self.line}"
-        who = f"case {self.record}: " if self.record else ""
-        verdict = "rejected" if self.rejected else "warning"
-        return f"{where}: {who}{verdict}: {self.message}"
+    @property
+    def is_database(self) -> bool:
+        """Whether the location is a database URL rather than a path."""
+        return "://" in self.location
 
 
 @dataclass(frozen=True)
-class LoadResult:
-    """The cases that loaded, in file order, and every issue found on the way."""
+class DataConfig:
+    """The ``[data]`` table of a site's config: its training and held-out cases.
 
-    cases: tuple[Case, ...]
-    issues: tuple[LoadIssue, ...]
+    Use :meth:`load` for a file, or :meth:`from_toml` inside a larger config.
+    """
 
-    @property
-    def rejected(self) -> int:
-        """Number of records not loaded (each has exactly one rejecting issue)."""
-        return sum(1 for issue in self.issues if issue.rejected)
+    train: DataSource
+    test: DataSource | None = None
+    report_min_count: int = 5
+
+    @classmethod
+    def load(cls, path: str | Path) -> DataConfig:
+        """Read ``[data]`` of a TOML file (nothing else in it is needed or checked)."""
+        return cls.from_toml(TomlFile(path))
+
+    @classmethod
+    def from_toml(cls, f: TomlFile) -> DataConfig:
+        """Read ``[data]`` of an already parsed file.
+
+        Raises
+        ------
+        ConfigError
+            Naming the file and key that is missing or wrong.
+        """
+        raw_format = f.string("data", "format", default="auto")
+        try:
+            fmt = SourceFormat(raw_format)
+        except ValueError:
+            choices = ", ".join(repr(s.value) for s in SourceFormat)
+            raise ConfigError(
+                f"{f.path}: [data] format {raw_format!r} is unknown; choose one of {choices}"
+            ) from None
+        table_opts = f.data.get("data", {}).get("table")
+        table = None
+        if table_opts is not None:
+            if not isinstance(table_opts, dict):
+                raise ConfigError(f"{f.path}: [data.table] must be a table")
+            table = TableLayout.from_mapping(table_opts, where=f"{f.path}: [data.table]")
+        schema = f.string("data", "schema", default="") or None
+        shared = {
+            "format": fmt,
+            "table": table,
+            "schema": schema,
+            "mapping": f.path_of("data", "mapping", optional=True),
+            "hpo_release": f.path_of("data", "hpo_release", optional=True),
+        }
+
+        def source(key: str, *, optional: bool) -> DataSource | None:
+            text = f.string("data", key, default="" if optional else None)
+            if not text:
+                return None
+            if "://" in text:
+                return DataSource(_sqlite_beside(text, f.path.parent), **shared)  # type: ignore[arg-type]
+            path = f.path_of("data", key)
+            return DataSource(str(path), **shared)  # type: ignore[arg-type]
+
+        train = source("train", optional=False)
+        assert train is not None
+        return cls(
+            train=train,
+            test=source("test", optional=True),
+            report_min_count=f.integer("data", "report_min_count", default=5, minimum=1),
+        )
+
+
+def _sqlite_beside(url: str, folder: Path) -> str:
+    """A relative SQLite URL (``sqlite:///omop.db``) made absolute against the config's folder."""
+    prefix = "sqlite:///"
+    rest = url[len(prefix) :] if url.startswith(prefix) else None
+    if rest is None or not rest or rest.startswith("/") or rest.startswith(":memory:"):
+        return url
+    return prefix + str((folder / rest).resolve())
 
 
 def load_cases(
@@ -124,324 +217,198 @@ def load_cases(
     catalogue: DiseaseCatalogue | None = None,
     require_diagnosis: bool = True,
 ) -> LoadResult:
-    """Load cases from a JSON-lines file, a Phenopacket v2 JSON file or a folder of them.
+    """Load cases from a file, a folder or an OMOP database URL, its format decided by name.
+
+    See :func:`read_source`; this is it for ``DataSource(str(path))``.
+    """
+    return read_source(
+        DataSource(str(path)),
+        ontology=ontology,
+        catalogue=catalogue,
+        require_diagnosis=require_diagnosis,
+    )
+
+
+def read_source(
+    source: DataSource,
+    *,
+    ontology: Ontology,
+    catalogue: DiseaseCatalogue | None = None,
+    require_diagnosis: bool = True,
+    allow_empty: bool = False,
+) -> LoadResult:
+    """Read a hospital's cases and admit them (codes mapped, duplicates refused).
 
     Parameters
     ----------
-    path
-        A ``.jsonl``, ``.jsonl.gz`` or ``.json`` file, or a folder whose files of those kinds
-        (not in subfolders, not hidden) are loaded in name order.
+    source
+        Where the cases are and how they are coded.
     ontology
         Resolves HPO ids; obsolete ids become their current replacement.
     catalogue
         When given, a case with a disease not in it is rejected.
     require_diagnosis
-        Reject cases without any disease id (the default, for training); pass ``False`` to keep
+        Reject cases without any diagnosis (the default, for training); pass ``False`` to keep
         undiagnosed cases, for instance to rank them.
+    allow_empty
+        Return a result with no case instead of raising (the quality report wants to show why).
 
     Returns
     -------
     LoadResult
-        The loaded cases and every issue, rejecting or not.
+        The loaded cases, every issue, rejecting or not, and every distinct code seen.
 
     Raises
     ------
     DataError
-        If the path does not exist, holds no case file, a file is empty or unreadable, or every
-        record was rejected.
+        If the location does not exist or holds no case file, a file is empty or unreadable,
+        the mapping table or HPO release file is wrong, or every record was rejected.
     """
-    root = Path(path)
-    admission = _Admission(ontology, catalogue, require_diagnosis=require_diagnosis)
-    for file, kind in _case_files(root):
-        if kind is _Format.PHENOPACKET:
-            _read_phenopacket_file(file, admission)
-        else:
-            _read_jsonl_file(file, kind, admission)
-    result = LoadResult(tuple(admission.cases), tuple(admission.issues))
-    if not result.cases:
+    mapper = code_mapper(source, ontology=ontology, catalogue=catalogue)
+    result = admit(_records(source), mapper, require_diagnosis=require_diagnosis)
+    if result.records == 0 and not allow_empty:
+        raise DataError(f"{source.location}: holds no case record; {_EXPECTED}")
+    if not result.cases and not allow_empty:
         first = "; ".join(str(issue) for issue in result.issues[:3])
         raise DataError(
-            f"{root}: none of the {result.rejected} records could be loaded; first issues: {first}"
+            f"{source.location}: none of the {result.rejected} records could be loaded; "
+            f"first issues: {first}"
         )
     logger.info(
         "loaded %d cases from %s (%d rejected, %d warnings)",
         len(result.cases),
-        root,
+        source.location,
         result.rejected,
         len(result.issues) - result.rejected,
     )
     return result
 
 
-def write_jsonl(cases: Iterable[Case], path: str | Path) -> None:
-    """Write cases as compact JSON-lines, gzip-compressed when the name ends in ``.gz``.
+def local_labels(source: DataSource) -> dict[Code, str]:
+    """The meanings of local codes that a source's tables carry in their label column.
 
-    The file is written next to its destination and moved into place only when complete, so a
-    failure never leaves a half-written file nor destroys the previous one.
+    Only CSV and Excel files in finding layout have one; other formats give nothing.
     """
-    target = Path(path)
-    fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            if target.name.endswith(".gz"):
-                # mtime=0 and no embedded name: identical cases give identical bytes.
-                with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as packed:
-                    _write_rows(cases, packed)
-            else:
-                _write_rows(cases, raw)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(temp_name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
-        raise
+    from alliance.data.tabular import local_labels as table_labels
+
+    if source.format not in (SourceFormat.AUTO, SourceFormat.TABLE) or source.is_database:
+        return {}
+    root = Path(source.location)
+    if not root.exists() or (root.is_dir() and (root / "person.csv").exists()):
+        return {}
+    labels: dict[Code, str] = {}
+    for file, fmt in _files(root, source.format):
+        if fmt is SourceFormat.TABLE:
+            for code, label in table_labels(file, source.table or TableLayout()).items():
+                labels.setdefault(code, label)
+    return labels
 
 
-# --- files -------------------------------------------------------------------------------------
+def code_mapper(
+    source: DataSource, *, ontology: Ontology, catalogue: DiseaseCatalogue | None
+) -> CodeMapper:
+    """The mapper of a source's codes: its mapping table and HPO release file, if any."""
+    local = LocalMapping.read(source.mapping) if source.mapping is not None else None
+    return CodeMapper(ontology, catalogue, local=local, references=_references(source))
 
 
-class _Format(enum.Enum):
-    JSONL = "jsonl"
-    JSONL_GZ = "jsonl.gz"
-    PHENOPACKET = "json"
+def _references(source: DataSource) -> CrossReferences | None:
+    from alliance.data.hpo_release import find_release
+
+    path = find_release(source.hpo_release)
+    if path is None:
+        return None
+    stat = path.stat()
+    return _read_release(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
 
 
-def _case_files(root: Path) -> list[tuple[Path, _Format]]:
-    if root.is_dir():
-        found = [
-            (child, kind)
-            for child in sorted(root.iterdir())
-            # Hidden files are editor or OS leftovers (macOS "._x.json"), never case files.
-            if child.is_file()
-            and not child.name.startswith(".")
-            and (kind := _format_of(child)) is not None
-        ]
-        if not found:
-            raise DataError(f"{root}: folder holds no case file; {_EXPECTED}")
-        return found
+@functools.lru_cache(maxsize=2)
+def _read_release(path: str, mtime_ns: int, size: int) -> CrossReferences:
+    # Keyed by modification time and size too, so a replaced file is read again.
+    from alliance.data.hpo_release import HpoRelease
+
+    return HpoRelease.read(path)
+
+
+# --- finding and reading files -----------------------------------------------------------------
+
+
+def _records(source: DataSource) -> RecordStream:
+    if source.format is SourceFormat.OMOP or source.is_database:
+        yield from _omop(source, source.location)
+        return
+    root = Path(source.location)
     if not root.exists():
         raise DataError(f"{root}: no such file or folder; {_EXPECTED}")
-    kind = _format_of(root)
-    if kind is None:
-        raise DataError(f"{root}: unsupported file type; {_EXPECTED}")
-    return [(root, kind)]
+    if root.is_dir() and source.format is SourceFormat.AUTO and (root / "person.csv").exists():
+        yield from _omop(source, root)
+        return
+    for file, fmt in _files(root, source.format):
+        try:
+            yield from _read_file(source, file, fmt)
+        except DataError as exc:
+            # A file that cannot be read at all (empty, undecodable, a table without its id
+            # column) costs only itself: it counts as one rejected record, named in the report.
+            message = str(exc).removeprefix(f"{file}: ")
+            yield RecordError(Location(str(file)), message)
 
 
-def _format_of(path: Path) -> _Format | None:
+def _omop(source: DataSource, location: str | Path) -> RecordStream:
+    from alliance.data.omop import read_omop
+
+    return read_omop(location, schema=source.schema)
+
+
+def _files(root: Path, fmt: SourceFormat) -> Iterator[tuple[Path, SourceFormat]]:
+    if not root.is_dir():
+        kind = _format_of(root, fmt)
+        if kind is None:
+            raise DataError(f"{root}: unsupported file type; {_EXPECTED}")
+        yield root, kind
+        return
+    found = [
+        (child, kind)
+        for child in sorted(root.iterdir())
+        # Hidden files are editor or OS leftovers (macOS "._x.json"), never case files.
+        if child.is_file()
+        and not child.name.startswith(".")
+        and (kind := _format_of(child, fmt)) is not None
+    ]
+    if not found:
+        raise DataError(f"{root}: folder holds no case file; {_EXPECTED}")
+    yield from found
+
+
+def _format_of(path: Path, fmt: SourceFormat) -> SourceFormat | None:
     name = path.name.lower()
-    for kind in _Format:
-        if name.endswith("." + kind.value):
+    candidates = [fmt] if fmt is not SourceFormat.AUTO else list(_SUFFIXES)
+    for kind in candidates:
+        if any(name.endswith(suffix) for suffix in _SUFFIXES.get(kind, ())):
+            if fmt is SourceFormat.AUTO and name.endswith(".json"):
+                return SourceFormat.FHIR if _names_resource_type(path) else SourceFormat.PHENOPACKET
             return kind
     return None
 
 
-def _read_jsonl_file(file: Path, kind: _Format, admission: _Admission) -> None:
-    records = number = 0
+def _names_resource_type(path: Path) -> bool:
+    """Whether a JSON file starts like a FHIR resource (``"resourceType": ...``)."""
     try:
-        with _open_text(file, compressed=kind is _Format.JSONL_GZ) as lines:
-            for number, text in enumerate(lines, start=1):
-                if not text.strip():
-                    continue
-                records += 1
-                try:
-                    obj = _decode(text)
-                except _RecordError as exc:
-                    admission.reject(str(exc), path=str(file), line=number)
-                    continue
-                admission.take(obj, _record_from_compact, path=str(file), line=number)
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
-        raise DataError(f"{file}: cannot read the file after line {number}: {exc}") from None
-    if records == 0:
-        raise DataError(f"{file}: file is empty; {_EXPECTED}")
+        with path.open("rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return False
+    return _RESOURCE_TYPE.search(head) is not None
 
 
-def _decode(text: str) -> object:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise _RecordError(
-            f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
-        ) from None
-    except (ValueError, RecursionError):
-        # Oversized integers and absurdly deep nesting: valid JSON, but not a case.
-        raise _RecordError("not usable JSON (oversized number or nesting too deep)") from None
+def _read_file(source: DataSource, file: Path, fmt: SourceFormat) -> RecordStream:
+    if fmt is SourceFormat.COMPACT:
+        return read_compact(file)
+    if fmt is SourceFormat.PHENOPACKET:
+        return read_phenopackets(file)
+    if fmt is SourceFormat.FHIR:
+        from alliance.data.fhir import read_fhir
 
+        return read_fhir(file)
+    from alliance.data.tabular import read_table
 
-def _open_text(file: Path, *, compressed: bool) -> TextIO:
-    if compressed:
-        return gzip.open(file, "rt", encoding="utf-8-sig")
-    return file.open(encoding="utf-8-sig")
-
-
-def _read_phenopacket_file(file: Path, admission: _Admission) -> None:
-    try:
-        text = file.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{file}: cannot read the file: {exc}") from None
-    if not text.strip():
-        raise DataError(f"{file}: file is empty; {_EXPECTED}")
-    try:
-        doc = _decode(text)
-    except _RecordError as exc:
-        admission.reject(str(exc), path=str(file), line=None)
-        return
-    if not isinstance(doc, list):
-        admission.take(doc, _record_from_phenopacket, path=str(file), line=None)
-        return
-    if not doc:
-        raise DataError(f"{file}: file holds an empty list; {_EXPECTED}")
-    for index, item in enumerate(doc):
-        admission.take(item, _record_from_phenopacket, path=str(file), line=None, entry=index)
-
-
-# --- checking records --------------------------------------------------------------------------
-
-
-class _Admission:
-    """The checks of one load (structure, codes, diagnoses, duplicates) and what they found."""
-
-    def __init__(
-        self, ontology: Ontology, catalogue: DiseaseCatalogue | None, *, require_diagnosis: bool
-    ) -> None:
-        self._ontology = ontology
-        self._catalogue = catalogue
-        self._require_diagnosis = require_diagnosis
-        # Resolving is the hot path on large files, and most terms recur across many cases.
-        self._resolved: dict[str, str | UnknownCodeError] = {}
-        self._seen: dict[str, str] = {}
-        self.cases: list[Case] = []
-        self.issues: list[LoadIssue] = []
-
-    def reject(self, message: str, *, path: str, line: int | None) -> None:
-        """Record a record that could not even be parsed."""
-        self.issues.append(LoadIssue(path, line, None, message, rejected=True))
-
-    def take(
-        self,
-        obj: object,
-        parse: Callable[[object], _Record],
-        *,
-        path: str,
-        line: int | None,
-        entry: int | None = None,
-    ) -> None:
-        """Check one decoded record; admit it as a case or record why not."""
-        here = path if line is None else f"{path}:{line}"
-        here += "" if entry is None else f" (list entry {entry})"
-        record_id = _id_of(obj)
-
-        def note(message: str, *, rejected: bool = True) -> None:
-            prefix = "" if entry is None else f"list entry {entry}: "
-            self.issues.append(LoadIssue(path, line, record_id, prefix + message, rejected))
-
-        try:
-            record = parse(obj)
-        except _RecordError as exc:
-            return note(str(exc))
-        first = self._seen.setdefault(record.id, here)
-        if first != here:
-            return note(f"duplicate case id, first seen at {first}; rename or remove one")
-        problem = self._diagnosis_problem(record.disease_ids)
-        if problem is not None:
-            return note(problem)
-        warnings: list[str] = []
-        observed = self._resolve_terms(record.observed, "observed", warnings)
-        excluded = self._resolve_terms(record.excluded, "excluded", warnings)
-        for warning in warnings:
-            note(warning, rejected=False)
-        if not observed:
-            return note("no usable observed HPO term; a case needs at least one")
-        sex = Sex.parse(record.sex)
-        if sex is Sex.UNKNOWN_SEX and (record.sex or "").strip().upper() not in _UNKNOWN_SEX_WORDS:
-            note(f"sex {_show(record.sex)} not recognised; recorded as UNKNOWN_SEX", rejected=False)
-        age = None
-        for name, value in (("age", record.age), ("onset", record.onset)):
-            try:
-                age = None if value is None else _parse_duration(value)
-            except ValueError as exc:
-                note(f"field {name!r}: {exc}; ignored", rejected=False)
-            if age is not None:
-                break
-        self.cases.append(
-            Case(record.id, observed, excluded, record.disease_ids, sex, age, record.publication)
-        )
-        return None
-
-    def _diagnosis_problem(self, disease_ids: tuple[str, ...]) -> str | None:
-        if not disease_ids and self._require_diagnosis:
-            return "no diagnosis; pass require_diagnosis=False to keep undiagnosed cases"
-        for disease in disease_ids:
-            if not _DISEASE_ID.match(disease):
-                return f"disease id {_show(disease)} is not of the form OMIM:nnnnnn or ORPHA:nnn"
-            if self._catalogue is not None and disease not in self._catalogue:
-                try:
-                    self._catalogue.index(disease)
-                except UnknownCodeError as exc:
-                    return f"unknown disease: {exc}"
-        return None
-
-    def _resolve_terms(
-        self, terms: tuple[str, ...], field: str, warnings: list[str]
-    ) -> tuple[str, ...]:
-        kept: dict[str, None] = {}  # ordered set: an obsolete id may resolve to one already there
-        for term in terms:
-            resolved = self._resolved.get(term)
-            if resolved is None:
-                try:
-                    resolved = self._ontology.resolve(term)
-                except UnknownCodeError as exc:
-                    resolved = exc
-                self._resolved[term] = resolved
-            if isinstance(resolved, str):
-                kept[resolved] = None
-            elif len(term) > 40:
-                warnings.append(f"{field} term {_show(term)} dropped: not an HPO id")
-            else:
-                warnings.append(f"{field} term dropped: {resolved}")
-        return tuple(kept)
-
-
-def _record_from_compact(obj: object) -> _Record:
-    if not isinstance(obj, Mapping):
-        raise _RecordError(f"line holds {_kind(obj)}, not an object; {_EXPECTED}")
-    return _Record(
-        id=_required(obj, "id", str),
-        observed=_strings(obj, "observed", required=True),
-        excluded=_strings(obj, "excluded"),
-        disease_ids=_strings(obj, "disease_ids"),
-        sex=_optional(obj, "sex", str),
-        age=_optional(obj, "age", str),
-        onset=_optional(obj, "onset", str),
-        publication=_optional(obj, "pmid", str),
-    )
-
-
-def _strings(obj: Mapping[str, object], key: str, *, required: bool = False) -> tuple[str, ...]:
-    value = _required(obj, key, list) if required else _optional(obj, key, list) or []
-    if not all(isinstance(item, str) for item in value):
-        raise _RecordError(f"field {key!r} must be a list of strings, not {_kind(value)}")
-    return tuple(value)
-
-
-def _id_of(obj: object) -> str | None:
-    value = obj.get("id") if isinstance(obj, Mapping) else None
-    return value if isinstance(value, str) and value else None
-
-
-# --- writing -----------------------------------------------------------------------------------
-
-
-def _write_rows(cases: Iterable[Case], sink: io.BufferedIOBase) -> None:
-    for case in cases:
-        age = case.age_years
-        row = {
-            "id": case.id,
-            "pmid": case.publication,
-            "sex": case.sex.value,
-            "age": None if age is None else _format_duration(age, where=f"case {case.id}"),
-            "observed": list(case.observed),
-            "excluded": list(case.excluded),
-            "disease_ids": list(case.disease_ids),
-        }
-        sink.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
+    return read_table(file, source.table or TableLayout())

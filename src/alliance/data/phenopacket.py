@@ -2,29 +2,38 @@
 
 :func:`case_to_phenopacket` writes a case as a Phenopacket v2 document (a JSON-ready dict);
 :func:`phenopacket_to_case` reads one back, its structure and types checked but its codes taken
-as written. :mod:`alliance.data.loading` reads Phenopacket files through the same record reader
-and adds the checks of codes against the ontology and catalogue.
+as written. :func:`read_phenopackets` is the adapter for files (``.json``: one phenopacket or a
+list of them): each document is checked field by field (messages name the field) and then
+against the schema of the ``phenopackets`` package (GA4GH's own protobuf definitions: unknown
+fields, wrong enum values and wrong types are refused), and yielded as a
+:class:`~alliance.data.records.SourceRecord` whose codes :mod:`alliance.data.admission` maps.
 
-Two things here are shared with the compact JSON-lines reader in :mod:`alliance.data.loading`,
-which imports them: the structurally checked record that every format is read into, with the
-field checks that build it (their messages name fields, never patient data), and ISO-8601
-durations such as ``P3Y6M``, the Phenopacket age format that compact files borrow.
+Three things here are shared with the compact JSON-lines reader in :mod:`alliance.data.compact`
+and :mod:`alliance.data.admission`, which import them: JSON decoding whose errors give the
+position but never the content, the field checks (their messages name fields, never patient
+data), and ISO-8601 durations such as ``P3Y6M``, the Phenopacket age format that compact files
+borrow.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
+import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import TypeVar
 
 from alliance.core.errors import DataError
 from alliance.data.cases import Case, Sex
+from alliance.data.codes import CodeSystem, parse_code
+from alliance.data.records import Location, RecordError, RecordStream, SourceRecord
 
-__all__ = ["case_to_phenopacket", "phenopacket_to_case"]
+__all__ = ["case_to_phenopacket", "phenopacket_to_case", "read_phenopackets"]
 
 _T = TypeVar("_T")
 _NUMBER = r"(\d+(?:[.,]\d+)?)"
@@ -106,6 +115,96 @@ def phenopacket_to_case(doc: Mapping[str, object], *, where: str) -> Case:
         age,
         record.publication,
     )
+
+
+def read_phenopackets(file: Path) -> RecordStream:
+    """Read a ``.json`` file holding one Phenopacket v2 document or a list of them.
+
+    A file that is not JSON gives one :class:`~alliance.data.records.RecordError`; in a list,
+    each document is checked on its own (its location names the list entry).
+
+    Raises
+    ------
+    DataError
+        If the file cannot be read as UTF-8, or is empty or an empty list.
+    """
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{file}: cannot read the file: {exc}") from None
+    if not text.strip():
+        raise DataError(f"{file}: file is empty; expected {PHENOPACKET_FILES}")
+    try:
+        doc = _decode(text)
+    except _RecordError as exc:
+        yield RecordError(Location(str(file)), str(exc))
+        return
+    if not isinstance(doc, list):
+        yield _source_record(doc, Location(str(file)))
+        return
+    if not doc:
+        raise DataError(f"{file}: file holds an empty list; expected {PHENOPACKET_FILES}")
+    for index, item in enumerate(doc):
+        yield _source_record(item, Location(str(file), resource=f"list entry {index}"))
+
+
+PHENOPACKET_FILES = "a GA4GH Phenopacket v2 file (.json): one phenopacket or a list of them"
+
+
+def _source_record(doc: object, where: Location) -> SourceRecord | RecordError:
+    try:
+        record = _record_from_phenopacket(doc)
+        _check_schema(doc)
+    except _RecordError as exc:
+        found = doc.get("id") if isinstance(doc, Mapping) else None
+        return RecordError(where, str(exc), found if isinstance(found, str) and found else None)
+    return SourceRecord(
+        id=record.id,
+        location=where,
+        observed=tuple(parse_code(t, default=CodeSystem.HPO) for t in record.observed),
+        excluded=tuple(parse_code(t, default=CodeSystem.HPO) for t in record.excluded),
+        diagnoses=tuple(parse_code(d) for d in record.disease_ids),
+        sex=record.sex,
+        age=record.age,
+        onset=record.onset,
+        publication=record.publication,
+    )
+
+
+@functools.cache
+def _schema_parser() -> Callable[[object], None]:
+    # Imported on first use: the protobuf runtime is only needed when phenopacket files are read.
+    from google.protobuf import json_format
+    from phenopackets import Phenopacket
+
+    def parse(doc: object) -> None:
+        try:
+            json_format.ParseDict(doc, Phenopacket())
+        except json_format.ParseError as exc:
+            first = str(exc).split("\n", 1)[0]
+            raise _RecordError(
+                "does not follow the GA4GH Phenopacket v2 schema: "
+                + (first if len(first) <= 200 else first[:197] + "...")
+            ) from None
+
+    return parse
+
+
+def _check_schema(doc: object) -> None:
+    _schema_parser()(doc)
+
+
+def _decode(text: str) -> object:
+    """Parse JSON text, with errors that give the position but never the content."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _RecordError(
+            f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        ) from None
+    except (ValueError, RecursionError):
+        # Oversized integers and absurdly deep nesting: valid JSON, but not a case.
+        raise _RecordError("not usable JSON (oversized number or nesting too deep)") from None
 
 
 # --- records -----------------------------------------------------------------------------------

@@ -12,11 +12,8 @@ draws the plots from the numbers read here.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +22,7 @@ from typing import Any
 import jinja2
 
 from alliance.core.errors import DataError
+from alliance.core.files import write_atomically
 from alliance.evaluation.plots import Image, rounds_plot, sites_plot, union_plot
 
 __all__ = ["SCHEMA", "render_report", "write_report"]
@@ -91,6 +89,7 @@ def render_report(metrics: Mapping[str, Any]) -> str:
         headline=_headline(overall, best_name),
         overall_rows=_model_rows(overall, "overall", best_name),
         privacy_rows=_privacy_rows(metrics, overall),
+        data_rows=_data_rows(metrics, names),
         sites=sites,
         round_rows=[_round_row(r) for r in rounds],
         subsets=_subsets(metrics),
@@ -118,18 +117,8 @@ def write_report(metrics: Mapping[str, Any], path: str | Path) -> Path:
     target = Path(path)
     html = render_report(metrics)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as tmp:
-            tmp.write(html)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp makes it private; a report is meant to be shared
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
+    # A report is meant to be shared: readable by all, unlike the private default.
+    write_atomically(target, html.encode("utf-8"), permissions=0o644)
     return target
 
 
@@ -304,6 +293,29 @@ def _privacy_rows(metrics: Mapping[str, Any], overall: Mapping[str, Any]) -> lis
                 **_score_row(label, scores, "private"),
                 "spent": "—" if worst is None else f"{worst:.2f}",
             }
+        )
+    return rows
+
+
+def _data_rows(metrics: Mapping[str, Any], names: Mapping[str, str]) -> list[list[str]]:
+    """How each hospital kept its cases (``site_files``), when the run recorded it."""
+    entries = metrics.get("site_files") or []
+    if not isinstance(entries, list):
+        raise DataError("metrics site_files must be a list")
+    rows: list[list[str]] = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, Mapping):
+            raise DataError(f"metrics site_files[{i}] must be an object")
+        read = _mapping(entry, "cases_read", f"site_files[{i}]")
+        site = str(entry.get("site", "?"))
+        rows.append(
+            [
+                names.get(site, site),
+                str(entry.get("format", "?")),
+                _cases(_count(read, "train")),
+                _cases(_count(read, "test")),
+                _cases(_count(entry, "rejected")),
+            ]
         )
     return rows
 

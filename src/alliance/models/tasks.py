@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from alliance.core.errors import ConfigError
-from alliance.data.loading import LoadIssue, load_cases
+from alliance.data.loading import DataSource, LoadIssue, read_source
 from alliance.data.ontology import DiseaseSource, load_ontology
 from alliance.models.features import PhenotypeFeatures
 from alliance.models.ranker import CaseDataset, PhenotypeRanker
@@ -49,8 +49,8 @@ class StudyModel(Protocol):
         """A fresh model; the same seed gives the same weights in every process."""
         ...
 
-    def load(self, path: Path) -> LoadedCases:
-        """Read a site's case file (or folder) into the model's dataset."""
+    def load(self, source: DataSource | Path) -> LoadedCases:
+        """Read a site's cases (a file, a folder or a configured source) into the dataset."""
         ...
 
     def collate(self, items: list[Any]) -> Any:
@@ -85,10 +85,12 @@ class PhenotypeRankerKind:
         torch.manual_seed(seed)
         return PhenotypeRanker(self.features, dim=self.dim, seed=seed)
 
-    def load(self, path: Path) -> LoadedCases:
-        """Phenopackets or JSON lines, checked against the study's ontology and catalogue."""
-        result = load_cases(
-            path, ontology=self.features.ontology, catalogue=self.features.catalogue
+    def load(self, source: DataSource | Path) -> LoadedCases:
+        """Any supported format, codes mapped and checked against the study's catalogue."""
+        if isinstance(source, Path):
+            source = DataSource(str(source))
+        result = read_source(
+            source, ontology=self.features.ontology, catalogue=self.features.catalogue
         )
         data = CaseDataset(self.features.encode(result.cases))
         return LoadedCases(data, len(result.cases), result.issues)

@@ -29,8 +29,9 @@ from alliance.algorithms.strategies import make_strategy
 from alliance.coordinator.rounds import RoundRecord
 from alliance.core.errors import DataError
 from alliance.data.cases import Case
-from alliance.data.loading import load_cases
+from alliance.data.loading import load_cases, read_source
 from alliance.data.ontology import DiseaseSource, load_ontology
+from alliance.data.site_files import write_site_files
 from alliance.data.splits import split_by_publication
 from alliance.data.synth import (
     DEMO_HOSPITALS,
@@ -86,6 +87,10 @@ class DemoConfig:
     #: 69.3, 78.0 and 60.5 % at 0.002, 0.01, 0.03 and 0.05 (batch 256: 61.2 %, batch 32: 75.6 %
     #: at 0.01). Tuned on synthetic data, so no patient's privacy is spent on the choice.
     dp_learning_rate: float = 0.03
+    #: Where each hospital writes its synthetic cases in its own format (FHIR, Phenopacket, CSV,
+    #: Excel, OMOP...; see :mod:`alliance.data.site_files`) for its site to read them back
+    #: through the adapters; ``None`` hands the generated cases over in memory.
+    site_files: Path | None = None
 
 
 @dataclass
@@ -100,14 +105,53 @@ class DemoResult:
 
 def _cohorts(
     cfg: DemoConfig, features: PhenotypeFeatures
-) -> tuple[tuple[SiteCohort, ...], list[str]]:
+) -> tuple[tuple[SiteCohort, ...], list[str], list[dict[str, Any]]]:
     if cfg.cases is None:
-        return generate_consortium(
+        generated = generate_consortium(
             features.ontology, features.catalogue, cfg.hospitals, cfg.cohort
-        ), []
+        )
+        if cfg.site_files is None:
+            return generated, [], []
+        return _through_site_files(generated, cfg.site_files, features)
     result = load_cases(cfg.cases, ontology=features.ontology, catalogue=features.catalogue)
     warnings = [str(issue) for issue in result.issues]
-    return split_by_publication(result.cases, cfg.hospitals, seed=cfg.seed), warnings
+    return split_by_publication(result.cases, cfg.hospitals, seed=cfg.seed), warnings, []
+
+
+def _through_site_files(
+    cohorts: Sequence[SiteCohort], folder: Path, features: PhenotypeFeatures
+) -> tuple[tuple[SiteCohort, ...], list[str], list[dict[str, Any]]]:
+    """Each hospital writes its cases in its own format; its site reads them back."""
+    loaded: list[SiteCohort] = []
+    warnings: list[str] = []
+    described: list[dict[str, Any]] = []
+    for index, cohort in enumerate(cohorts):
+        files = write_site_files(
+            cohort, folder / cohort.hospital.id, index=index, ontology=features.ontology
+        )
+        read = {
+            role: read_source(
+                source,
+                ontology=features.ontology,
+                catalogue=features.catalogue,
+                allow_empty=True,
+            )
+            for role, source in (("train", files.train), ("test", files.test))
+        }
+        warnings += [str(issue) for result in read.values() for issue in result.issues]
+        loaded.append(replace(cohort, train=read["train"].cases, test=read["test"].cases))
+        described.append(
+            {
+                "site": cohort.hospital.id,
+                "format": files.description,
+                "folder": str(folder / cohort.hospital.id),
+                "train": files.train.location,
+                "mapping": str(files.train.mapping) if files.train.mapping else None,
+                "cases_read": {role: len(result.cases) for role, result in read.items()},
+                "rejected": sum(result.rejected for result in read.values()),
+            }
+        )
+    return tuple(loaded), warnings, described
 
 
 def _ranks(
@@ -130,7 +174,7 @@ def run_demo(cfg: DemoConfig, *, progress: Progress | None = None) -> DemoResult
     features = PhenotypeFeatures(
         ontology, ontology.catalogue(cfg.sources, min_phenotypes=cfg.min_phenotypes)
     )
-    cohorts, load_warnings = _cohorts(cfg, features)
+    cohorts, load_warnings, site_files = _cohorts(cfg, features)
     empty = [c.hospital.name for c in cohorts if not c.train]
     if empty:
         # A site with no cases cannot train (the Site refuses to join); say so, run without it.
@@ -271,6 +315,7 @@ def run_demo(cfg: DemoConfig, *, progress: Progress | None = None) -> DemoResult
         prior=prior_union,
     )
     metrics["privacy"] = private_runs
+    metrics["site_files"] = site_files
     if private_runs:
         metrics["run"]["privacy"] = (
             f"patient-level DP-SGD at every hospital at ε ∈ "

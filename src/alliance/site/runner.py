@@ -36,6 +36,7 @@ from alliance.crypto.pki import Role, TrustStore
 from alliance.crypto.signing import Signer
 from alliance.crypto.tls import client_context
 from alliance.crypto.verifier import MessageVerifier
+from alliance.data.loading import DataConfig
 from alliance.models.tasks import StudyModel, make_study_model
 from alliance.privacy.ledger import PrivacyLedger
 from alliance.protocol.envelope import COORDINATOR, Envelope, MessageKind
@@ -64,8 +65,7 @@ class SiteConfig:
     signing_key: Path
     ca: Path
     crl: Path | None
-    train: Path
-    test: Path | None
+    data: DataConfig
     approved_studies: tuple[str, ...]
     min_cohort: int
     state_dir: Path
@@ -111,8 +111,7 @@ class SiteConfig:
             signing_key=f.required_path("tls", "signing_key"),
             ca=f.required_path("tls", "ca"),
             crl=f.path_of("tls", "crl", optional=True),
-            train=f.required_path("data", "train"),
-            test=f.path_of("data", "test", optional=True),
+            data=DataConfig.from_toml(f),
             approved_studies=approved,
             min_cohort=f.integer("policy", "min_cohort", default=20, minimum=1),
             state_dir=f.required_path("state", "dir", must_exist=False),
@@ -294,15 +293,16 @@ class SiteRunner:
             return None
         spec = StudySpec.parse(text, where=f"study {study_id}")
         kind = self._kind(spec)
-        train = kind.load(self.config.train)
+        data = self.config.data
+        train = kind.load(data.train)
         if train.count < self.config.min_cohort:
             self._refuse(
                 study_id,
-                f"only {train.count} cases loaded from {self.config.train}; the hospital's "
+                f"only {train.count} cases loaded from {data.train.location}; the hospital's "
                 f"policy requires at least {self.config.min_cohort}",
             )
             return None
-        test = kind.load(self.config.test) if self.config.test is not None else None
+        test = kind.load(data.test) if data.test is not None else None
         site = Site(
             self.config.site,
             federation=self.config.federation,
@@ -371,8 +371,9 @@ def describe(config: SiteConfig) -> dict[str, Any]:
         "site": config.site,
         "federation": config.federation,
         "coordinator": config.coordinator,
-        "train": str(config.train),
-        "test": str(config.test) if config.test else None,
+        "train": config.data.train.location,
+        "test": config.data.test.location if config.data.test else None,
+        "format": config.data.train.format.value,
         "approved_studies": len(config.approved_studies),
         "min_cohort": config.min_cohort,
         "privacy_budget": {"epsilon": config.budget_epsilon, "delta": config.budget_delta},
