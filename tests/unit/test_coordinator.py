@@ -16,7 +16,7 @@ import pytest
 
 from alliance.algorithms.strategies import FedAvg
 from alliance.coordinator.rounds import Coordinator, Receipt
-from alliance.core.errors import ConfigError, FederationError, TransportError
+from alliance.core.errors import ConfigError, FederationError, ProtocolError
 from alliance.protocol.envelope import COORDINATOR, Envelope, Header, MessageKind
 from alliance.protocol.messages import StudyEnd, TrainingPlan, TrainTask
 from alliance.transport.memory import InMemoryTransport
@@ -425,9 +425,7 @@ def test_in_memory_transport_refuses_messages_over_max_bytes() -> None:
     big = update_envelope(
         coord, "site-b", delta={"w": np.zeros((40, 40), F32), "b": np.zeros(2, F32)}
     )
-    with pytest.raises(
-        TransportError, match=r"model_update from site-b is \d+ bytes, over .* 1000"
-    ):
+    with pytest.raises(ProtocolError, match=r"model_update from site-b is \d+ bytes, over .* 1000"):
         transport.submit(big)
     # Nothing of the refused message was queued, counted or tapped.
     assert transport.bytes_sent["site-b"] == 0

@@ -353,15 +353,23 @@ def _signed_preamble(raw: bytes) -> tuple[str, bytes, float, float]:
     if not isinstance(signer, str) or not signer or not isinstance(cert, str):
         raise ProtocolError("signed message preamble: signer and certificate must be strings")
     times = (pre["issued_at"], pre["expires_at"])
-    if not all(
-        isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t) for t in times
-    ):
+    if not all(_is_time(t) for t in times):
         raise ProtocolError("signed message preamble: issued_at and expires_at must be numbers")
     try:
         der = base64.b64decode(cert, validate=True)
     except (binascii.Error, ValueError):
         raise ProtocolError("signed message preamble: certificate is not base64") from None
     return signer, der, float(times[0]), float(times[1])
+
+
+def _is_time(value: object) -> bool:
+    """A finite number of seconds; an integer too large for a float is not one."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def decode_signed(

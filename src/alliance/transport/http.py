@@ -168,7 +168,9 @@ async def _read_capped(request: Request, limit: int) -> bytes:
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ProtocolError(f"payload exceeds the limit of {limit} bytes")
+            raise ProtocolError(
+                f"payload of at least {size} bytes exceeds the limit of {limit} bytes"
+            )
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 
-from alliance.core.errors import TransportError
+from alliance.core.errors import ProtocolError
 from alliance.protocol.codec import DEFAULT_MAX_BYTES, decode, encode
 from alliance.protocol.envelope import COORDINATOR, Envelope
 
@@ -50,10 +50,11 @@ class InMemoryTransport:
             return
         data = encode(envelope)
         if len(data) > self._max_bytes:
-            raise TransportError(
+            # Oversized is the message's fault, not the channel's: a ProtocolError, as the HTTPS
+            # and files transports say too.
+            raise ProtocolError(
                 f"message {envelope.header.kind.value} from {envelope.header.sender} "
-                f"is {len(data)} "
-                f"bytes, over the transport limit of {self._max_bytes}"
+                f"is {len(data)} bytes, over the transport limit of {self._max_bytes}"
             )
         self.bytes_sent[envelope.header.sender] += len(data)
         if self._tap is not None:
