@@ -258,3 +258,23 @@ def test_how_each_hospital_keeps_its_data_is_shown_when_recorded(
     metrics["site_files"] = [{"site": site, "format": "x"}]
     with pytest.raises(DataError, match="cases_read"):
         render_report(metrics)
+
+
+def test_hospitals_on_files_are_compared_with_the_all_online_run(
+    metrics: dict[str, Any],
+) -> None:
+    assert "Hospitals without a network connection" not in render_report(metrics)
+    site = metrics["sites"][-1]["id"]
+    metrics["offline"] = {
+        "sites": [site],
+        "overall": metrics["overall"]["federated"],
+        "same_weights_as_online": True,
+        "bundle_bytes": {site: 2_500_000},
+    }
+    html = render_report(metrics)
+    assert "Hospitals without a network connection" in html
+    assert "the very same model" in html
+    assert "2.5 MB" in html
+    metrics["offline"]["sites"] = []
+    with pytest.raises(DataError, match=r"offline\.sites"):
+        render_report(metrics)

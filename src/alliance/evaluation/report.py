@@ -90,6 +90,7 @@ def render_report(metrics: Mapping[str, Any]) -> str:
         overall_rows=_model_rows(overall, "overall", best_name),
         privacy_rows=_privacy_rows(metrics, overall),
         data_rows=_data_rows(metrics, names),
+        offline=_offline(metrics, overall, names),
         sites=sites,
         round_rows=[_round_row(r) for r in rounds],
         subsets=_subsets(metrics),
@@ -295,6 +296,30 @@ def _privacy_rows(metrics: Mapping[str, Any], overall: Mapping[str, Any]) -> lis
             }
         )
     return rows
+
+
+def _offline(
+    metrics: Mapping[str, Any], overall: Mapping[str, Any], names: Mapping[str, str]
+) -> dict[str, Any] | None:
+    """The run with hospitals on files next to the all-online one, when there was one."""
+    run = _optional_mapping(metrics, "offline", "metrics")
+    if run is None:
+        return None
+    sites = run.get("sites")
+    if not isinstance(sites, list) or not sites:
+        raise DataError("metrics offline.sites must be a non-empty list")
+    online = _mapping(overall, "federated", "overall")
+    mixed = _mapping(run, "overall", "offline")
+    sizes = _optional_mapping(run, "bundle_bytes", "offline") or {}
+    return {
+        "sites": ", ".join(names.get(str(s), str(s)) for s in sites),
+        "rows": [
+            _score_row("All hospitals online", online, "federated"),
+            _score_row(f"{len(sites)} hospitals on files", mixed, "offline"),
+        ],
+        "same": bool(run.get("same_weights_as_online")),
+        "megabytes": f"{sum(float(v) for v in sizes.values()) / 1e6:,.1f}",
+    }
 
 
 def _data_rows(metrics: Mapping[str, Any], names: Mapping[str, str]) -> list[list[str]]:

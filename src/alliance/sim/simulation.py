@@ -25,19 +25,28 @@ DP-SGD and charges its own :class:`~alliance.privacy.ledger.PrivacyLedger` (kept
 certificate from an in-memory consortium CA and the rounds run the full secure-aggregation
 protocol over the same encoded messages, so the coordinator only ever holds the sum.
 ``drop(site, round, stage)`` lets a test make a site vanish at any stage of a round.
+
+Hospitals that allow no network connection are simulated too: the sites named in ``offline``
+talk to the coordinator through the files transport (:mod:`alliance.transport.files`), every
+message a bundle signed by its sender and sealed to its recipient, written into folders under
+``files_dir`` and carried between them by a courier step between the protocol's stages, as a
+USB key would. The other sites stay on the in-memory channel; the coordinator serves both.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
@@ -50,10 +59,12 @@ from alliance.crypto.signing import Signer
 from alliance.crypto.verifier import MessageVerifier
 from alliance.models.training import get_weights, set_weights
 from alliance.privacy.ledger import PrivacyLedger
-from alliance.protocol.envelope import Envelope, MessageKind
+from alliance.protocol.envelope import COORDINATOR, Envelope, MessageKind
 from alliance.protocol.messages import TrainingPlan
 from alliance.protocol.privacy import PrivacyPlan, SecAggPlan
 from alliance.site.agent import Site
+from alliance.transport.base import SiteLink
+from alliance.transport.files import BundleLedger, FileMailbox, FileSiteLink, RoutedMailbox, carry
 from alliance.transport.memory import InMemoryTransport
 
 __all__ = ["Simulation", "SimulationResult", "SiteData", "as_dataset"]
@@ -126,6 +137,10 @@ class Simulation:
         ``"unmask"``).
     quorum
         Fewest sites that close a round (default: all; with secure aggregation, the threshold).
+    offline
+        Sites that exchange signed, sealed file bundles instead of in-memory messages.
+    files_dir
+        Where their bundles are written (default: a temporary folder removed after the run).
     """
 
     def __init__(
@@ -150,6 +165,8 @@ class Simulation:
         ledger_dir: Path | None = None,
         drop: Callable[[str, int, str], bool] | None = None,
         quorum: int | None = None,
+        offline: Collection[str] = (),
+        files_dir: Path | None = None,
     ) -> None:
         if rounds < 1:
             raise ConfigError(f"rounds must be >= 1, got {rounds}")
@@ -185,6 +202,11 @@ class Simulation:
         self.ledger_dir = ledger_dir
         self.drop = drop
         self.quorum = quorum
+        unknown = sorted(set(offline) - set(self.train))
+        if unknown:
+            raise ConfigError(f"offline sites {unknown} are not sites of this simulation")
+        self.offline = frozenset(offline)
+        self.files_dir = files_dir
 
     def _model(self) -> nn.Module:
         torch.manual_seed(self.seed)
@@ -192,26 +214,44 @@ class Simulation:
 
     def run(self) -> SimulationResult:
         """Run every round and return the final global model and the round history."""
-        if self.ledger_dir is not None or not self.privacy.patient_level:
-            return self._run(self.ledger_dir)
-        with tempfile.TemporaryDirectory(prefix="alliance-ledgers-") as tmp:
-            return self._run(Path(tmp))
+        with contextlib.ExitStack() as stack:
+            ledgers = self.ledger_dir
+            if ledgers is None and self.privacy.patient_level:
+                ledgers = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ga-led-")))
+            files = self.files_dir
+            if files is None and self.offline:
+                files = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ga-files-")))
+            return self._run(ledgers, files)
 
-    def _identities(self) -> tuple[dict[str, Signer], MessageVerifier] | None:
-        """Certificates from an in-memory consortium CA, for secure aggregation's signatures."""
-        if not self.secagg.enabled:
+    def _identities(self) -> _Identities | None:
+        """Certificates from an in-memory consortium CA: for secure aggregation's signatures and
+        the bundles of the sites on files."""
+        if not self.secagg.enabled and not self.offline:
             return None
         ca = CertificateAuthority.create(self.federation)
-        signers = {}
+        keys = {}
         for name in sorted(self.train):
-            party = ca.issue(name, Role.SITE)
-            signers[name] = Signer(party.signing_key, party.certificate)
-        return signers, MessageVerifier(TrustStore(ca.certificate), role=Role.SITE)
+            keys[name] = ca.issue(name, Role.SITE)
+        coordinator = ca.issue(COORDINATOR, Role.COORDINATOR, hosts=("localhost",))
+        trust = TrustStore(ca.certificate)
+        return _Identities(
+            signers={n: Signer(p.signing_key, p.certificate) for n, p in keys.items()},
+            keys={n: p.signing_key for n, p in keys.items()},
+            coordinator=Signer(coordinator.signing_key, coordinator.certificate),
+            coordinator_key=coordinator.signing_key,
+            sites=MessageVerifier(trust, role=Role.SITE),
+            coordinators=MessageVerifier(trust, role=Role.COORDINATOR),
+        )
 
-    def _run(self, ledger_dir: Path | None) -> SimulationResult:
+    def _run(self, ledger_dir: Path | None, files_dir: Path | None) -> SimulationResult:
         start = time.perf_counter()
         transport = InMemoryTransport(encode=self.encode, tap=self.tap)
         identities = self._identities()
+        files = None
+        if self.offline:
+            assert identities is not None
+            assert files_dir is not None
+            files = _FilesChannel(self.federation, files_dir, sorted(self.offline), identities)
         global_model = self._model()
         coordinator = Coordinator(
             federation=self.federation,
@@ -220,11 +260,11 @@ class Simulation:
             weights=get_weights(global_model),
             strategy=self.strategy,
             plan=self.plan,
-            mailbox=transport,
+            mailbox=transport if files is None else RoutedMailbox(transport, files.mailbox),
             privacy=self.privacy,
             secagg=self.secagg,
             quorum=self.quorum,
-            peers=None if identities is None else identities[1],
+            peers=None if identities is None else identities.sites,
         )
         ledgers: dict[str, PrivacyLedger] = {}
         sites = []
@@ -249,50 +289,67 @@ class Simulation:
                     model=self._model(),
                     train=data,
                     test=self.test.get(name),
-                    link=transport,
+                    link=transport if files is None else files.link_for(name, transport),
                     collate_fn=self.collate_fn,
                     ledger=ledgers.get(name),
-                    signer=None if identities is None else identities[0][name],
-                    peers=None if identities is None else identities[1],
+                    signer=None if identities is None else identities.signers[name],
+                    peers=None if identities is None else identities.sites,
                 )
             )
+        links: dict[str, SiteLink] = {
+            site.id: transport if files is None else files.link_for(site.id, transport)
+            for site in sites
+        }
         try:
             for _ in range(self.rounds):
                 coordinator.start_round()
-                self._drive(coordinator, sites, transport)
+                self._drive(coordinator, sites, links, files)
                 record = coordinator.close_round()
                 if self.on_round is not None:
                     self.on_round(record)
             coordinator.finish()
+            if files is not None:
+                files.to_sites()
             for site in sites:
                 site.step()
             epsilon = {name: ledger.spent().epsilon for name, ledger in ledgers.items()}
         finally:
             for ledger in ledgers.values():
                 ledger.close()
+            if files is not None:
+                files.close()
         set_weights(global_model, coordinator.weights)
         return SimulationResult(
             model=global_model,
             history=coordinator.history,
             seconds=time.perf_counter() - start,
-            bytes_sent=dict(transport.bytes_sent),
+            bytes_sent=dict(transport.bytes_sent + (files.bytes_sent if files else Counter())),
             epsilon=epsilon,
         )
 
     def _drive(
-        self, coordinator: Coordinator, sites: list[Site], transport: InMemoryTransport
+        self,
+        coordinator: Coordinator,
+        sites: list[Site],
+        links: Mapping[str, SiteLink],
+        files: _FilesChannel | None,
     ) -> None:
         """Deliver messages until the open round can close (every stage of a secure round)."""
         for _ in range(16):
+            if files is not None:
+                files.to_sites()
             for site in sites:
+                link = links[site.id]
                 while True:
-                    env = transport.fetch(site.id)
+                    env = link.fetch(site.id)
                     if env is None:
                         break
                     if self.drop is not None and self.drop(site.id, env.header.round, _stage(env)):
                         continue
                     for reply in site.handle(env):
-                        transport.submit(reply)
+                        link.submit(reply)
+            if files is not None:
+                files.to_coordinator()
             coordinator.receive()
             secure = coordinator.secure_round
             if coordinator.complete or (secure is not None and secure.aborted is not None):
@@ -300,6 +357,74 @@ class Simulation:
             # Every site that could answer has: the silent ones are dropped at this stage.
             coordinator.advance(force=True)
         raise FederationError(f"round {coordinator.round} did not complete")
+
+
+@dataclass(frozen=True)
+class _Identities:
+    """Every party's certificate-bound signing key, from the simulation's consortium CA."""
+
+    signers: dict[str, Signer]
+    keys: dict[str, ed25519.Ed25519PrivateKey]
+    coordinator: Signer
+    coordinator_key: ed25519.Ed25519PrivateKey
+    sites: MessageVerifier
+    coordinators: MessageVerifier
+
+
+class _FilesChannel:
+    """The offline sites' folders and the courier that carries bundles between them."""
+
+    def __init__(
+        self, federation: str, root: Path, sites: list[str], identities: _Identities
+    ) -> None:
+        self.root = root
+        self.sites = sites
+        self._identities = identities
+        self._ledgers = {name: BundleLedger(root / name / "state" / "bundles.db") for name in sites}
+        self._ledgers[COORDINATOR] = BundleLedger(root / "coordinator" / "state" / "bundles.db")
+        self.mailbox = FileMailbox(
+            federation=federation,
+            root=root / "coordinator",
+            signer=identities.coordinator,
+            key=identities.coordinator_key,
+            site_keys={n: identities.keys[n].public_key() for n in sites},
+            verify=identities.sites,
+            ledger=self._ledgers[COORDINATOR],
+        )
+        self.links = {
+            name: FileSiteLink(
+                name,
+                federation=federation,
+                inbox=root / name / "inbox",
+                outbox=root / name / "outbox",
+                signer=identities.signers[name],
+                key=identities.keys[name],
+                coordinator_key=identities.coordinator_key.public_key(),
+                verify=identities.coordinators,
+                ledger=self._ledgers[name],
+            )
+            for name in sites
+        }
+        self.bytes_sent: Counter[str] = Counter()
+
+    def link_for(self, site: str, online: SiteLink) -> SiteLink:
+        return self.links.get(site, online)
+
+    def to_sites(self) -> None:
+        """The courier takes the coordinator's bundles to each offline site."""
+        for name in self.sites:
+            for file in carry(self.mailbox.outbox(name), self.root / name / "inbox"):
+                self.bytes_sent[COORDINATOR] += file.stat().st_size
+
+    def to_coordinator(self) -> None:
+        """... and brings their replies back."""
+        for name in self.sites:
+            for file in carry(self.root / name / "outbox", self.mailbox.inbox):
+                self.bytes_sent[name] += file.stat().st_size
+
+    def close(self) -> None:
+        for ledger in self._ledgers.values():
+            ledger.close()
 
 
 def _stage(env: Envelope) -> str:
