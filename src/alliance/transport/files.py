@@ -57,10 +57,22 @@ DEFAULT_TTL_S = 14 * 86_400.0
 
 @dataclass(frozen=True)
 class Rejection:
-    """A bundle that was refused, and why."""
+    """A bundle that was refused, and why.
+
+    Parameters
+    ----------
+    file
+        Where it was read.
+    reason
+        What was wrong.
+    error
+        The kind of error: :class:`~alliance.core.errors.IntegrityError` for a bundle that
+        fails its signature or seal, :class:`~alliance.core.errors.ProtocolError` for the rest.
+    """
 
     file: str
     reason: str
+    error: type[AllianceError] = ProtocolError
 
 
 class BundleLedger:
@@ -152,23 +164,25 @@ class _Reader:
                 data = _read_capped(file, self._max_bytes)
                 opened = self._open(data)
             except AllianceError as exc:
-                self._reject(file, str(exc))
+                self._reject(file, str(exc), type(exc))
                 continue
             good.append((opened.header.created_at, file.name, opened, file))
         out = []
         for _, _, opened, file in sorted(good, key=lambda item: (item[0], item[1])):
             if not self._ledger.accept(opened):
-                nonce = opened.header.nonce
-                self._reject(file, f"replay: bundle nonce {nonce} was accepted before")
+                sender, nonce = opened.header.sender, opened.header.nonce
+                self._reject(
+                    file, f"replayed: {sender!r}'s bundle nonce {nonce} was accepted before"
+                )
                 continue
             self.folder.settle(file, accepted=True)
             self.accepted.append(opened)
             out.append(opened)
         return out
 
-    def _reject(self, file: Path, reason: str) -> None:
+    def _reject(self, file: Path, reason: str, error: type[AllianceError] = ProtocolError) -> None:
         logger.warning("bundle %s rejected: %s", file.name, reason)
-        self.rejections.append(Rejection(str(file), reason))
+        self.rejections.append(Rejection(str(file), reason, error))
         self.folder.settle(file, accepted=False, reason=reason)
 
 
@@ -381,8 +395,14 @@ def carry(source: Path, target: Path) -> Iterator[Path]:
     """
     target.mkdir(parents=True, exist_ok=True)
     for file in _Folder(source).pending():
+        data = file.read_bytes()
         destination = target / file.name
-        write_atomically(destination, file.read_bytes())
+        # Names are not authenticated: never let one file replace another unread one.
+        n = 0
+        while destination.exists() and destination.read_bytes() != data:
+            n += 1
+            destination = target / f"{file.stem}.{n}{BUNDLE_SUFFIX}"
+        write_atomically(destination, data)
         file.unlink()
         yield destination
 
