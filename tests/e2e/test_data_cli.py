@@ -237,7 +237,7 @@ def test_check_reports_bad_rows_and_unmapped_codes_without_patient_data(
         assert f"<h2>{heading}</h2>" in html
     assert html.count("<h1>Data-quality report:") == 2  # train and test
     assert html.count("<!DOCTYPE html>") == 1  # in one page
-    assert "<td>&lt;5</td>" in html
+    assert '<td class="s">&lt;5</td>' in html
     assert "<5" not in html.replace("&lt;5", "")
     assert "<script" not in html.lower()
     assert all(code in html for code in gone)

@@ -268,7 +268,7 @@ body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:72rem;color:#1f
 h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #d9e2ec}
 table{border-collapse:collapse;margin:.5rem 0}td,th{padding:.25rem .75rem;text-align:left;
 border-bottom:1px solid #e4e7eb;vertical-align:top}th{background:#f0f4f8}
-td.n{text-align:right;font-variant-numeric:tabular-nums}.note{color:#52606d;font-size:.9rem}
+td.n{text-align:right;font-variant-numeric:tabular-nums}td.s{white-space:nowrap}.note{color:#52606d;font-size:.9rem}
 code{font-size:.9rem}
 """
 
@@ -276,7 +276,10 @@ code{font-size:.9rem}
 def _cell(value: object) -> str:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return f'<td class="n">{html.escape(str(value))}</td>'
-    return f"<td>{html.escape('—' if value is None else str(value))}</td>"
+    text = "—" if value is None else str(value)
+    # Short cells (codes, locations) stay on one line; long ones (reasons) wrap.
+    kind = ' class="s"' if len(text) <= 24 else ""
+    return f"<td{kind}>{html.escape(text)}</td>"
 
 
 def _table(headers: tuple[str, ...], rows: list[tuple[object, ...]]) -> str:
