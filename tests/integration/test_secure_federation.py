@@ -256,7 +256,7 @@ def test_a_stage_answer_sent_again_is_a_duplicate_even_after_the_stage_moved_on(
         plan=sim.plan,
         mailbox=transport,
         secagg=sim.secagg,
-        peers=identities[1],
+        peers=identities.sites,
     )
     from alliance.site.agent import Site
 
@@ -268,8 +268,8 @@ def test_a_stage_answer_sent_again_is_a_duplicate_even_after_the_stage_moved_on(
             train=data,
             test=None,
             link=transport,
-            signer=identities[0][name],
-            peers=identities[1],
+            signer=identities.signers[name],
+            peers=identities.sites,
         )
         for name, data in sorted(sim.train.items())
         if data is not None
