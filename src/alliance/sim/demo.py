@@ -240,20 +240,24 @@ def run_demo(cfg: DemoConfig, *, progress: Progress | None = None) -> DemoResult
 
     say("federated rounds", 0, cfg.rounds)
     options = {"server_lr": _server_lr(cfg)}
-    sim = Simulation(
-        model_fn=fresh,
-        sites=train,
-        test=test,
-        strategy=make_strategy(cfg.strategy, **options),
-        rounds=cfg.rounds,
-        plan=plan,
-        collate_fn=features.collate,
-        seed=cfg.seed,
-        federation="guardian-alliance",
-        study="rare-disease-demo",
-        on_round=on_round,
-    )
-    fed = sim.run()
+
+    def federation(**extra: Any) -> Simulation:
+        """The demo's federation: same sites, strategy, rounds and seed; ``extra`` varies it."""
+        settings: dict[str, Any] = {
+            "model_fn": fresh,
+            "sites": train,
+            "test": test,
+            "strategy": make_strategy(cfg.strategy, **options),
+            "rounds": cfg.rounds,
+            "plan": plan,
+            "collate_fn": features.collate,
+            "seed": cfg.seed,
+            "federation": "guardian-alliance",
+            "study": "rare-disease-demo",
+        }
+        return Simulation(**{**settings, **extra})
+
+    fed = federation(on_round=on_round).run()
     fed_union = _ranks(fed.model, union, features)  # type: ignore[arg-type]
     rounds.append({"round": cfg.rounds, **top_k(fed_union).as_dict()})
 
@@ -264,20 +268,7 @@ def run_demo(cfg: DemoConfig, *, progress: Progress | None = None) -> DemoResult
         offline = sorted(c.hospital.id for c in by_size[: min(cfg.offline, len(cohorts))])
         stage = f"{len(offline)} hospitals on files"
         say(stage, 0, cfg.rounds)
-        mixed = Simulation(
-            model_fn=fresh,
-            sites=train,
-            test=test,
-            strategy=make_strategy(cfg.strategy, **options),
-            rounds=cfg.rounds,
-            plan=plan,
-            collate_fn=features.collate,
-            seed=cfg.seed,
-            federation="guardian-alliance",
-            study="rare-disease-demo",
-            on_round=_progress(say, stage, cfg.rounds),
-            offline=offline,
-        ).run()
+        mixed = federation(on_round=_progress(say, stage, cfg.rounds), offline=offline).run()
         mixed_union = _ranks(mixed.model, union, features)  # type: ignore[arg-type]
         identical = all(
             torch.equal(a, b)
@@ -307,16 +298,8 @@ def run_demo(cfg: DemoConfig, *, progress: Progress | None = None) -> DemoResult
             max_grad_norm=cfg.max_grad_norm,
             rounds=cfg.rounds,
         )
-        private = Simulation(
-            model_fn=fresh,
-            sites=train,
-            test=test,
-            strategy=make_strategy(cfg.strategy, **options),
-            rounds=cfg.rounds,
+        private = federation(
             plan=replace(plan, learning_rate=cfg.dp_learning_rate),
-            collate_fn=features.collate,
-            seed=cfg.seed,
-            federation="guardian-alliance",
             study=f"rare-disease-demo-eps-{i}",
             on_round=_progress(say, stage, cfg.rounds),
             privacy=privacy,
