@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from alliance.store import (
     StudyStatus,
     UpdateMeta,
 )
+from alliance.store.sqlschema import SCHEMA_VERSION
 from alliance.store.sqlschema import updates as updates_table
 
 PG_URL = os.environ.get(
@@ -421,6 +422,18 @@ def test_updates_need_an_open_round(store: CoordinatorStore) -> None:
     assert not store.nonce_seen(late.nonce)
 
 
+def test_the_model_version_an_update_was_trained_on_is_kept(store: CoordinatorStore) -> None:
+    ready(store)
+    close(store, 1)
+    store.open_round("s1", 2, model_version=1, participants=SITES, deadline=None)
+    fresh, late = replace(meta("site-00"), base_version=1), replace(meta("site-05"), base_version=0)
+    unknown = meta("site-09")
+    for i, m in enumerate((fresh, late, unknown)):
+        store.add_update("s1", 2, m, delta(i))
+    assert store.updates("s1", 2) == [fresh, late, unknown]
+    assert [u.base_version for u in store.updates("s1", 2)] == [1, 0, None]
+
+
 def test_updates_are_listed_in_site_order(store: CoordinatorStore) -> None:
     ready(store)
     for i, site in enumerate(["site-07", "site-00", "site-11", "site-03"]):
@@ -698,13 +711,16 @@ def test_closing_a_round_nulls_its_payloads_in_the_table(durable: Backend) -> No
     assert payloads == [None, None, None]
 
 
-def test_sqlite_runs_in_wal_mode_with_schema_version_1(tmp_path: Path) -> None:
+def test_sqlite_runs_in_wal_mode_with_the_current_schema_version(tmp_path: Path) -> None:
     path = tmp_path / "c.db"
     SqlStore(f"sqlite:///{path}").close()
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert conn.execute("SELECT version FROM alliance_schema_version").fetchall() == [(1,)]
+        assert conn.execute("SELECT version FROM alliance_schema_version").fetchall() == [
+            (SCHEMA_VERSION,)
+        ]
     conn.close()
+    assert SCHEMA_VERSION == 2
 
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -713,10 +729,31 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
         first.add_study(study("s1"))
     conn = sqlite3.connect(path)
     with conn:
-        conn.execute("UPDATE alliance_schema_version SET version = 2")
+        conn.execute(f"UPDATE alliance_schema_version SET version = {SCHEMA_VERSION + 1}")
     conn.close()
-    with pytest.raises(ConfigError, match=r"schema version 2.*upgrade"):
+    with pytest.raises(ConfigError, match=rf"schema version {SCHEMA_VERSION + 1}.*upgrade"):
         SqlStore(f"sqlite:///{path}")
+
+
+def test_a_schema_version_1_database_is_upgraded_and_keeps_its_updates(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    with SqlStore(f"sqlite:///{path}") as first:
+        ready(first)
+        first.add_update("s1", 1, meta("site-00", digest="old"), delta(1))
+    conn = sqlite3.connect(path)
+    with conn:  # the layout of version 1: no base_version column
+        conn.execute("ALTER TABLE alliance_updates DROP COLUMN base_version")
+        conn.execute("UPDATE alliance_schema_version SET version = 1")
+    conn.close()
+    with SqlStore(f"sqlite:///{path}") as upgraded:
+        (old,) = upgraded.updates("s1", 1)
+        assert (old.site, old.digest, old.base_version) == ("site-00", "old", None)
+        assert_same_arrays(upgraded.load_delta("s1", 1, "site-00"), delta(1))
+        upgraded.add_update("s1", 1, replace(meta("site-01"), base_version=0), delta(2))
+        assert [u.base_version for u in upgraded.updates("s1", 1)] == [None, 0]
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM alliance_schema_version").fetchall() == [(2,)]
+    conn.close()
 
 
 @pytest.mark.parametrize(

@@ -63,6 +63,7 @@ class _Update:
     metrics: str
     payload: bytes | None
     received_at: float
+    base_version: int | None = None
 
 
 class MemoryStore:
@@ -233,7 +234,13 @@ class MemoryStore:
             if meta.nonce in self._nonces:
                 raise rules.nonce_reused(where, meta.nonce)
             self._updates.setdefault((study_id, round_), {})[meta.site] = _Update(
-                meta.nonce, meta.digest, meta.num_examples, metrics, payload, time.time()
+                meta.nonce,
+                meta.digest,
+                meta.num_examples,
+                metrics,
+                payload,
+                time.time(),
+                meta.base_version,
             )
             self._nonces.add(meta.nonce)
 
@@ -242,7 +249,9 @@ class MemoryStore:
         with self._lock:
             rows = dict(self._updates.get((study_id, round_), {}))
         return [
-            UpdateMeta(site, u.nonce, u.digest, u.num_examples, load_json(u.metrics))
+            UpdateMeta(
+                site, u.nonce, u.digest, u.num_examples, load_json(u.metrics), u.base_version
+            )
             for site, u in sorted(rows.items())
         ]
 

@@ -306,7 +306,9 @@ class SqlStore:
         with self._tx(write=False) as conn:
             rows = conn.execute(query).all()
         return [
-            UpdateMeta(r.site, r.nonce, r.digest, r.num_examples, load_json(r.metrics))
+            UpdateMeta(
+                r.site, r.nonce, r.digest, r.num_examples, load_json(r.metrics), r.base_version
+            )
             for r in rows
         ]
 

@@ -96,6 +96,7 @@ def update_row(
         "metrics": dump_json(dict(meta.metrics), what=f"metrics of the {where}"),
         "payload": pack_arrays(delta, what=where),
         "received_at": time.time(),
+        "base_version": meta.base_version,
     }
 
 

@@ -3,8 +3,12 @@ migration.
 
 Layout version :data:`SCHEMA_VERSION` (recorded in ``alliance_schema_version``); changing a
 table means a new version and a step in :func:`migrate`, which also refuses a database written
-by a newer layout. Keys enforce the store's rules in the database itself, so they hold under
-any number of concurrent coordinator threads or processes:
+by a newer layout. Version 2 added ``alliance_updates.base_version`` (the model version an update
+was trained on, for asynchronous rounds); :func:`migrate` adds the column to a version 1
+database when it is first opened, its existing rows reading ``NULL``.
+
+Keys enforce the store's rules in the database itself, so they hold under any number of
+concurrent coordinator threads or processes:
 
 ======================  =====================================  ===============================
 table                   key                                    rule
@@ -57,6 +61,7 @@ from sqlalchemy import (
     inspect,
     select,
     text,
+    update,
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
@@ -90,7 +95,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: The table layout this code writes and reads.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Seconds a SQLite writer waits for another writer's lock before failing.
 SQLITE_BUSY_TIMEOUT_S = 30.0
 #: Execution option: the transaction writes (SQLite: ``BEGIN IMMEDIATE``).
@@ -151,6 +156,7 @@ updates = Table(
     Column("metrics", Text, nullable=False),  # JSON object
     Column("payload", LargeBinary, nullable=True),  # NULL once the round closed
     Column("received_at", Double, nullable=False),
+    Column("base_version", Integer, nullable=True),  # since schema version 2
     ForeignKeyConstraint(["study_id", "round"], [rounds.c.study_id, rounds.c.round]),
 )
 
@@ -184,6 +190,7 @@ UPDATE_META = (
     updates.c.digest,
     updates.c.num_examples,
     updates.c.metrics,
+    updates.c.base_version,
 )
 
 
@@ -324,7 +331,8 @@ def mask_url(url: str) -> str:
 
 
 def migrate(conn: Connection, shown: str) -> None:
-    """Create the tables if missing and record :data:`SCHEMA_VERSION`; refuse a newer layout.
+    """Create the tables if missing, bring an older layout up to :data:`SCHEMA_VERSION` and
+    record it; refuse a newer layout.
 
     Raises
     ------
@@ -341,6 +349,11 @@ def migrate(conn: Connection, shown: str) -> None:
             f"coordinator store {shown} has schema version {found}, this build knows versions "
             f"up to {SCHEMA_VERSION}; upgrade Guardian Alliance to open it"
         )
+    if found is not None and found < 2:
+        conn.execute(text(f"ALTER TABLE {updates.name} ADD COLUMN base_version INTEGER"))
+        logger.info("coordinator store %s: schema version %d upgraded to 2", shown, found)
     metadata.create_all(conn)
     if found is None:
         conn.execute(insert(schema_version).values(id=1, version=SCHEMA_VERSION))
+    elif found < SCHEMA_VERSION:
+        conn.execute(update(schema_version).values(version=SCHEMA_VERSION))

@@ -6,7 +6,9 @@ coordinator killed at any instant restarts from the last committed state and fin
 with the same final model. Three rules make that hold:
 
 - **an update counts once**: ``(study, round, site)`` and every message nonce are unique; storing
-  the same update again is recognised by its digest and reported as a duplicate, not counted;
+  the same update again is recognised by its digest and reported as a duplicate, not counted
+  (an asynchronous round files a late update under the round open when it arrives, with the
+  model version it was trained on, so that its staleness survives a restart);
 - **a round closes atomically**: the new model version, the strategy's state, the round summary
   and the release of the round's update payloads are one transaction;
 - **payloads are read one at a time**: :meth:`CoordinatorStore.load_delta` returns one site's
@@ -91,13 +93,20 @@ class RoundState:
 
 @dataclass(frozen=True)
 class UpdateMeta:
-    """An accepted update without its payload."""
+    """An accepted update without its payload.
+
+    ``base_version`` is the model version the site trained on. In a synchronous round it is
+    the round's own version; in an asynchronous one it may be older, and the round's version
+    minus it is the update's staleness. ``None`` for updates stored before the store kept it
+    (SQL schema version 1).
+    """
 
     site: str
     nonce: str
     digest: str
     num_examples: int
     metrics: Mapping[str, float]
+    base_version: int | None = None
 
 
 @dataclass(frozen=True)
