@@ -23,6 +23,7 @@ import numpy.typing as npt
 from alliance.core.errors import IntegrityError, ProtocolError
 from alliance.protocol.envelope import Envelope, Header, MessageKind
 from alliance.protocol.privacy import PrivacyPlan, SecAggPlan
+from alliance.secagg.context import RoundContext
 
 __all__ = [
     "REFUSAL_REASONS",
@@ -120,6 +121,9 @@ class TrainTask:
     #: the attempt number (a round restarted after a coordinator restart gets fresh keys).
     cohort: tuple[str, ...] = ()
     attempt: int = 0
+    #: Secure rounds with key batches only: the key slot this attempt masks with (a slot of the
+    #: batch set up in this very attempt means "set up a new batch"); absent otherwise.
+    key_slot: RoundContext | None = None
 
     def to_envelope(self) -> Envelope:
         """Wrap for transport."""
@@ -132,6 +136,7 @@ class TrainTask:
                 "secagg": self.secagg.to_json(),
                 "cohort": list(self.cohort),
                 "attempt": self.attempt,
+                **({} if self.key_slot is None else {"key_slot": self.key_slot.to_json()}),
             },
             dict(self.weights),
         )
@@ -142,7 +147,8 @@ class TrainTask:
         _expect(
             env,
             MessageKind.TRAIN_TASK,
-            {"model_version", "plan", "privacy", "secagg", "cohort", "attempt"},
+            {"model_version", "plan", "privacy", "secagg", "cohort", "attempt"}
+            | ({"key_slot"} & set(env.body)),
         )
         version = _version(env.body["model_version"], what="train task: model_version")
         for name, arr in env.arrays.items():
@@ -160,6 +166,7 @@ class TrainTask:
             SecAggPlan.from_json(env.body["secagg"]),
             tuple(cohort),
             _version(env.body["attempt"], what="train task: attempt"),
+            _key_slot(env.body["key_slot"]) if "key_slot" in env.body else None,
         )
 
 
@@ -315,6 +322,13 @@ class SecAggMessage:
                 )
         attempt = _version(env.body["attempt"], what="secure aggregation: attempt")
         return cls(env.header, stage, attempt, env.body["payload"], env.arrays)
+
+
+def _key_slot(raw: Any) -> RoundContext:
+    context = RoundContext.from_json(raw)
+    if context.slot is None:
+        raise ProtocolError("train task: key_slot must name a slot")
+    return context
 
 
 def _is_number(value: Any) -> bool:

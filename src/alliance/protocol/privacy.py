@@ -21,6 +21,9 @@ approved (a coordinator cannot quietly lower the noise)::
     value_bits = 15             # bits per quantised coordinate (levels: 2**(bits-1) - 1 per side)
     max_weight = 4096           # cases counted per site in the weighted mean (larger sites capped)
     stage_timeout_s = 120       # a key/share/unmask stage waits this long for slow sites
+    key_batch = 1               # rounds one key set-up serves (1: fresh keys every round); with
+                                # R > 1 a site on files answers R - 1 of every R rounds with one
+                                # message (alliance.secagg.batched, docs/secure-aggregation.md)
 
 Patient-level DP is accounted by each hospital in its own ledger (it knows its size); the
 client-level guarantee is the consortium's and is computed from these numbers alone, with the
@@ -36,6 +39,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from alliance.core.errors import ConfigError, ProtocolError
+from alliance.secagg.batched import MAX_KEY_BATCH
 
 __all__ = ["PrivacyPlan", "SecAggPlan", "default_threshold"]
 
@@ -161,7 +165,11 @@ class PrivacyPlan:
 
 @dataclass(frozen=True)
 class SecAggPlan:
-    """Secure aggregation of a study (see the module docstring for each field)."""
+    """Secure aggregation of a study (see the module docstring for each field).
+
+    ``key_batch = 1`` (the default) is left out of :meth:`to_json`, so a study without key
+    batches is carried in exactly the bytes it was before the option existed.
+    """
 
     enabled: bool = False
     threshold: int | None = None
@@ -170,10 +178,18 @@ class SecAggPlan:
     value_bits: int = 15
     max_weight: int = 4096
     stage_timeout_s: float = 120.0
+    key_batch: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
             raise ConfigError("[secure_aggregation] enabled must be true or false")
+        batch = self.key_batch
+        if not isinstance(batch, int) or isinstance(batch, bool) or not 1 <= batch <= MAX_KEY_BATCH:
+            raise ConfigError(
+                f"[secure_aggregation] key_batch must be an integer in [1, {MAX_KEY_BATCH}] (how "
+                f"many rounds one key set-up serves), got {batch!r}; use 1 for fresh keys every "
+                "round, or about the number of rounds between expected changes of the cohort"
+            )
         if self.threshold is not None and (
             not isinstance(self.threshold, int) or isinstance(self.threshold, bool)
         ):
@@ -212,12 +228,17 @@ class SecAggPlan:
         return self.threshold if self.neighbours else self.threshold_for(n_sites)
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-ready form (carried in every task)."""
-        return asdict(self)
+        """JSON-ready form (carried in every task); ``key_batch`` only when it is not 1."""
+        out = asdict(self)
+        if self.key_batch == 1:
+            del out["key_batch"]
+        return out
 
     @classmethod
     def from_json(cls, raw: Any) -> SecAggPlan:
-        """Validate a plan received in a message."""
+        """Validate a plan received in a message (a missing ``key_batch`` is 1)."""
+        if isinstance(raw, dict) and "key_batch" not in raw:
+            raw = {**raw, "key_batch": 1}
         plan: SecAggPlan = _from_json(cls, raw, "secure aggregation plan")
         return plan
 

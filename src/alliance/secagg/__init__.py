@@ -11,11 +11,13 @@ into the weighted integer vectors that are masked and summed.
 Modules, from the bottom: ``context`` (what everything is bound to), ``quantize``, ``prg``
 (seed → mask), ``keys`` (X25519 agreement), ``shamir`` (t-of-n shares), ``sealing`` (shares
 encrypted for one recipient), ``graph`` (who masks with whom), ``round_setup``, ``messages``,
-``client``, ``server``. Every refusal or failed round raises
-:class:`~alliance.core.errors.SecAggAbort`.
+``client``, ``server``, and ``batched`` (:class:`KeyBatchClient`, :class:`KeyBatchServer`: one
+set-up of independent per-round key slots, so that later rounds need only the masked input).
+Every refusal or failed round raises :class:`~alliance.core.errors.SecAggAbort`.
 """
 
 from alliance.core.errors import SecAggAbort
+from alliance.secagg.batched import MAX_KEY_BATCH, KeyBatchClient, KeyBatchServer, KeyBatchSetup
 from alliance.secagg.client import ClientStage, SecAggClient, Sign, Verify
 from alliance.secagg.context import RoundContext, canonical_bytes
 from alliance.secagg.graph import MaskingGraph, default_threshold
@@ -40,11 +42,15 @@ from alliance.secagg.shamir import (
 )
 
 __all__ = [
+    "MAX_KEY_BATCH",
     "MAX_MODULUS_BITS",
     "PRG_CIPHER",
     "AggregateSum",
     "ClientStage",
     "KeyAdvert",
+    "KeyBatchClient",
+    "KeyBatchServer",
+    "KeyBatchSetup",
     "KeyPurpose",
     "MaskExpander",
     "MaskPurpose",

@@ -8,6 +8,12 @@ that is aborted and restarted gets a new attempt, hence fresh keys and masks). A
 for one context cannot be replayed into another: its signature, its AEAD associated data or its
 key derivation no longer match.
 
+A context may also name a *key slot* (:mod:`alliance.secagg.batched`): slot ``j`` of the key batch
+set up in that round and attempt. A slot is one independent instance of the protocol whose keys
+were advertised and shared in advance; its context encodes under its own label, so nothing made
+for one slot verifies for another slot, for another batch, or for a context without a slot (whose
+encoding is unchanged).
+
 What is signed, hashed or fed to a key derivation is always :func:`canonical_bytes`: each part
 tagged with its type and prefixed with its length, so that no two different tuples of parts
 share an encoding (``("ab", "c")`` and ``("a", "bc")`` differ). Every use starts with its own
@@ -28,6 +34,8 @@ __all__ = ["RoundContext", "canonical_bytes"]
 
 _SEED_LABEL = "alliance-secagg-round-seed-v1"
 _CONTEXT_LABEL = "alliance-secagg-context-v1"
+_SLOT_CONTEXT_LABEL = "alliance-secagg-slot-context-v1"
+_FIELDS = frozenset({"federation", "study", "round", "attempt"})
 
 
 def canonical_bytes(*parts: str | bytes | int | Sequence[str]) -> bytes:
@@ -66,12 +74,16 @@ class RoundContext:
         The round number (``>= 0``).
     attempt
         Which try of the round (``>= 0``); a restarted round uses a new attempt.
+    slot
+        ``None`` for a per-round attempt; ``j >= 0`` for slot ``j`` of the key batch set up in
+        this round and attempt.
     """
 
     federation: str
     study: str
     round: int
     attempt: int = 0
+    slot: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("federation", "study"):
@@ -84,11 +96,25 @@ class RoundContext:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"round context: {name} must be an integer >= 0, got {value!r}")
+        if self.slot is not None and (
+            not isinstance(self.slot, int) or isinstance(self.slot, bool) or self.slot < 0
+        ):
+            raise ConfigError(
+                f"round context: slot must be None or an integer >= 0, got {self.slot!r}"
+            )
+
+    def with_slot(self, slot: int) -> RoundContext:
+        """Slot ``slot`` of the key batch set up in this attempt."""
+        return RoundContext(self.federation, self.study, self.round, self.attempt, slot)
 
     def to_bytes(self) -> bytes:
         """The canonical encoding of the context (part of every signed or derived value)."""
+        if self.slot is None:
+            return canonical_bytes(
+                _CONTEXT_LABEL, self.federation, self.study, self.round, self.attempt
+            )
         return canonical_bytes(
-            _CONTEXT_LABEL, self.federation, self.study, self.round, self.attempt
+            _SLOT_CONTEXT_LABEL, self.federation, self.study, self.round, self.attempt, self.slot
         )
 
     @property
@@ -98,19 +124,26 @@ class RoundContext:
 
     def describe(self) -> str:
         """Human-readable form for error messages."""
-        return (
+        where = (
             f"federation {self.federation!r} study {self.study!r} round {self.round} "
             f"attempt {self.attempt}"
         )
+        return (
+            where if self.slot is None else f"key slot {self.slot} of the batch set up in {where}"
+        )
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-ready form: ``{"federation", "study", "round", "attempt"}``."""
-        return {
+        """JSON-ready form: ``{"federation", "study", "round", "attempt"}``, and ``"slot"`` only
+        for a key slot."""
+        out: dict[str, Any] = {
             "federation": self.federation,
             "study": self.study,
             "round": self.round,
             "attempt": self.attempt,
         }
+        if self.slot is not None:
+            out["slot"] = self.slot
+        return out
 
     @classmethod
     def from_json(cls, raw: Any) -> RoundContext:
@@ -119,14 +152,18 @@ class RoundContext:
         Raises
         ------
         ProtocolError
-            ``raw`` is not an object with exactly the four fields, or a field is invalid.
+            ``raw`` is not an object with exactly the four fields (five with ``slot``), or a field
+            is invalid.
         """
-        fields = {"federation", "study", "round", "attempt"}
-        if not isinstance(raw, dict) or set(raw) != fields:
+        if not isinstance(raw, dict) or set(raw) not in (_FIELDS, _FIELDS | {"slot"}):
             raise ProtocolError(
-                f"secagg round context must have exactly the fields {sorted(fields)}"
+                f"secagg round context must have exactly the fields {sorted(_FIELDS)} "
+                "(and 'slot' for a key slot)"
             )
+        slot = raw.get("slot")
+        if "slot" in raw and slot is None:
+            raise ProtocolError("secagg round context: slot must be an integer >= 0")
         try:
-            return cls(raw["federation"], raw["study"], raw["round"], raw["attempt"])
+            return cls(raw["federation"], raw["study"], raw["round"], raw["attempt"], slot)
         except ConfigError as exc:
             raise ProtocolError(str(exc)) from None

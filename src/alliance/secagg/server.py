@@ -155,6 +155,12 @@ class SecAggServer:
 
     def receive_advert(self, advert: KeyAdvert) -> None:
         """Accept one site's key advert."""
+        self.check_advert(advert)
+        self._adverts[advert.site] = advert
+
+    def check_advert(self, advert: KeyAdvert) -> None:
+        """Raise what :meth:`receive_advert` would raise for ``advert``, accepting nothing (a key
+        batch checks every slot's advert before it accepts any)."""
         self._expect(ServerStage.ADVERTISE, f"key advert of {advert.site!r}")
         self._check_context(advert.context, f"key advert of {advert.site!r}")
         self._check_member(advert.site, self.setup.sites, "key advert")
@@ -165,7 +171,6 @@ class SecAggServer:
             raise IntegrityError(f"key advert of {advert.site!r} reuses a public key; rejected")
         if self._verify and not self._verify(advert.site, advert.signed_bytes(), advert.signature):
             raise IntegrityError(f"key advert of {advert.site!r} has an invalid signature")
-        self._adverts[advert.site] = advert
 
     def close_adverts(self) -> dict[str, KeyAdvert]:
         """End the advert stage; the returned adverts (U1) go to every site in U1."""
@@ -178,6 +183,11 @@ class SecAggServer:
 
     def receive_shares(self, sender: str, sealed: Mapping[str, bytes]) -> None:
         """Accept the sealed shares ``sender`` addresses to each of its neighbours in U1."""
+        self.check_shares(sender, sealed)
+        self._sealed[sender] = dict(sealed)
+
+    def check_shares(self, sender: str, sealed: Mapping[str, bytes]) -> None:
+        """Raise what :meth:`receive_shares` would raise, accepting nothing."""
         self._expect(ServerStage.SHARE_KEYS, f"shares of {sender!r}")
         self._check_member(sender, self._u1, "shares")
         if sender in self._sealed:
@@ -191,7 +201,6 @@ class SecAggServer:
         for recipient, box in sealed.items():
             if not isinstance(box, bytes) or len(box) > MAX_SEALED_SIZE:
                 raise IntegrityError(f"shares of {sender!r} for {recipient!r} are malformed")
-        self._sealed[sender] = dict(sealed)
 
     def close_shares(self) -> ShareRouting:
         """End the share exchange: the sealed shares for each site of U2, and U2 itself (the
@@ -251,6 +260,16 @@ class SecAggServer:
         self._u3 = u3
         self._stage = ServerStage.CONSISTENCY
         return tuple(sorted(u3))
+
+    def recoverable_by(self, holders: Collection[str]) -> bool:
+        """Whether the sites ``holders`` (of U3) can complete the round without the others: at
+        least ``quorum`` of them, and ``share_threshold`` holders of each survivor's seed and of
+        each dropped site's key. The coordinator asks only them to confirm and unmask when it
+        would rather not wait for the rest (sites on files); meaningful once the masked-input
+        stage is closed (``False`` before)."""
+        if self._stage not in (ServerStage.CONSISTENCY, ServerStage.UNMASK):
+            return False
+        return self._unrecoverable(frozenset(holders), self._u3, self._u2 - self._u3) is None
 
     # -- stage 3: consistency check -------------------------------------------------------------
 
@@ -422,15 +441,25 @@ class SecAggServer:
         dropped: frozenset[str],
     ) -> None:
         """Abort unless ``holders`` can reveal every survivor's seed and dropped site's key."""
+        missing = self._unrecoverable(holders, survivors, dropped)
+        if missing is not None:
+            self._abort(stage, len(holders), missing)
+
+    def _unrecoverable(
+        self, holders: frozenset[str], survivors: frozenset[str], dropped: frozenset[str]
+    ) -> str | None:
+        """Why ``holders`` cannot reveal every survivor's seed and dropped site's key, or
+        ``None`` when they can."""
         t, graph = self.setup.share_threshold, self._graph
         if len(holders) < self.setup.quorum:
-            self._abort(stage, len(holders), f"{len(self._u2)} sites shared keys")
+            return f"{len(self._u2)} sites shared keys"
         for site in sorted(survivors):
             if len(graph.neighbourhood(site) & holders) < t:
-                self._abort(stage, len(holders), f"too few holders of {site!r}'s seed shares")
+                return f"too few holders of {site!r}'s seed shares"
         for site in sorted(dropped):
             if len(graph.neighbours(site) & holders) < t:
-                self._abort(stage, len(holders), f"too few holders of {site!r}'s key shares")
+                return f"too few holders of {site!r}'s key shares"
+        return None
 
     def _abort(self, stage: ServerStage, remaining: int, detail: str) -> NoReturn:
         self._stage = ServerStage.ABORTED
