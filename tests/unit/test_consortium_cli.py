@@ -45,6 +45,10 @@ EXPECTED_SITE_TOML = """\
 federation = "rare-west"
 site = "pumch"
 coordinator = "https://coord.example.org:9443"
+# No network connection allowed? transport = "files": tasks arrive as bundles that
+# `alliance site import` puts in [files] inbox; replies wait in outbox for `alliance site
+# export`; the approved study files go in [files] studies (defaults: folders beside this file).
+# transport = "files"
 
 [tls]
 certificate = "site.crt"

@@ -9,6 +9,7 @@ from alliance.algorithms.strategies import (
     Strategy,
     StrategyName,
     make_strategy,
+    update_shares,
     weighted_mean_delta,
 )
 
@@ -21,5 +22,6 @@ __all__ = [
     "Strategy",
     "StrategyName",
     "make_strategy",
+    "update_shares",
     "weighted_mean_delta",
 ]

@@ -9,6 +9,9 @@ to sites (FedProx sets the proximal term). Strategies register by name in :data:
 - **FedAdam** (Reddi et al. 2021): the weighted mean delta is a pseudo-gradient for a server-side
   Adam step with its own learning rate and state.
 
+Each update counts in proportion to its number of training examples, or to an explicit
+:attr:`SiteUpdate.weight` when the round loop sets one (asynchronous rounds discount a stale
+update by its staleness, :mod:`alliance.protocol.aggregation`); strategies do not know why.
 Aggregation sums in float64 in sorted site order, so results do not depend on arrival order.
 It streams: each site's delta is loaded, added and dropped in turn, so a coordinator needs memory
 for the model, not for sites × model. A strategy's own state (FedAdam's moments) is exposed as
@@ -19,6 +22,7 @@ every model version, so a restarted coordinator continues bit for bit.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -38,6 +42,7 @@ __all__ = [
     "Strategy",
     "StrategyName",
     "make_strategy",
+    "update_shares",
     "weighted_mean_delta",
 ]
 
@@ -49,16 +54,52 @@ class SiteUpdate:
     """One site's contribution to a round.
 
     ``delta`` is the parameter delta, or a function that loads it (from the coordinator's
-    store), so that only one site's delta is in memory at a time while aggregating.
+    store), so that only one site's delta is in memory at a time while aggregating. ``weight``
+    is the update's unnormalised weight in the mean; ``None`` (the default) means its
+    ``num_examples``.
     """
 
     site: str
     num_examples: int
     delta: Weights | Callable[[], Weights]
+    weight: float | None = None
 
     def load(self) -> Weights:
         """The parameter delta."""
         return self.delta() if callable(self.delta) else self.delta
+
+
+def update_shares(updates: Sequence[SiteUpdate]) -> dict[str, float]:
+    """Each update's normalised weight in the mean (they sum to 1), by site.
+
+    Raises
+    ------
+    FederationError
+        If there is no update, or a weight is negative or not finite, or they sum to zero.
+    """
+    shares: dict[str, float] = {}
+    for u, share in zip(updates, _shares(updates), strict=True):
+        shares[u.site] = shares.get(u.site, 0.0) + share
+    return shares
+
+
+def _shares(updates: Sequence[SiteUpdate]) -> list[float]:
+    """Normalised weights, in the order of ``updates``."""
+    if not updates:
+        raise FederationError("no site update to aggregate: the round has no contribution")
+    raw: list[int | float] = []
+    for u in updates:
+        value = u.num_examples if u.weight is None else u.weight
+        if not math.isfinite(value) or value < 0:
+            raise FederationError(
+                f"update from {u.site}: its weight must be finite and >= 0, got {value}"
+            )
+        raw.append(value)
+    # Integers while no weight is set, so that the shares are those of the plain sample count.
+    total = sum(raw)
+    if total <= 0:
+        raise FederationError("the updates of this round weigh nothing (zero examples in all)")
+    return [value / total for value in raw]
 
 
 class Strategy(Protocol):
@@ -86,17 +127,16 @@ class Strategy(Protocol):
 
 
 def weighted_mean_delta(updates: Sequence[SiteUpdate]) -> dict[str, npt.NDArray[np.float64]]:
-    """Sample-weighted mean of the deltas, accumulated in float64, in sorted site order."""
-    if not updates:
-        raise FederationError("no site update to aggregate: the round has no contribution")
-    total = sum(u.num_examples for u in updates)
+    """Weighted mean of the deltas (weights: :func:`update_shares`), accumulated in float64, in
+    sorted site order."""
+    shares = _shares(updates)
     out: dict[str, npt.NDArray[np.float64]] = {}
-    for u in sorted(updates, key=lambda u: u.site):
-        delta = u.load()
+    for i in sorted(range(len(updates)), key=lambda i: updates[i].site):
+        delta = updates[i].load()
         if not out:
             out = {name: np.zeros(d.shape, dtype=np.float64) for name, d in delta.items()}
         for name, acc in out.items():
-            acc += (u.num_examples / total) * delta[name].astype(np.float64)
+            acc += shares[i] * delta[name].astype(np.float64)
         del delta
     return out
 

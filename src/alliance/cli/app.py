@@ -18,6 +18,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from alliance.cli import courier as _courier  # noqa: F401 - registers export/import
 from alliance.cli.audit import app as audit_app
 from alliance.cli.common import console, err, errors, state
 from alliance.cli.consortium import app as consortium_app
@@ -25,6 +26,7 @@ from alliance.cli.data import app as data_app
 from alliance.cli.deploy import coordinator_app, site_app, study_app
 from alliance.core.errors import ConfigError, DataError
 from alliance.core.logging import configure_logging
+from alliance.protocol.aggregation import AggregationMode
 
 __all__ = ["app", "main"]
 
@@ -101,6 +103,22 @@ def demo(
             "network connection: their messages travel as signed, sealed file bundles.",
         ),
     ] = 0,
+    offline_aggregation: Annotated[
+        str,
+        typer.Option(
+            help="With --offline: 'sync' rounds wait for the courier (the very model of the "
+            "all-online run), 'async' rounds do not (FedBuff: late replies count, discounted "
+            "by their staleness), or 'both'.",
+        ),
+    ] = "both",
+    courier_delay: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="With --offline, asynchronous run: model versions a courier takes to bring a "
+            "hospital's reply back.",
+        ),
+    ] = 3,
     site_files: Annotated[
         bool,
         typer.Option(
@@ -117,6 +135,7 @@ def demo(
     with errors():
         make_strategy(strategy)
         epsilons = _epsilons(epsilon)
+        offline_modes = _offline_modes(offline_aggregation)
         if cases is not None and not cases.exists():
             raise DataError(f"cases file {cases} does not exist")
         cfg = DemoConfig(
@@ -130,6 +149,8 @@ def demo(
             epsilons=epsilons,
             site_files=out / "hospitals" if site_files and cases is None else None,
             offline=offline,
+            offline_aggregation=offline_modes,
+            courier_delay=courier_delay,
         )
         console.print(
             f"[bold]Guardian Alliance demo[/] — 12 hospitals, {rounds} rounds of {strategy}"
@@ -173,6 +194,46 @@ def _epsilons(text: str) -> tuple[float, ...]:
             raise ConfigError(f"--epsilon: every budget must be a number > 0, got {part.strip()}")
         out.append(value)
     return tuple(out)
+
+
+def _offline_modes(text: str) -> tuple[AggregationMode, ...]:
+    """Parse ``--offline-aggregation sync|async|both``."""
+    choice = text.strip().lower()
+    if choice == "both":
+        return (AggregationMode.SYNC, AggregationMode.ASYNC)
+    try:
+        return (AggregationMode(choice),)
+    except ValueError:
+        raise ConfigError(
+            f"--offline-aggregation: {text!r} is not one of sync, async, both"
+        ) from None
+
+
+def _print_offline_async(m: dict[str, Any]) -> None:
+    run = m.get("offline_async")
+    if not run:
+        return
+    names = {s["id"]: s["name"] for s in m["sites"]}
+    fed, mixed = m["overall"]["federated"], run["overall"]
+    late = run["late_updates"]
+    staleness = sorted({u["staleness"] for u in late})
+    discount = sorted({u["discount"] for u in late}, reverse=True)
+    arrived = (
+        f"{len(late)} of their replies counted, τ = {'/'.join(map(str, staleness))} versions "
+        f"late, each weighing ×{'/'.join(f'{d:.2f}' for d in discount)} of its cases"
+        if late
+        else "none of their replies arrived in time to count"
+    )
+    console.print(
+        f"Asynchronous rounds (a version every {run['buffer']} updates, discount "
+        f"(1+τ)^-{run['staleness_exponent']:g}) with "
+        f"{', '.join(names.get(s, s) for s in run['sites'])} on files, the courier taking "
+        f"{run['courier_delay']} versions: {arrived}; top-1 {_pct(mixed['top1'])}, "
+        f"top-3 {_pct(mixed['top3'])}, top-10 {_pct(mixed['top10'])} against "
+        f"{_pct(fed['top1'])}, {_pct(fed['top3'])} and {_pct(fed['top10'])} all online "
+        "(synchronous).",
+        highlight=False,
+    )
 
 
 def _print_offline(m: dict[str, Any]) -> None:
@@ -296,6 +357,7 @@ def _print_demo(m: dict[str, Any]) -> None:
     _print_privacy(m)
     _print_site_files(m)
     _print_offline(m)
+    _print_offline_async(m)
 
 
 def _load(model: Path) -> Any:

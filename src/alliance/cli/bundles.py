@@ -49,12 +49,24 @@ url = "sqlite:///coordinator.db"
 
 [audit]
 path = "audit.log"
+
+# Hospitals that allow no network connection exchange signed, encrypted bundles by courier:
+# `alliance coordinator export --site ID --to DIR` and `alliance coordinator import DIR`.
+# [files]
+# dir = "offline"                      # to-<site>/ folders, inbox/, state/
+# ttl_days = 14                        # how long a bundle stays valid on its way
+# [files.sites]
+# "site-id" = "sites/site-id.crt"      # the hospital's site.crt from the consortium folder
 """
 _SITE_TOML = """\
 # Guardian Alliance site agent of "{display}" in consortium "{name}".
 federation = {fed}
 site = {site}
 coordinator = {url}
+# No network connection allowed? transport = "files": tasks arrive as bundles that
+# `alliance site import` puts in [files] inbox; replies wait in outbox for `alliance site
+# export`; the approved study files go in [files] studies (defaults: folders beside this file).
+# transport = "files"
 
 [tls]
 certificate = "site.crt"

@@ -3,6 +3,7 @@
 - ``alliance coordinator serve --config coordinator.toml``
 - ``alliance site run --config site.toml``
 - ``alliance site budget --config site.toml`` (the hospital's privacy spending, per study)
+- ``alliance site|coordinator export|import`` for hospitals on files (:mod:`alliance.cli.courier`)
 - ``alliance study hash|submit|status|logs`` (submit/status/logs with ``--config operator.toml``)
 """
 
@@ -59,8 +60,12 @@ def site_run(
     studies: Annotated[
         int | None, typer.Option(help="Exit after this many studies ended (default: never).")
     ] = None,
+    until_idle: Annotated[
+        bool,
+        typer.Option("--until-idle", help="Hospital on files: work through the inbox, then exit."),
+    ] = False,
 ) -> None:
-    """Poll the coordinator, check each task against the hospital's policy, train, submit."""
+    """Fetch each task (HTTPS, or the inbox on files), check it against policy, train, reply."""
     from alliance.site.runner import SiteConfig, SiteRunner, describe
 
     configure_logging(verbose=state["verbose"], service=True)
@@ -68,12 +73,23 @@ def site_run(
         cfg = SiteConfig.load(config)
         runner = SiteRunner(cfg)
         info = describe(cfg)
+        link = (
+            info["coordinator"]
+            if cfg.files is None
+            else f"files (inbox {cfg.files.inbox}, outbox {cfg.files.outbox})"
+        )
         console.print(
-            f"site [bold]{info['site']}[/] of {info['federation']} → {info['coordinator']}; "
+            f"site [bold]{info['site']}[/] of {info['federation']} → {link}; "
             f"cases {info['train']}; {info['approved_studies']} approved studies; "
             f"min cohort {info['min_cohort']}; audit log {cfg.state_dir / 'audit.log'}"
         )
-        runner.run(max_studies=studies)
+        runner.run(max_studies=studies, until_idle=until_idle)
+        if until_idle and cfg.files is not None:
+            pending = sorted(cfg.files.outbox.glob("*.gabn"))
+            console.print(
+                f"inbox done; {len(pending)} bundle(s) in {cfg.files.outbox} for "
+                "`alliance site export --to <courier folder>`"
+            )
 
 
 @site_app.command("budget")

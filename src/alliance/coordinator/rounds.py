@@ -27,6 +27,16 @@ stored, the coordinator only ever holds masked vectors and finally their sum, fr
 strategy takes the weighted mean as if it were one site's update (privacy and secure aggregation
 wrap aggregation; strategies do not know about them). :meth:`Coordinator.advance` moves the
 stages on; :meth:`Coordinator.outgoing` is what a site receives next, whichever the stage.
+
+A study with ``[aggregation] mode = "async"`` (:mod:`alliance.protocol.aggregation`) runs
+buffered, staleness-aware rounds instead (:mod:`alliance.coordinator.buffered`): an update
+trained on an older model version, up to ``max_staleness`` versions behind, still counts in the
+open round, discounted by ``(1 + staleness) ** -a``; a round is complete once ``buffer`` updates
+are in, and :meth:`Coordinator.close_round` needs only one. With a mailbox, a site whose task is
+still unanswered and young enough to count gets no new task when the next round opens, so a
+hospital waiting for its courier does not train superseded versions; the same holds for the
+sites named ``offline`` (a courier carries their messages) whoever asks for their task. Each
+:class:`RoundRecord` then lists the contributors' staleness and share of the aggregate.
 """
 
 from __future__ import annotations
@@ -34,18 +44,20 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from alliance.algorithms.strategies import SiteUpdate, Strategy
-from alliance.coordinator.secure import SecureRound
+from alliance.algorithms.strategies import SiteUpdate, Strategy, update_shares
+from alliance.coordinator.buffered import buffered_updates, check_late_round, check_late_update
+from alliance.coordinator.secure import BatchKeys, SecureRound
 from alliance.core.errors import AllianceError, ConfigError, FederationError, ProtocolError
 from alliance.core.faults import crash_point
 from alliance.evaluation.ranking import topk_from_counts
+from alliance.protocol.aggregation import AggregationPlan
 from alliance.protocol.codec import SignatureVerifier, content_digest
 from alliance.protocol.envelope import COORDINATOR, Envelope, Header, MessageKind
 from alliance.protocol.messages import (
@@ -95,7 +107,12 @@ class Receipt(enum.Enum):
 
 @dataclass(frozen=True)
 class RoundRecord:
-    """What a closed round produced: contributors and the sites' aggregate metrics."""
+    """What a closed round produced: contributors and the sites' aggregate metrics.
+
+    In asynchronous rounds ``staleness`` gives each contributor's staleness (model versions
+    between the one it trained on and the one this round improved) and ``shares`` its
+    normalised weight in the aggregate; both are empty for synchronous rounds.
+    """
 
     round: int
     model_version: int
@@ -103,6 +120,8 @@ class RoundRecord:
     num_examples: int
     train_loss: float
     site_metrics: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    staleness: Mapping[str, int] = field(default_factory=dict)
+    shares: Mapping[str, float] = field(default_factory=dict)
 
     def evaluation(self) -> dict[str, float | int | None]:
         """Top-k of the model version the sites received this round, pooled over their test sets."""
@@ -117,6 +136,9 @@ class RoundRecord:
             "num_examples": self.num_examples,
             "train_loss": self.train_loss,
             "site_metrics": {s: dict(m) for s, m in self.site_metrics.items()},
+            # Only asynchronous rounds have these; synchronous summaries stay as they were.
+            **({"staleness": dict(self.staleness)} if self.staleness else {}),
+            **({"shares": dict(self.shares)} if self.shares else {}),
         }
 
     @classmethod
@@ -129,6 +151,8 @@ class RoundRecord:
             num_examples=int(raw["num_examples"]),
             train_loss=float(raw["train_loss"]),
             site_metrics={s: dict(m) for s, m in raw["site_metrics"].items()},
+            staleness={s: int(t) for s, t in raw.get("staleness", {}).items()},
+            shares={s: float(w) for s, w in raw.get("shares", {}).items()},
         )
 
 
@@ -164,6 +188,14 @@ class Coordinator:
     peers
         Checks sites' signatures on secure-aggregation adverts and confirmations (the service
         passes the consortium's CA; ``None`` leaves the check to the sites alone).
+    aggregation
+        Synchronous rounds (default) or buffered, staleness-aware asynchronous ones; the
+        latter cannot be combined with ``secagg``.
+    offline
+        Sites whose messages a courier carries (files transport). With secure aggregation key
+        batches they are not asked to confirm or unmask when the other sites can
+        (:class:`~alliance.coordinator.secure.SecureRound`); in asynchronous rounds they are
+        handed no new task while the last one they were handed may still count.
     """
 
     def __init__(
@@ -183,6 +215,8 @@ class Coordinator:
         privacy: PrivacyPlan | None = None,
         secagg: SecAggPlan | None = None,
         peers: SignatureVerifier | None = None,
+        aggregation: AggregationPlan | None = None,
+        offline: Collection[str] = (),
     ) -> None:
         if not sites and not open_invitation:
             raise ConfigError("a study needs at least one invited site")
@@ -207,6 +241,14 @@ class Coordinator:
         self.rejections: list[Rejection] = []
         self.privacy = privacy or PrivacyPlan()
         self.secagg = secagg or SecAggPlan()
+        self.aggregation = aggregation or AggregationPlan()
+        if self.aggregation.is_async and self.secagg.enabled:
+            raise ConfigError(
+                "asynchronous aggregation cannot be combined with secure aggregation (the masks "
+                "cancel only within one cohort answering the same round)"
+            )
+        #: Asynchronous rounds with a mailbox: site → model version of its unanswered task.
+        self._outstanding: dict[str, int] = {}
         #: Sites that declined the open round (``site → reason``); they are not waited for.
         self.refusals: dict[str, str] = {}
         self.peers = peers
@@ -216,6 +258,9 @@ class Coordinator:
             )
         self.store.save_initial_model(study, weights, strategy.state())
         self._secure: SecureRound | None = None
+        #: Secure aggregation key batches: the batch the next attempts take their slots from.
+        self._keys: BatchKeys | None = None
+        self.offline = frozenset(offline)
         # Attempts are numbered from the clock so that a restarted coordinator never reuses one.
         self._attempt = int(clock() * 1000) % 2**31
         self._resume()
@@ -285,10 +330,20 @@ class Coordinator:
             self._new_attempt(chosen, deadline)
         if self.mailbox is not None:
             for site in chosen:
+                if self._awaiting(site):
+                    continue
                 task = self.task_for(site)
                 if task is not None:
                     self.mailbox.publish(task.to_envelope())
+                    if self.aggregation.is_async:
+                        self._outstanding[site] = self.version
         return self.round
+
+    def _awaiting(self, site: str) -> bool:
+        """Asynchronous rounds: ``site`` still holds a task whose answer could count (a new
+        one would only make it train a superseded version and spend privacy budget twice)."""
+        issued = self._outstanding.get(site)
+        return issued is not None and self.version - issued <= self.aggregation.max_staleness
 
     def _new_attempt(self, cohort: Sequence[str], deadline: float | None) -> None:
         """Start a fresh attempt of the open secure round (fresh keys at every site)."""
@@ -303,7 +358,10 @@ class Coordinator:
             reference=self.weights,
             deadline=deadline,
             peers=self.peers,
+            keys=self._keys,
+            offline=self.offline,
         )
+        self._keys = self._secure.keys
 
     def retry_secure_round(
         self, participants: Sequence[str] | None = None, *, deadline: float | None = None
@@ -378,8 +436,12 @@ class Coordinator:
             or site not in self.participants
             or site in self.answered()
             or site in self.refusals
+            or self._awaiting(site)
         ):
             return None
+        if self.aggregation.is_async and site in self.offline:
+            # A courier site keeps the task it was handed until its reply comes back.
+            self._outstanding[site] = self.version
         secure = self._secure
         cohort: tuple[str, ...] = ()
         attempt = 0
@@ -398,6 +460,7 @@ class Coordinator:
             self.secagg,
             cohort,
             attempt,
+            None if secure is None else secure.key_slot,
         )
 
     def end_for(self, site: str) -> StudyEnd:
@@ -452,6 +515,7 @@ class Coordinator:
                 content_digest(env),
                 update.num_examples,
                 update.metrics,
+                update.model_version,
             )
             try:
                 self.store.add_update(self.study, self.round, meta, update.delta)
@@ -461,6 +525,7 @@ class Coordinator:
         except AllianceError as exc:
             self._reject(env.header, str(exc))
             raise
+        self._outstanding.pop(env.header.sender, None)
         return Receipt.ACCEPTED
 
     def _refusal(self, env: Envelope) -> Receipt:
@@ -468,6 +533,10 @@ class Coordinator:
         h = env.header
         self._check_binding(h)
         refusal = Refusal.from_envelope(env)
+        if h.round != self.round:  # asynchronous: an earlier task declined; not this round
+            self._outstanding.pop(h.sender, None)
+            self._event("site_refused", f"{h.sender} declined round {h.round}: {refusal.reason}")
+            return Receipt.ACCEPTED
         if h.sender in self.refusals:
             return Receipt.DUPLICATE
         self.refusals[h.sender] = refusal.reason
@@ -503,7 +572,17 @@ class Coordinator:
                 f"study {self.study!r} uses secure aggregation; a plaintext update from "
                 f"{h.sender} is refused"
             )
-        if update.model_version != self.version:
+        if self.aggregation.is_async:
+            check_late_update(
+                self.store,
+                self.study,
+                h,
+                model_version=update.model_version,
+                current_version=self.version,
+                open_round=self.round,
+                plan=self.aggregation,
+            )
+        elif update.model_version != self.version:
             raise ProtocolError(
                 f"update trained on model version {update.model_version}, current is {self.version}"
             )
@@ -521,6 +600,9 @@ class Coordinator:
             )
         if h.sender not in self.sites:
             raise ProtocolError(f"sender {h.sender!r} is not invited to study {self.study!r}")
+        if self._open and self.aggregation.is_async and h.round != self.round:
+            check_late_round(self.store, self.study, h, open_round=self.round)
+            return
         if not self._open or h.round != self.round:
             open_round = self.round if self._open else "none"
             raise ProtocolError(f"update for round {h.round}, but the open round is {open_round}")
@@ -537,16 +619,23 @@ class Coordinator:
             return False
         if h.round < 1 or h.round > self.round:
             return False
-        stored = {u.site: u for u in self.store.updates(self.study, h.round)}.get(h.sender)
-        return (
-            stored is not None and stored.nonce == h.nonce and stored.digest == content_digest(env)
-        )
+        # An asynchronous round files a late update under the round open when it arrived.
+        filed = range(h.round, self.round + 1) if self.aggregation.is_async else (h.round,)
+        for round_ in filed:
+            stored = {u.site: u for u in self.store.updates(self.study, round_)}.get(h.sender)
+            if stored is not None and stored.nonce == h.nonce:
+                return stored.digest == content_digest(env)
+        return False
 
     @property
     def complete(self) -> bool:
         """Whether every participant has answered the open round (secure rounds: the sum is in)."""
         if self._open and self._secure is not None:
             return self._secure.stage == "done"
+        if self._open and self.aggregation.is_async:
+            buffer = self.aggregation.buffer_for(len(self.participants))
+            if len(self.answered()) >= buffer:
+                return True
         return self._open and self.answered() | set(self.refusals) >= set(self.participants)
 
     def close_round(self) -> RoundRecord:
@@ -561,6 +650,8 @@ class Coordinator:
             raise FederationError("no round is open")
         if self._secure is not None:
             return self._close_secure(self._secure)
+        if self.aggregation.is_async:
+            return self._close_buffered()
         metas = self.store.updates(self.study, self.round)
         quorum = min(self.quorum, len(self.participants))
         if len(metas) < quorum:
@@ -611,6 +702,36 @@ class Coordinator:
         self._secure = None
         self._event("round_closed", f"{message}, model version {self.version}")
         return record
+
+    def _close_buffered(self) -> RoundRecord:
+        """Asynchronous: apply the buffer's updates, each discounted by its staleness."""
+        metas = self.store.updates(self.study, self.round)
+        if not metas:
+            raise FederationError(
+                f"round {self.round}: no update yet; an asynchronous round closes with at least one"
+            )
+        crash_point("coordinator.after_quorum")
+        updates, staleness = buffered_updates(
+            metas, version=self.version, plan=self.aggregation, loader=self._loader
+        )
+        n = sum(m.num_examples for m in metas)
+        record = RoundRecord(
+            round=self.round,
+            model_version=self.version + 1,
+            sites=tuple(m.site for m in metas),
+            num_examples=n,
+            train_loss=sum(m.num_examples * m.metrics.get("train_loss", 0.0) for m in metas) / n,
+            site_metrics={m.site: dict(m.metrics) for m in metas},
+            staleness=staleness,
+            shares=update_shares(updates),
+        )
+        late = sum(1 for tau in staleness.values() if tau > 0)
+        return self._apply(
+            updates,
+            record,
+            f"round {self.round} closed with {len(metas)} updates ({late} late, staleness up to "
+            f"{max(staleness.values())}; {n} cases)",
+        )
 
     def _close_secure(self, secure: SecureRound) -> RoundRecord:
         """Apply the strategy to the unmasked weighted mean of the survivors' updates."""

@@ -14,9 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from alliance.coordinator.offline import FilesConfig, OfflineSites
 from alliance.coordinator.service import CoordinatorService
 from alliance.core.config import TomlFile
 from alliance.core.errors import ConfigError
+from alliance.crypto.keyfiles import load_signing_key
 from alliance.crypto.pki import TrustStore
 from alliance.crypto.signing import Signer
 from alliance.crypto.tls import server_context
@@ -25,7 +27,7 @@ from alliance.store.audit import AuditLog
 from alliance.store.sql import SqlStore
 from alliance.transport.http import create_app, run_server
 
-__all__ = ["CoordinatorConfig", "serve"]
+__all__ = ["CoordinatorConfig", "build_service", "open_offline_sites", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ class CoordinatorConfig:
     crl: Path | None
     store_url: str
     audit: Path
+    files: FilesConfig | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> CoordinatorConfig:
@@ -67,6 +70,7 @@ class CoordinatorConfig:
             crl=f.path_of("tls", "crl", optional=True),
             store_url=url,
             audit=f.required_path("audit", "path", must_exist=False),
+            files=FilesConfig.from_toml(f),
         )
 
 
@@ -78,12 +82,29 @@ def build_service(config: CoordinatorConfig) -> CoordinatorService:
             f"{config.path}: {config.certificate} is issued to {signer.name!r}, not to the "
             f"coordinator"
         )
+    trust = TrustStore.load(config.ca, config.crl)
     return CoordinatorService(
         federation=config.federation,
         store=SqlStore(config.store_url),
         signer=signer,
-        trust=TrustStore.load(config.ca, config.crl),
+        trust=trust,
         audit=AuditLog(config.audit, actor=COORDINATOR),
+        offline=open_offline_sites(config, signer, trust),
+    )
+
+
+def open_offline_sites(
+    config: CoordinatorConfig, signer: Signer | None = None, trust: TrustStore | None = None
+) -> OfflineSites | None:
+    """The hospitals on files of ``config`` (``None`` without a ``[files]`` table)."""
+    if config.files is None:
+        return None
+    return OfflineSites(
+        federation=config.federation,
+        config=config.files,
+        signer=signer or Signer.from_files(config.certificate, config.signing_key),
+        key=load_signing_key(config.signing_key),
+        trust=trust or TrustStore.load(config.ca, config.crl),
     )
 
 
@@ -113,3 +134,5 @@ def serve(
         service.stop()
         driver.join(timeout=5)
         service.store.close()
+        if service.offline is not None:
+            service.offline.close()

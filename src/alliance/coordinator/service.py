@@ -14,9 +14,20 @@ are in the :class:`~alliance.store.state.CoordinatorStore`, and the round loop i
   deadline moves and the log says who is missing);
 - finishes the study after its last round; each participant is then told so when it next polls.
 
+A study with ``[aggregation] mode = "async"`` changes these steps: the first round opens for
+every invited site once all are alive, or ``buffer`` of them after ``round_timeout_s``; a round
+closes as soon as ``buffer`` updates are in (possibly late ones, discounted by their staleness)
+or at its deadline with at least one; and the next one opens at once, waiting for nobody.
+
 Sites are identified by their TLS client certificate; every message they get is signed by the
 coordinator, and every update must be signed by the site at the other end of the socket. Each
 step is written to the hash-chained audit log.
+
+Hospitals that allow no network connection (``[files]`` of ``coordinator.toml``, see
+:mod:`alliance.coordinator.offline`) are always counted as reachable. At every tick the service
+reads the bundles imported into its files inbox and counts each message through the very checks
+an HTTPS upload passes, then writes what each such hospital should receive next (task, stage,
+study end) as a bundle, once. Every bundle written, read or refused is an audit line.
 """
 
 from __future__ import annotations
@@ -26,7 +37,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from alliance.algorithms.strategies import make_strategy
 from alliance.coordinator.rounds import Coordinator, Receipt
@@ -38,13 +50,17 @@ from alliance.models.tasks import StudyModel, make_study_model
 from alliance.models.training import get_weights
 from alliance.privacy.accountant import SampledGaussian, epsilon
 from alliance.protocol.codec import MessageSigner, decode_signed, encode_signed
-from alliance.protocol.envelope import COORDINATOR, Header, MessageKind
+from alliance.protocol.envelope import COORDINATOR, Envelope, Header, MessageKind
 from alliance.protocol.messages import StudyEnd
 from alliance.protocol.privacy import PrivacyPlan, SecAggPlan
 from alliance.protocol.study import StudySpec
 from alliance.store.audit import AuditLog
 from alliance.store.state import CoordinatorStore, StoredEvent, StudyRecord, StudyStatus
 from alliance.transport.http import NotFoundError, PermissionDenied
+
+if TYPE_CHECKING:
+    from alliance.coordinator.offline import OfflineSites
+    from alliance.protocol.bundles import OpenedBundle
 
 __all__ = ["CoordinatorService", "describe_privacy"]
 
@@ -82,6 +98,8 @@ class CoordinatorService:
         Builds a study's model kind from its ``[model]`` table (default: the registry).
     clock
         Time source.
+    offline
+        The hospitals on files and their folders (``None``: every hospital is online).
     """
 
     def __init__(
@@ -94,8 +112,10 @@ class CoordinatorService:
         audit: AuditLog,
         model_kind: Callable[[dict[str, Any]], StudyModel] = make_study_model,
         clock: Callable[[], float] = time.time,
+        offline: OfflineSites | None = None,
     ) -> None:
         self.federation = federation
+        self.offline = offline
         self.store = store
         self.signer = signer
         self.trust = trust
@@ -154,6 +174,15 @@ class CoordinatorService:
         """Advance the running study by at most one step (see the module docstring)."""
         with self._lock:
             run = self._running or self._start_next_study()
+            if self.offline is not None:
+                self._read_bundles(run)
+            self._advance(run)
+            if self.offline is not None:
+                self._write_bundles()
+
+    def _advance(self, run: _Running | None) -> None:
+        """One step of the running study (see :meth:`tick`)."""
+        with self._lock:
             if run is None:
                 return
             coord, spec, now = run.coordinator, run.spec, self.clock()
@@ -178,11 +207,8 @@ class CoordinatorService:
         secure = coord.secure_round
         assert secure is not None
         if secure.aborted is not None:
-            alive = [
-                s
-                for s in coord.participants
-                if now - self._seen.get(s, -ALIVE_S - 1) <= ALIVE_S and s not in coord.refusals
-            ]
+            reachable = set(self._alive(now))
+            alive = [s for s in coord.participants if s in reachable and s not in coord.refusals]
             self.audit.append(
                 "secure_round_retried", study=run.spec.study_id, round=coord.round, sites=alive
             )
@@ -219,15 +245,21 @@ class CoordinatorService:
 
     def _maybe_open(self, run: _Running, now: float) -> None:
         coord, spec = run.coordinator, run.spec
-        alive = sorted(s for s, t in self._seen.items() if now - t <= ALIVE_S)
+        alive = self._alive(now)
         if spec.sites is None:
             for site in alive:
                 coord.invite(site)
         ready = [s for s in alive if s in coord.sites]
         everyone = spec.sites is None or len(ready) == len(coord.sites)
         waited = now - run.started >= spec.round_timeout_s or coord.round > 0
-        if len(ready) < spec.quorum or not (everyone or waited):
+        # Asynchronous rounds wait for nobody after the first: the next version opens at once.
+        asynchronous = coord.aggregation.is_async
+        needed = coord.aggregation.buffer_for(len(coord.sites)) if asynchronous else spec.quorum
+        go_on = asynchronous and coord.round > 0
+        if not go_on and (len(ready) < needed or not (everyone or waited)):
             return
+        if asynchronous:
+            ready = list(coord.sites)  # every invited site may answer whenever it can
         round_ = coord.start_round(participants=ready, deadline=now + spec.round_timeout_s)
         self.audit.append(
             "round_opened",
@@ -237,6 +269,12 @@ class CoordinatorService:
             participants=ready,
         )
         self._changed.notify_all()
+
+    def _alive(self, now: float) -> list[str]:
+        """Sites that may be given a place in a round: those that polled recently, and the
+        hospitals on files, which the courier reaches whenever it comes."""
+        polled = {s for s, t in self._seen.items() if now - t <= ALIVE_S}
+        return sorted(polled | (self.offline.sites if self.offline is not None else set()))
 
     def _finish(self, study_id: str) -> None:
         rounds = self.store.rounds(study_id)
@@ -295,6 +333,8 @@ class CoordinatorService:
             privacy=spec.privacy,
             secagg=spec.secagg,
             peers=self._verify,
+            aggregation=spec.aggregation,
+            offline=self.offline.sites if self.offline is not None else (),
         )
         size = sum(int(w.nbytes) for w in weights.values())
         if spec.secagg.enabled:
@@ -319,6 +359,11 @@ class CoordinatorService:
 
     def next_message(self, site: str, wait_s: float) -> bytes | None:
         """The site's task or study end, signed; waits up to ``wait_s`` for one."""
+        if self.offline is not None and site in self.offline.sites:
+            raise PermissionDenied(
+                f"site {site!r} is configured to exchange files ([files.sites] of the "
+                "coordinator's config); it cannot also fetch over HTTPS"
+            )
         give_up = time.monotonic() + wait_s
         with self._changed:
             if site not in self._seen:
@@ -337,10 +382,19 @@ class CoordinatorService:
 
     def _message_for(self, site: str) -> bytes | None:
         run = self._running
+        envelope = self._envelope_for(site)
+        if envelope is None:
+            return None
+        if envelope.header.kind is MessageKind.STUDY_END or run is None:
+            return encode_signed(envelope, self.signer)
+        return encode_signed(envelope, self.signer, ttl_s=run.spec.round_timeout_s * 4)
+
+    def _envelope_for(self, site: str) -> Envelope | None:
+        """What ``site`` should receive now: its task or stage message, or the study's end."""
+        run = self._running
         message = None if run is None else run.coordinator.outgoing(site)
-        if run is not None and message is not None:
-            ttl = run.spec.round_timeout_s * 4
-            return encode_signed(message, self.signer, ttl_s=ttl)
+        if message is not None:
+            return message
         if self._finished is not None and site not in self._ended_sent:
             study_id, version, participants = self._finished
             if site in participants:
@@ -348,13 +402,70 @@ class CoordinatorService:
                 header = Header(
                     MessageKind.STUDY_END, self.federation, study_id, 0, COORDINATOR, site
                 )
-                return encode_signed(StudyEnd(header, version).to_envelope(), self.signer)
+                return StudyEnd(header, version).to_envelope()
         return None
+
+    # --- hospitals on files ------------------------------------------------------------------
+    def _read_bundles(self, run: _Running | None) -> None:
+        """Count every message imported into the files inbox, as if uploaded over HTTPS."""
+        assert self.offline is not None
+        offline = self.offline
+
+        def count(bundle: OpenedBundle, name: str, size: int) -> None:
+            h = bundle.header
+            self.audit.append(
+                "bundle_read",
+                site=h.sender,
+                study=h.study,
+                round=h.round,
+                stage=h.stage,
+                file=name,
+                bytes=size,
+                sha256=bundle.digest,
+            )
+            if h.sender not in offline.sites:
+                # A hospital online over HTTPS cannot also hand in files: one path per site.
+                reason = f"{h.sender} is not in [files.sites]; it must send over HTTPS"
+                self.audit.append("update_rejected", site=h.sender, bytes=size, reason=reason)
+                raise PermissionDenied(reason)
+            self._count(run, h.sender, bundle.envelope, size, via=name)
+
+        for rejection in offline.collect(count):
+            logger.warning("bundle %s not counted: %s", rejection.file, rejection.reason)
+            self.audit.append(
+                "bundle_rejected", file=Path(rejection.file).name, reason=rejection.reason
+            )
+
+    def _write_bundles(self) -> None:
+        """Write what each hospital on files should receive next, once."""
+        assert self.offline is not None
+        for site in sorted(self.offline.sites):
+            envelope = self._envelope_for(site)
+            if envelope is None:
+                continue
+            written = self.offline.publish(envelope)
+            if written is not None:
+                h = envelope.header
+                size, name = written
+                self.audit.append(
+                    "bundle_written",
+                    site=site,
+                    study=h.study,
+                    round=h.round,
+                    stage=str(envelope.body.get("stage", h.kind.value)),
+                    file=name,
+                    bytes=size,
+                )
 
     def submit_update(self, site: str, data: bytes) -> str:
         """Verify a signed update from ``site`` and count it (once)."""
         run = self._current()
         try:
+            if self.offline is not None and site in self.offline.sites:
+                raise PermissionDenied(
+                    f"site {site!r} is configured to exchange files ([files.sites] of the "
+                    "coordinator's config); it cannot also upload over HTTPS"
+                )
             signed = decode_signed(data, self._verify, max_bytes=self.max_upload_bytes())
             if signed.signer != site:
                 raise PermissionDenied(
@@ -367,34 +478,45 @@ class CoordinatorService:
                 self._log(run, "update_rejected", f"{site}: {exc}")
             self.audit.append("update_rejected", site=site, bytes=len(data), reason=str(exc))
             raise
-        assert run is not None
+        return self._count(run, site, signed.envelope, len(data))
+
+    def _count(
+        self, run: _Running | None, site: str, envelope: Envelope, size: int, via: str = ""
+    ) -> str:
+        """Count one verified message from ``site`` in the running study (once)."""
+        if run is None:
+            error = FederationError("no study is running; this message belongs to none")
+            self.audit.append("update_rejected", site=site, bytes=size, reason=str(error))
+            raise error
+        details: dict[str, Any] = {"bundle": via} if via else {}
         crash_point("service.before_update_commit")
         with self._changed:
             if self._running is not run:
                 raise FederationError("the study this update belongs to is no longer running")
             try:
-                receipt = run.coordinator.accept(signed.envelope)
+                receipt = run.coordinator.accept(envelope)
             except AllianceError as exc:
-                self.audit.append("update_rejected", site=site, bytes=len(data), reason=str(exc))
+                self.audit.append(
+                    "update_rejected", site=site, bytes=size, reason=str(exc), **details
+                )
                 raise
             if receipt is Receipt.ACCEPTED:
-                h = signed.envelope.header
+                h = envelope.header
                 event = {
                     MessageKind.MODEL_UPDATE: "update_received",
                     MessageKind.REFUSAL: "round_refused",
                     MessageKind.SECAGG: "secagg_received",
                 }.get(h.kind, "message_received")
-                details: dict[str, Any] = {}
                 if h.kind is MessageKind.SECAGG:
-                    details["stage"] = signed.envelope.body.get("stage")
+                    details["stage"] = envelope.body.get("stage")
                 if h.kind is MessageKind.REFUSAL:
-                    details["reason"] = signed.envelope.body.get("reason")
+                    details["reason"] = envelope.body.get("reason")
                 self.audit.append(
                     event,
                     study=run.spec.study_id,
                     round=h.round,
                     site=site,
-                    bytes=len(data),
+                    bytes=size,
                     **details,
                 )
             self._changed.notify_all()

@@ -4,7 +4,8 @@ The input is the mapping the federated demo writes to ``metrics.json`` (schema
 ``alliance.demo.metrics/1``). The output is a single HTML page with inline CSS and the plots
 embedded as base64 PNG data URIs: it references nothing outside itself, so it opens offline in a
 hospital. Optional parts of the metrics (``local_on_union``, ``single_site_diseases``,
-``unseen_diseases``, ``run.privacy``, ``run.attribution``) are shown only when present.
+``unseen_diseases``, ``run.privacy``, ``run.attribution``, the runs with hospitals on files
+``offline`` and ``offline_async``) are shown only when present.
 
 This module reads and checks the metrics and assembles the page; :mod:`alliance.evaluation.plots`
 draws the plots from the numbers read here.
@@ -91,6 +92,7 @@ def render_report(metrics: Mapping[str, Any]) -> str:
         privacy_rows=_privacy_rows(metrics, overall),
         data_rows=_data_rows(metrics, names),
         offline=_offline(metrics, overall, names),
+        offline_async=_offline_async(metrics, overall, names),
         sites=sites,
         round_rows=[_round_row(r) for r in rounds],
         subsets=_subsets(metrics),
@@ -319,6 +321,50 @@ def _offline(
         ],
         "same": bool(run.get("same_weights_as_online")),
         "megabytes": f"{sum(float(v) for v in sizes.values()) / 1e6:,.1f}",
+    }
+
+
+def _offline_async(
+    metrics: Mapping[str, Any], overall: Mapping[str, Any], names: Mapping[str, str]
+) -> dict[str, Any] | None:
+    """The asynchronous run with hospitals on files next to the all-online one, and each late
+    reply: when it counted, how late, and how much."""
+    run = _optional_mapping(metrics, "offline_async", "metrics")
+    if run is None:
+        return None
+    sites = run.get("sites")
+    if not isinstance(sites, list) or not sites:
+        raise DataError("metrics offline_async.sites must be a non-empty list")
+    late = run.get("late_updates") or []
+    if not isinstance(late, list) or not all(isinstance(u, Mapping) for u in late):
+        raise DataError("metrics offline_async.late_updates must be a list of objects")
+    exponent = _number(run, "staleness_exponent")
+    return {
+        "sites": ", ".join(names.get(str(s), str(s)) for s in sites),
+        "rows": [
+            _score_row(
+                "All hospitals online (synchronous)", _mapping(overall, "federated"), "federated"
+            ),
+            _score_row(
+                f"{len(sites)} hospitals on files, asynchronous",
+                _mapping(run, "overall", "offline_async"),
+                "offline",
+            ),
+        ],
+        "late_rows": [
+            [
+                names.get(str(u.get("site")), str(u.get("site"))),
+                _cases(_count(u, "model_version")),
+                _cases(_count(u, "staleness")),
+                "—" if _number(u, "discount") is None else f"×{_number(u, 'discount'):.2f}",
+                _percent(_number(u, "share")),
+            ]
+            for u in late
+        ],
+        "buffer": _cases(_count(run, "buffer")),
+        "exponent": "—" if exponent is None else f"{exponent:g}",
+        "delay": _cases(_count(run, "courier_delay")),
+        "versions": _cases(_count(run, "versions")),
     }
 
 

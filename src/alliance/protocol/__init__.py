@@ -1,5 +1,6 @@
 """Protocol messages, defined once, and the codec that turns them into bytes."""
 
+from alliance.protocol.aggregation import AggregationMode, AggregationPlan
 from alliance.protocol.codec import decode, encode
 from alliance.protocol.envelope import (
     COORDINATOR,
@@ -24,6 +25,8 @@ from alliance.protocol.secure_update import SecureSum, UpdateLayout
 __all__ = [
     "COORDINATOR",
     "PROTOCOL_VERSION",
+    "AggregationMode",
+    "AggregationPlan",
     "Envelope",
     "Header",
     "MessageKind",

@@ -28,6 +28,16 @@ hash a hospital puts in its policy. Example::
     [model]
     kind = "phenotype-ranker"
     dim = 32
+
+    [aggregation]                             # optional; default: synchronous rounds
+    mode = "async"                            # FedBuff: a version every `buffer` updates
+    buffer = 6
+    staleness_exponent = 0.5
+    max_staleness = 10
+
+``[privacy]`` and ``[secure_aggregation]`` are described in :mod:`alliance.protocol.privacy`,
+``[aggregation]`` in :mod:`alliance.protocol.aggregation` (asynchronous aggregation cannot be
+combined with secure aggregation).
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alliance.core.errors import ConfigError
+from alliance.protocol.aggregation import AggregationPlan
 from alliance.protocol.messages import TrainingPlan
 from alliance.protocol.privacy import PrivacyPlan, SecAggPlan
 
@@ -86,6 +97,9 @@ class StudySpec:
         Differential privacy (``[privacy]``, see :mod:`alliance.protocol.privacy`).
     secagg
         Secure aggregation (``[secure_aggregation]``).
+    aggregation
+        Synchronous rounds (default) or buffered, staleness-aware asynchronous aggregation
+        (``[aggregation]``, see :mod:`alliance.protocol.aggregation`).
     text
         The file's text exactly as written; its hash is what hospitals approve.
     """
@@ -103,6 +117,7 @@ class StudySpec:
     text: str = field(repr=False)
     privacy: PrivacyPlan = field(default_factory=PrivacyPlan)
     secagg: SecAggPlan = field(default_factory=SecAggPlan)
+    aggregation: AggregationPlan = field(default_factory=AggregationPlan)
 
     @property
     def hash(self) -> str:
@@ -165,7 +180,15 @@ class StudySpec:
             raise ConfigError(f"{where}: [plan] {exc}") from None
         model = dict(_table(raw, "model", where, required=False) or {})
         model.setdefault("kind", "phenotype-ranker")
-        extra = set(raw) - {"study", "strategy", "plan", "model", "privacy", "secure_aggregation"}
+        extra = set(raw) - {
+            "study",
+            "strategy",
+            "plan",
+            "model",
+            "privacy",
+            "secure_aggregation",
+            "aggregation",
+        }
         if extra:
             raise ConfigError(f"{where}: unknown tables {sorted(extra)}")
         try:
@@ -173,8 +196,18 @@ class StudySpec:
                 _table(raw, "privacy", where, required=False), rounds=rounds
             )
             secagg = SecAggPlan.from_table(_table(raw, "secure_aggregation", where, required=False))
+            aggregation = AggregationPlan.from_table(
+                _table(raw, "aggregation", where, required=False),
+                n_sites=None if sites is None else len(sites),
+            )
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
+        if aggregation.is_async and secagg.enabled:
+            raise ConfigError(
+                f'{where}: [aggregation] mode = "async" cannot be combined with '
+                "[secure_aggregation]: the masks cancel only within one cohort that answers the "
+                'same round; use mode = "sync" or disable secure aggregation'
+            )
         if secagg.enabled and sites is not None and len(sites) < 3:
             raise ConfigError(
                 f"{where}: [secure_aggregation] needs at least 3 invited sites (with 2, each "
@@ -199,6 +232,7 @@ class StudySpec:
             text=text,
             privacy=privacy,
             secagg=secagg,
+            aggregation=aggregation,
         )
 
 

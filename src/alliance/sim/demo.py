@@ -8,6 +8,12 @@ then trains and evaluates three ways with the same model, optimiser and epochs:
 - **federated**: the :class:`~alliance.sim.Simulation` over the in-memory transport;
 - **pooled**: all training cases in one place (the reference no consortium can legally run).
 
+With ``offline`` the smallest hospitals are put on files (signed, sealed bundles carried by a
+courier) in further federated runs: with synchronous rounds (the very model of the all-online
+run, every round waiting for the courier) and with asynchronous, staleness-aware rounds
+(:mod:`alliance.protocol.aggregation`), where the online hospitals make a model version per
+pass and an offline reply counts ``courier_delay`` versions late, discounted.
+
 It returns the metrics dictionary (schema ``alliance.demo.metrics/1``) and the trained model;
 :func:`write_demo_outputs` writes ``metrics.json``, ``report.html`` and ``model.alliance``.
 """
@@ -46,9 +52,10 @@ from alliance.evaluation.report import write_report
 from alliance.models.features import PhenotypeFeatures
 from alliance.models.ranker import CaseDataset, PhenotypeRanker
 from alliance.models.training import train_locally
+from alliance.protocol.aggregation import AggregationMode, AggregationPlan
 from alliance.protocol.messages import TrainingPlan
 from alliance.protocol.privacy import PrivacyPlan, SecAggPlan
-from alliance.sim.simulation import Simulation
+from alliance.sim.simulation import Simulation, SimulationResult
 from alliance.store.modelfile import save_model
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo", "write_demo_outputs"]
@@ -95,6 +102,14 @@ class DemoConfig:
     #: signed, sealed file bundles instead (:mod:`alliance.transport.files`) in a second
     #: federated run, compared with the all-online one.
     offline: int = 0
+    #: How the runs with hospitals on files aggregate: synchronous rounds that wait for the
+    #: courier, asynchronous ones that do not (FedBuff with a staleness discount), or both.
+    offline_aggregation: tuple[AggregationMode, ...] = (AggregationMode.SYNC, AggregationMode.ASYNC)
+    #: Asynchronous run: model versions between an offline hospital's task and its reply
+    #: reaching the coordinator (the reply's staleness).
+    courier_delay: int = 3
+    #: Asynchronous run: a reply ``tau`` versions late counts ``(1 + tau) ** -a`` of its cases.
+    staleness_exponent: float = 0.5
 
 
 @dataclass
@@ -262,10 +277,10 @@ def run_demo(cfg: DemoConfig, *, progress: Progress | None = None) -> DemoResult
     rounds.append({"round": cfg.rounds, **top_k(fed_union).as_dict()})
 
     offline_run: dict[str, Any] | None = None
-    if cfg.offline:
-        # The smallest hospitals are the remote ones in the story: they go on files.
-        by_size = sorted(cohorts, key=lambda c: (len(c.train), c.hospital.id))
-        offline = sorted(c.hospital.id for c in by_size[: min(cfg.offline, len(cohorts))])
+    # The smallest hospitals are the remote ones in the story: they go on files.
+    by_size = sorted(cohorts, key=lambda c: (len(c.train), c.hospital.id))
+    offline = sorted(c.hospital.id for c in by_size[: min(cfg.offline, len(cohorts))])
+    if offline and AggregationMode.SYNC in cfg.offline_aggregation:
         stage = f"{len(offline)} hospitals on files"
         say(stage, 0, cfg.rounds)
         mixed = federation(on_round=_progress(say, stage, cfg.rounds), offline=offline).run()
@@ -285,6 +300,30 @@ def run_demo(cfg: DemoConfig, *, progress: Progress | None = None) -> DemoResult
             "same_weights_as_online": identical,
             "bundle_bytes": {s: mixed.bytes_sent.get(s, 0) for s in offline},
             "seconds": round(mixed.seconds, 1),
+        }
+    offline_async = None
+    if offline and AggregationMode.ASYNC in cfg.offline_aggregation:
+        stage = f"{len(offline)} on files, async"
+        say(stage, 0, cfg.rounds)
+        plan_async = AggregationPlan(
+            AggregationMode.ASYNC,
+            # A version as soon as the online hospitals have answered: nobody waits for a courier.
+            buffer=max(1, len(cohorts) - len(offline)),
+            staleness_exponent=cfg.staleness_exponent,
+            max_staleness=max(10, cfg.courier_delay),
+        )
+        late = federation(
+            on_round=_progress(say, stage, cfg.rounds),
+            offline=offline,
+            aggregation=plan_async,
+            courier_delay=cfg.courier_delay,
+        ).run()
+        late_union = _ranks(late.model, union, features)  # type: ignore[arg-type]
+        offline_async = {
+            "sites": offline,
+            "overall": top_k(late_union).as_dict(),
+            "per_site": {s: top_k(late_union[sl]).as_dict() for s, sl in _offsets(cohorts).items()},
+            **_asynchronous(cfg, plan_async, offline, late, cohorts),
         }
 
     private_runs = []
@@ -344,6 +383,8 @@ def run_demo(cfg: DemoConfig, *, progress: Progress | None = None) -> DemoResult
     metrics["site_files"] = site_files
     if offline_run is not None:
         metrics["offline"] = offline_run
+    if offline_async is not None:
+        metrics["offline_async"] = offline_async
     if private_runs:
         metrics["run"]["privacy"] = (
             f"patient-level DP-SGD at every hospital at ε ∈ "
@@ -354,6 +395,45 @@ def run_demo(cfg: DemoConfig, *, progress: Progress | None = None) -> DemoResult
     metrics["run"]["warnings"] = load_warnings[:50]
     metrics["run"]["n_warnings"] = len(load_warnings)
     return DemoResult(metrics, fed.model, features, cfg)  # type: ignore[arg-type]
+
+
+def _asynchronous(
+    cfg: DemoConfig,
+    plan: AggregationPlan,
+    offline: Sequence[str],
+    result: SimulationResult,
+    cohorts: Sequence[SiteCohort],
+) -> dict[str, Any]:
+    """The asynchronous run with hospitals on files: its settings, and when each late reply
+    arrived, how late and how much it counted."""
+    late = [
+        {
+            "site": site,
+            "model_version": record.model_version,
+            "staleness": tau,
+            "discount": round(plan.discount(tau), 4),
+            "share": round(record.shares.get(site, 0.0), 4),
+        }
+        for record in result.history
+        for site, tau in sorted(record.staleness.items())
+        if site in offline
+    ]
+    return {
+        "buffer": plan.buffer,
+        "staleness_exponent": plan.staleness_exponent,
+        "max_staleness": plan.max_staleness,
+        "courier_delay": cfg.courier_delay,
+        "versions": len(result.history),
+        "late_updates": late,
+        "contributions": {s: sum(1 for u in late if u["site"] == s) for s in offline},
+        "online_contributions": {
+            c.hospital.id: sum(1 for r in result.history if c.hospital.id in r.sites)
+            for c in cohorts
+            if c.hospital.id not in offline
+        },
+        "bundle_bytes": {s: result.bytes_sent.get(s, 0) for s in offline},
+        "seconds": round(result.seconds, 1),
+    }
 
 
 def _progress(say: Progress, stage: str, total: int) -> Callable[[RoundRecord], None]:

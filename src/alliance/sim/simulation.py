@@ -31,6 +31,14 @@ talk to the coordinator through the files transport (:mod:`alliance.transport.fi
 message a bundle signed by its sender and sealed to its recipient, written into folders under
 ``files_dir`` and carried between them by a courier step between the protocol's stages, as a
 USB key would. The other sites stay on the in-memory channel; the coordinator serves both.
+
+With synchronous rounds (the default) every round waits for the courier, so the result is the
+very model of an all-online run. With ``aggregation`` in ``async`` mode
+(:mod:`alliance.protocol.aggregation`) rounds do not wait: each model version is one pass in
+which every online site answers the open round, and the courier brings an offline site's reply
+back ``courier_delay`` versions after the task it answers was handed out; the coordinator
+counts it then, discounted by its staleness, and hands that site no new task while its reply
+is on the road.
 """
 
 from __future__ import annotations
@@ -59,12 +67,21 @@ from alliance.crypto.signing import Signer
 from alliance.crypto.verifier import MessageVerifier
 from alliance.models.training import get_weights, set_weights
 from alliance.privacy.ledger import PrivacyLedger
+from alliance.protocol.aggregation import AggregationPlan
+from alliance.protocol.bundles import peek_header
 from alliance.protocol.envelope import COORDINATOR, Envelope, MessageKind
 from alliance.protocol.messages import TrainingPlan
 from alliance.protocol.privacy import PrivacyPlan, SecAggPlan
 from alliance.site.agent import Site
 from alliance.transport.base import SiteLink
-from alliance.transport.files import BundleLedger, FileMailbox, FileSiteLink, RoutedMailbox, carry
+from alliance.transport.files import (
+    BUNDLE_SUFFIX,
+    BundleLedger,
+    FileMailbox,
+    FileSiteLink,
+    RoutedMailbox,
+    carry,
+)
 from alliance.transport.memory import InMemoryTransport
 
 __all__ = ["Simulation", "SimulationResult", "SiteData", "as_dataset"]
@@ -141,6 +158,11 @@ class Simulation:
         Sites that exchange signed, sealed file bundles instead of in-memory messages.
     files_dir
         Where their bundles are written (default: a temporary folder removed after the run).
+    aggregation
+        Synchronous rounds (default) or buffered, staleness-aware asynchronous ones.
+    courier_delay
+        Asynchronous rounds: model versions between an offline site's task and the courier
+        bringing its answer back (the answer's staleness); 0 brings it within the same version.
     """
 
     def __init__(
@@ -167,9 +189,19 @@ class Simulation:
         quorum: int | None = None,
         offline: Collection[str] = (),
         files_dir: Path | None = None,
+        aggregation: AggregationPlan | None = None,
+        courier_delay: int = 3,
     ) -> None:
         if rounds < 1:
             raise ConfigError(f"rounds must be >= 1, got {rounds}")
+        if (
+            isinstance(courier_delay, bool)
+            or not isinstance(courier_delay, int)
+            or courier_delay < 0
+        ):
+            raise ConfigError(
+                f"courier_delay must be an integer >= 0 versions, got {courier_delay!r}"
+            )
         if not sites:
             raise FederationError("a simulation needs at least one site")
         self.model_fn = model_fn
@@ -207,6 +239,8 @@ class Simulation:
             raise ConfigError(f"offline sites {unknown} are not sites of this simulation")
         self.offline = frozenset(offline)
         self.files_dir = files_dir
+        self.aggregation = aggregation or AggregationPlan()
+        self.courier_delay = courier_delay
 
     def _model(self) -> nn.Module:
         torch.manual_seed(self.seed)
@@ -265,6 +299,8 @@ class Simulation:
             secagg=self.secagg,
             quorum=self.quorum,
             peers=None if identities is None else identities.sites,
+            aggregation=self.aggregation,
+            offline=self.offline,
         )
         ledgers: dict[str, PrivacyLedger] = {}
         sites = []
@@ -303,7 +339,10 @@ class Simulation:
         try:
             for _ in range(self.rounds):
                 coordinator.start_round()
-                self._drive(coordinator, sites, links, files)
+                if self.aggregation.is_async:
+                    self._drive_async(coordinator, sites, links, files)
+                else:
+                    self._drive(coordinator, sites, links, files)
                 record = coordinator.close_round()
                 if self.on_round is not None:
                     self.on_round(record)
@@ -338,16 +377,7 @@ class Simulation:
         for _ in range(16):
             if files is not None:
                 files.to_sites()
-            for site in sites:
-                link = links[site.id]
-                while True:
-                    env = link.fetch(site.id)
-                    if env is None:
-                        break
-                    if self.drop is not None and self.drop(site.id, env.header.round, _stage(env)):
-                        continue
-                    for reply in site.handle(env):
-                        link.submit(reply)
+            self._deliver(sites, links)
             if files is not None:
                 files.to_coordinator()
             coordinator.receive()
@@ -357,6 +387,37 @@ class Simulation:
             # Every site that could answer has: the silent ones are dropped at this stage.
             coordinator.advance(force=True)
         raise FederationError(f"round {coordinator.round} did not complete")
+
+    def _drive_async(
+        self,
+        coordinator: Coordinator,
+        sites: list[Site],
+        links: Mapping[str, SiteLink],
+        files: _FilesChannel | None,
+    ) -> None:
+        """One model version of an asynchronous study: every site answers what it holds, and
+        the courier brings back the offline replies that have been on the road long enough.
+        The round then closes with what arrived (its buffer, or its deadline)."""
+        if files is not None:
+            files.to_sites()
+        self._deliver(sites, links)
+        if files is not None:
+            open_round, delay = coordinator.round, self.courier_delay
+            files.to_coordinator(due=lambda answered: open_round - answered >= delay)
+        coordinator.receive()
+
+    def _deliver(self, sites: list[Site], links: Mapping[str, SiteLink]) -> None:
+        """Each site handles every message waiting for it and sends its replies."""
+        for site in sites:
+            link = links[site.id]
+            while True:
+                env = link.fetch(site.id)
+                if env is None:
+                    break
+                if self.drop is not None and self.drop(site.id, env.header.round, _stage(env)):
+                    continue
+                for reply in site.handle(env):
+                    link.submit(reply)
 
 
 @dataclass(frozen=True)
@@ -416,11 +477,27 @@ class _FilesChannel:
             for file in carry(self.mailbox.outbox(name), self.root / name / "inbox"):
                 self.bytes_sent[COORDINATOR] += file.stat().st_size
 
-    def to_coordinator(self) -> None:
-        """... and brings their replies back."""
+    def to_coordinator(self, *, due: Callable[[int], bool] | None = None) -> None:
+        """... and brings their replies back: all of them, or those answering a round for
+        which ``due(round)`` holds (the others stay in the courier's bag)."""
         for name in self.sites:
-            for file in carry(self.root / name / "outbox", self.mailbox.inbox):
+            source = self.root / name / "outbox"
+            if due is not None:
+                source = self._unpack(name, due)
+            for file in carry(source, self.mailbox.inbox):
                 self.bytes_sent[name] += file.stat().st_size
+
+    def _unpack(self, site: str, due: Callable[[int], bool]) -> Path:
+        """Collect ``site``'s outbox into the courier's bag; a folder of the bundles now due."""
+        bag = self.root / site / "courier"
+        ready = bag / "due"
+        ready.mkdir(parents=True, exist_ok=True)
+        for _ in carry(self.root / site / "outbox", bag):
+            pass
+        for file in sorted(bag.glob(f"*{BUNDLE_SUFFIX}")):
+            if due(peek_header(file.read_bytes()).round):
+                file.replace(ready / file.name)
+        return ready
 
     def close(self) -> None:
         for ledger in self._ledgers.values():

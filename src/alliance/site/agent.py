@@ -147,7 +147,7 @@ class Site:
         task = TrainTask.from_envelope(env)
         try:
             if task.secagg.enabled:
-                return [self.secure.begin(task, lambda: self._train(task)).to_envelope()]
+                return [m.to_envelope() for m in self.secure.begin(task, lambda: self._train(task))]
             return [self.train_round(task).to_envelope()]
         except BudgetExceeded as exc:
             logger.warning("site %s declined round %d: %s", self.id, task.header.round, exc)

@@ -1,8 +1,8 @@
-"""``alliance site run``: a hospital's agent, talking to the coordinator over HTTPS.
+"""``alliance site run``: a hospital's agent, talking to the coordinator over HTTPS or by files.
 
-The agent only ever opens outbound connections. It long-polls for its next message, verifies
-the coordinator's signature, and for a training task applies the hospital's own policy before
-any patient record is touched:
+With ``transport = "https"`` (the default) the agent only ever opens outbound connections. It
+long-polls for its next message, verifies the coordinator's signature, and for a training task
+applies the hospital's own policy before any patient record is touched:
 
 1. the study file's sha256 (fetched from the coordinator, hashed here) must be in
    ``[policy] approved_studies`` — a study cannot change after the hospital approved it;
@@ -19,6 +19,21 @@ update and submits it, retrying through coordinator restarts and network drops (
 bytes each time, so the coordinator counts it once). A hospital that joins in the middle of a
 study simply receives the current model with its first task. Every task, refusal and update
 (with its size) is written to the site's own hash-chained audit log: what left the hospital.
+
+A hospital that allows no network connection sets ``transport = "files"``::
+
+    transport = "files"
+    [files]
+    inbox = "inbox"       # `alliance site import` puts the coordinator's bundles here
+    outbox = "outbox"     # replies wait here for `alliance site export`
+    studies = "studies"   # the study files the hospital approved (their hashes are in
+                          # [policy] approved_studies), since there is no coordinator to ask
+
+The agent then reads its inbox instead of polling: every bundle is checked (the coordinator's
+signature and certificate, the seal to this hospital, federation, addressing, expiry, replay in
+``<state>/bundles.db``), and each reply is sealed to the coordinator's certificate-bound key and
+written to the outbox. Everything else (policy, privacy budget, training, audit) is the same
+code as online. ``alliance site run --until-idle`` works through the inbox and exits.
 """
 
 from __future__ import annotations
@@ -32,6 +47,7 @@ from typing import Any
 from alliance.core.config import TomlFile
 from alliance.core.errors import AllianceError, ConfigError, ProtocolError
 from alliance.core.faults import crash_point
+from alliance.crypto.keyfiles import load_signing_key
 from alliance.crypto.pki import Role, TrustStore
 from alliance.crypto.signing import Signer
 from alliance.crypto.tls import client_context
@@ -44,12 +60,53 @@ from alliance.protocol.messages import StudyEnd, TrainTask
 from alliance.protocol.study import StudySpec, spec_hash
 from alliance.site.agent import Site
 from alliance.store.audit import AuditLog
+from alliance.transport.files import BundleLedger, FileSiteLink
 from alliance.transport.http import HttpClient
 from alliance.transport.https_link import HttpSiteLink
 
-__all__ = ["SiteConfig", "SiteRunner", "describe"]
+__all__ = ["FilesFolders", "SiteConfig", "SiteRunner", "describe"]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FilesFolders:
+    """``[files]`` of a hospital on files: inbox, outbox and its approved study files."""
+
+    inbox: Path
+    outbox: Path
+    studies: Path
+
+    def study_text(self, study_id: str) -> str:
+        """The text of the study file in :attr:`studies` whose ``[study] id`` is ``study_id``.
+
+        Raises
+        ------
+        ConfigError
+            No such file, or two of them.
+        """
+        import tomllib
+
+        found = []
+        files = sorted(self.studies.glob("*.toml")) if self.studies.is_dir() else []
+        for file in files:
+            text = file.read_text(encoding="utf-8")
+            try:
+                declared = tomllib.loads(text).get("study", {}).get("id")
+            except tomllib.TOMLDecodeError:
+                continue
+            if declared == study_id:
+                found.append((file, text))
+        if not found:
+            raise ConfigError(
+                f"no study file with [study] id = {study_id!r} in {self.studies}; put the "
+                "study.toml the hospital approved there (its hash must be in [policy] "
+                "approved_studies)"
+            )
+        if len(found) > 1:
+            names = ", ".join(str(f) for f, _ in found)
+            raise ConfigError(f"several study files declare id {study_id!r}: {names}; keep one")
+        return found[0][1]
 
 
 @dataclass(frozen=True)
@@ -72,6 +129,12 @@ class SiteConfig:
     poll_s: float = 25.0
     budget_epsilon: float = 8.0
     budget_delta: float = 1e-5
+    files: FilesFolders | None = None
+
+    @property
+    def transport(self) -> str:
+        """``"https"`` or ``"files"``."""
+        return "https" if self.files is None else "files"
 
     @property
     def ledger_path(self) -> Path:
@@ -101,13 +164,27 @@ class SiteConfig:
                     f"{f.path}: [policy] approved_studies: {h!r} is not a study hash; "
                     "`alliance study hash study.toml` prints one"
                 )
+        transport = f.string(None, "transport", default="https")
+        if transport not in ("https", "files"):
+            raise ConfigError(
+                f'{f.path}: transport = {transport!r}; use "https" (the default) or "files" '
+                "(a hospital without a network connection)"
+            )
+        files = None
+        if transport == "files":
+            files = FilesFolders(
+                inbox=_folder(f, "inbox"),
+                outbox=_folder(f, "outbox"),
+                studies=_folder(f, "studies"),
+            )
         return cls(
             path=f.path,
             federation=f.string(None, "federation"),
             site=f.string(None, "site"),
-            coordinator=f.string(None, "coordinator"),
+            coordinator=f.string(None, "coordinator", default="files" if files else None),
             certificate=f.required_path("tls", "certificate"),
-            key=f.required_path("tls", "key"),
+            key=f.path_of("tls", "key", optional=files is not None)  # TLS: online only
+            or f.path.parent / "site.key",
             signing_key=f.required_path("tls", "signing_key"),
             ca=f.required_path("tls", "ca"),
             crl=f.path_of("tls", "crl", optional=True),
@@ -121,7 +198,14 @@ class SiteConfig:
             budget_delta=f.number(
                 "privacy", "delta", default=1e-5, minimum=0.0, maximum=0.01, exclusive_minimum=True
             ),
+            files=files,
         )
+
+
+def _folder(f: TomlFile, key: str) -> Path:
+    """A folder of ``[files]`` (default: its key's name beside the config file)."""
+    path = f.path_of("files", key, must_exist=False, optional=True)
+    return path if path is not None else f.path.parent / key
 
 
 @dataclass
@@ -150,18 +234,35 @@ class SiteRunner:
                 f"{config.certificate} is issued to {self.signer.name!r}"
             )
         self.trust = TrustStore.load(config.ca, config.crl)
-        self.link = HttpSiteLink(
-            client
-            or HttpClient(
-                config.coordinator,
-                ssl_context=client_context(
-                    certificate=config.certificate, key=config.key, ca=config.ca
+        coordinator = MessageVerifier(self.trust, role=Role.COORDINATOR)
+        self.link: HttpSiteLink | FileSiteLink
+        if config.files is not None:
+            self.bundles: BundleLedger | None = BundleLedger(config.state_dir / "bundles.db")
+            self.link = FileSiteLink(
+                config.site,
+                federation=config.federation,
+                inbox=config.files.inbox,
+                outbox=config.files.outbox,
+                signer=self.signer,
+                key=load_signing_key(config.signing_key),
+                coordinator_key=None,
+                verify=coordinator,
+                ledger=self.bundles,
+            )
+        else:
+            self.bundles = None
+            self.link = HttpSiteLink(
+                client
+                or HttpClient(
+                    config.coordinator,
+                    ssl_context=client_context(
+                        certificate=config.certificate, key=config.key, ca=config.ca
+                    ),
                 ),
-            ),
-            signer=self.signer,
-            verify=MessageVerifier(self.trust, role=Role.COORDINATOR),
-            poll_s=config.poll_s,
-        )
+                signer=self.signer,
+                verify=coordinator,
+                poll_s=config.poll_s,
+            )
         self.audit = AuditLog(config.state_dir / "audit.log", actor=config.site)
         self.ledger = config.open_ledger()
         self.peers = MessageVerifier(self.trust, role=Role.SITE)
@@ -170,14 +271,32 @@ class SiteRunner:
         self._kinds: dict[str, StudyModel] = {}
         self.studies_done = 0
 
-    def run(self, *, max_studies: int | None = None, stop: threading.Event | None = None) -> None:
-        """Poll and work until ``max_studies`` studies ended (forever if ``None``) or ``stop``."""
-        self.audit.append("agent_started", coordinator=self.config.coordinator)
+    def run(
+        self,
+        *,
+        max_studies: int | None = None,
+        stop: threading.Event | None = None,
+        until_idle: bool = False,
+    ) -> None:
+        """Poll and work until ``max_studies`` studies ended (forever if ``None``) or ``stop``;
+        with ``until_idle`` (files only), until the inbox holds nothing more."""
+        if until_idle and self.config.files is None:
+            raise ConfigError(
+                f"{self.config.path}: --until-idle is for a hospital on files "
+                '(transport = "files"); over HTTPS the agent waits for its next task'
+            )
+        self.audit.append(
+            "agent_started", coordinator=self.config.coordinator, transport=self.config.transport
+        )
         stop = stop or threading.Event()
         while not stop.is_set() and (max_studies is None or self.studies_done < max_studies):
             try:
-                env = self.link.fetch(self.config.site)
+                env = self._fetch()
+                if env is None and until_idle:
+                    return
                 worked = True if env is None else self._handle(env)
+                if env is None and self.config.files is not None:
+                    worked = False  # nothing in the inbox: look again after poll_s
             except AllianceError as exc:
                 logger.error("site %s: %s", self.config.site, exc)
                 self.audit.append("error", message=str(exc))
@@ -185,6 +304,27 @@ class SiteRunner:
             if not worked:
                 # The coordinator offers a refused task again at once; do not spin on it.
                 stop.wait(self.config.poll_s)
+
+    def _fetch(self) -> Envelope | None:
+        """The next message; for a hospital on files, bundles refused are audit lines."""
+        if not isinstance(self.link, FileSiteLink):
+            return self.link.fetch(self.config.site)
+        before = len(self.link.rejections)
+        env = self.link.fetch(self.config.site)
+        for rejection in self.link.rejections[before:]:
+            self.audit.append(
+                "bundle_rejected", file=Path(rejection.file).name, reason=rejection.reason
+            )
+        if env is not None:
+            h = env.header
+            self.audit.append(
+                "bundle_read",
+                study=h.study,
+                round=h.round,
+                kind=h.kind.value,
+                stage=str(env.body.get("stage", h.kind.value)),
+            )
+        return env
 
     def _handle(self, env: Envelope) -> bool:
         """Act on one verified message; ``False`` if the site refused to work on it."""
@@ -282,7 +422,11 @@ class SiteRunner:
         study_id = task.header.study
         if study_id in self._studies:
             return self._check_plan(self._studies[study_id], task)
-        text = self.link.study_spec(study_id)
+        if isinstance(self.link, HttpSiteLink):
+            text = self.link.study_spec(study_id)
+        else:
+            assert self.config.files is not None
+            text = self.config.files.study_text(study_id)
         digest = spec_hash(text)
         if digest not in self.config.approved_studies:
             self._refuse(
@@ -371,6 +515,7 @@ def describe(config: SiteConfig) -> dict[str, Any]:
         "site": config.site,
         "federation": config.federation,
         "coordinator": config.coordinator,
+        "transport": config.transport,
         "train": config.data.train.location,
         "test": config.data.test.location if config.data.test else None,
         "format": config.data.train.format.value,

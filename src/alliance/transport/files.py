@@ -96,6 +96,10 @@ class BundleLedger:
             "CREATE TABLE IF NOT EXISTS bundles (sender TEXT NOT NULL, nonce TEXT NOT NULL, "
             "digest TEXT NOT NULL, accepted_at REAL NOT NULL, PRIMARY KEY (sender, nonce))"
         )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS published (recipient TEXT NOT NULL, message TEXT NOT NULL, "
+            "published_at REAL NOT NULL, PRIMARY KEY (recipient, message))"
+        )
 
     def accept(self, opened: OpenedBundle) -> bool:
         """Record a bundle; ``False`` if its nonce was accepted before (a replay)."""
@@ -111,6 +115,20 @@ class BundleLedger:
             "SELECT 1 FROM bundles WHERE sender = ? AND nonce = ?", (sender, nonce)
         ).fetchone()
         return row is not None
+
+    def publish_once(self, recipient: str, message: str) -> bool:
+        """Record that ``message`` (a key naming it) was written for ``recipient``; ``False`` if
+        it was before. A sender uses it so that a restart does not write the same task twice."""
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO published VALUES (?, ?, ?)", (recipient, message, time.time())
+        )
+        return cursor.rowcount == 1
+
+    def forget_published(self, recipient: str, message: str) -> None:
+        """Undo :meth:`publish_once` (writing the bundle failed)."""
+        self._db.execute(
+            "DELETE FROM published WHERE recipient = ? AND message = ?", (recipient, message)
+        )
 
     def close(self) -> None:
         """Close the database."""
@@ -155,9 +173,20 @@ class _Reader:
         self._max_bytes = max_bytes
         self.rejections: list[Rejection] = []
         self.accepted: list[OpenedBundle] = []
+        #: File name and size of each accepted bundle, by its digest.
+        self.files: dict[str, tuple[str, int]] = {}
 
-    def read_all(self) -> list[OpenedBundle]:
-        """Every pending bundle that passes, in the order they were created."""
+    def read_all(
+        self, handle: Callable[[OpenedBundle, str, int], None] | None = None
+    ) -> list[OpenedBundle]:
+        """Every pending bundle that passes, in the order they were created.
+
+        With ``handle``, each bundle is handed to it (with its file name and size) *before* it
+        is recorded as accepted, so that a crash in between leaves it in the folder to be read
+        again (the handler must count a message once, as the coordinator's store does). A
+        bundle the handler refuses (:class:`~alliance.core.errors.AllianceError`) is recorded
+        and moved to ``rejected/`` with the handler's reason.
+        """
         good: list[tuple[float, str, OpenedBundle, Path]] = []
         for file in self.folder.pending():
             try:
@@ -169,11 +198,24 @@ class _Reader:
             good.append((opened.header.created_at, file.name, opened, file))
         out = []
         for _, _, opened, file in sorted(good, key=lambda item: (item[0], item[1])):
-            if not self._ledger.accept(opened):
-                sender, nonce = opened.header.sender, opened.header.nonce
+            sender, nonce = opened.header.sender, opened.header.nonce
+            if self._ledger.seen(sender, nonce):
                 self._reject(
                     file, f"replayed: {sender!r}'s bundle nonce {nonce} was accepted before"
                 )
+                continue
+            size = file.stat().st_size
+            self.files[opened.digest] = (file.name, size)
+            refused: AllianceError | None = None
+            if handle is not None:
+                try:
+                    handle(opened, file.name, size)
+                except AllianceError as exc:
+                    refused = exc
+            if not self._ledger.accept(opened):  # another reader took it meanwhile
+                continue
+            if refused is not None:
+                self._reject(file, f"not counted: {refused}", type(refused))
                 continue
             self.folder.settle(file, accepted=True)
             self.accepted.append(opened)
@@ -211,6 +253,8 @@ class FileSiteLink:
         The site's Ed25519 private signing key (its sealing key is derived from it).
     coordinator_key
         The coordinator's Ed25519 public key, from its certificate: replies are sealed to it.
+        ``None``: taken from the certificate of the coordinator's bundles as they are read
+        (``verify`` has checked it against the consortium); a site only ever replies.
     verify
         Checks the coordinator's signatures against the consortium.
     ledger
@@ -226,7 +270,7 @@ class FileSiteLink:
         outbox: Path,
         signer: Signer,
         key: ed25519.Ed25519PrivateKey,
-        coordinator_key: ed25519.Ed25519PublicKey,
+        coordinator_key: ed25519.Ed25519PublicKey | None,
         verify: SignatureVerifier,
         ledger: BundleLedger,
         ttl_s: float = DEFAULT_TTL_S,
@@ -234,11 +278,14 @@ class FileSiteLink:
     ) -> None:
         self.site = site
         self.federation = federation
+        self.inbox = inbox
         self.outbox = outbox
         self._signer = signer
         self._coordinator_key = coordinator_key
         self._ttl_s = ttl_s
         self._queue: list[Envelope] = []
+        #: ``(bytes, file name)`` of the last bundle written by :meth:`submit`.
+        self.last_sent: tuple[int, str] | None = None
         self._reader = _Reader(
             inbox,
             open_one=lambda data: open_bundle(
@@ -263,8 +310,21 @@ class FileSiteLink:
         if site != self.site:
             raise TransportError(f"this link belongs to site {self.site!r}, not {site!r}")
         if not self._queue:
-            self._queue = [opened.message.envelope for opened in self._reader.read_all()]
+            opened = self._reader.read_all()
+            for bundle in opened:
+                if bundle.header.sender == COORDINATOR:
+                    self._learn_coordinator(bundle.header.certificate_der)
+            self._queue = [bundle.message.envelope for bundle in opened]
         return self._queue.pop(0) if self._queue else None
+
+    def _learn_coordinator(self, certificate_der: bytes) -> None:
+        from cryptography import x509
+
+        from alliance.crypto.pki import signing_public_key
+
+        key = signing_public_key(x509.load_der_x509_certificate(certificate_der))
+        if key is not None:
+            self._coordinator_key = key
 
     def submit(self, envelope: Envelope) -> None:
         """Seal a reply to the coordinator and write it into the outbox."""
@@ -272,11 +332,18 @@ class FileSiteLink:
             raise TransportError(
                 f"site {self.site!r} can only send its own messages to the coordinator"
             )
+        if self._coordinator_key is None:
+            raise TransportError(
+                f"site {self.site!r} has read no bundle from the coordinator yet, so it has no "
+                "key to seal a reply to; import the coordinator's bundles first"
+            )
         self.outbox.mkdir(parents=True, exist_ok=True)
         data = seal_bundle(
             envelope, signer=self._signer, recipient_key=self._coordinator_key, ttl_s=self._ttl_s
         )
-        write_atomically(self.outbox / _name_of(data), data)
+        name = _name_of(data)
+        write_atomically(self.outbox / name, data)
+        self.last_sent = (len(data), name)
 
 
 class FileMailbox:
@@ -316,6 +383,8 @@ class FileMailbox:
         self._signer = signer
         self._site_keys = dict(site_keys)
         self._ttl_s = ttl_s
+        #: ``(bytes, file name)`` of the last bundle written by :meth:`publish`.
+        self.last_sent: tuple[int, str] | None = None
         self._reader = _Reader(
             root / "inbox",
             open_one=lambda data: open_bundle(
@@ -358,11 +427,24 @@ class FileMailbox:
         folder = self.outbox(recipient)
         folder.mkdir(parents=True, exist_ok=True)
         data = seal_bundle(envelope, signer=self._signer, recipient_key=key, ttl_s=self._ttl_s)
-        write_atomically(folder / _name_of(data), data)
+        name = _name_of(data)
+        write_atomically(folder / name, data)
+        self.last_sent = (len(data), name)
 
     def collect(self) -> list[Envelope]:
         """Every new message the sites' bundles carry, oldest first."""
-        return [opened.message.envelope for opened in self._reader.read_all()]
+        return [opened.message.envelope for opened in self.collect_bundles()]
+
+    def collect_bundles(
+        self, handle: Callable[[OpenedBundle, str, int], None] | None = None
+    ) -> list[OpenedBundle]:
+        """Every new bundle of the inbox, opened and recorded, oldest first; each handed to
+        ``handle`` (with its file name and size) before it is recorded (see ``_Reader``)."""
+        return self._reader.read_all(handle)
+
+    def file_of(self, opened: OpenedBundle) -> tuple[str, int]:
+        """The file name and size an accepted bundle was read from."""
+        return self._reader.files.get(opened.digest, ("?", 0))
 
 
 class RoutedMailbox:

@@ -1,0 +1,217 @@
+"""The coordinator's side of hospitals on files: ``[files]`` of ``coordinator.toml``.
+
+A hospital that allows no network connection is listed in ``coordinator.toml`` with the
+certificate from its start-up bundle (the consortium folder's ``sites/<id>/site.crt``)::
+
+    [files]
+    dir = "offline"               # to-<site>/ for each hospital, inbox/, state/bundles.db
+    ttl_days = 14                 # how long a bundle stays valid on its way
+
+    [files.sites]
+    "xizang-peoples" = "sites/xizang-peoples.crt"
+
+The certificate is checked against the consortium CA and CRL when the coordinator starts: its
+name must be the hospital's id and its role ``site``; every bundle for that hospital is sealed
+to the key it binds. The service (:mod:`alliance.coordinator.service`) then treats these sites
+as always reachable: what it would hand such a site over HTTPS (its task, a secure-aggregation
+stage, the study's end) is written once, as a sealed and signed bundle, into
+``<dir>/to-<site>/`` — recorded in :class:`~alliance.transport.files.BundleLedger` so that a
+restart does not write it again — and ``alliance coordinator export --site X`` moves it to the
+courier. ``alliance coordinator import FILE`` checks bundles from the hospitals and places them
+in ``<dir>/inbox/``; the service reads them there and counts each message through the same path
+as an HTTPS upload (:meth:`CoordinatorService.submit_update`'s checks), once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from alliance.core.config import TomlFile
+from alliance.core.errors import AllianceError, ConfigError
+from alliance.crypto.keyfiles import load_certificate
+from alliance.crypto.pki import Role, TrustStore
+from alliance.crypto.signing import Signer
+from alliance.crypto.verifier import MessageVerifier
+from alliance.protocol.bundles import DEFAULT_MAX_BUNDLE_BYTES, OpenedBundle, open_bundle
+from alliance.protocol.envelope import COORDINATOR, Envelope, MessageKind
+from alliance.transport.files import BundleLedger, FileMailbox, Rejection
+
+__all__ = ["FilesConfig", "OfflineSites", "message_key"]
+
+
+@dataclass(frozen=True)
+class FilesConfig:
+    """``[files]`` of ``coordinator.toml``: where bundles live and which hospitals use them."""
+
+    dir: Path
+    sites: Mapping[str, Path] = field(default_factory=dict)
+    ttl_s: float = 14 * 86_400.0
+
+    @classmethod
+    def from_toml(cls, f: TomlFile) -> FilesConfig | None:
+        """The ``[files]`` table of ``f``, or ``None`` when it has none."""
+        if "files" not in f.data:
+            return None
+        table = f.data["files"]
+        if not isinstance(table, dict):
+            raise ConfigError(f"{f.path}: [files] must be a table")
+        sites = table.get("sites", {})
+        if not isinstance(sites, dict) or not all(isinstance(v, str) for v in sites.values()):
+            raise ConfigError(
+                f"{f.path}: [files.sites] must map each hospital's id to the path of its "
+                'certificate, e.g. "xizang-peoples" = "sites/xizang-peoples.crt"'
+            )
+        paths = {}
+        for site, cert in sites.items():
+            path = Path(cert) if Path(cert).is_absolute() else f.path.parent / cert
+            if not path.is_file():
+                raise ConfigError(
+                    f"{f.path}: [files.sites] {site} = {cert!r}: no such certificate; copy the "
+                    f"hospital's site.crt from the consortium folder (sites/{site}/site.crt)"
+                )
+            paths[str(site)] = path
+        ttl_days = f.number("files", "ttl_days", default=14.0, minimum=0.0, exclusive_minimum=True)
+        return cls(
+            dir=f.required_path("files", "dir", must_exist=False),
+            sites=paths,
+            ttl_s=ttl_days * 86_400.0,
+        )
+
+
+def message_key(envelope: Envelope) -> str:
+    """What names a message to a site independently of its nonce and time: the same task asked
+    for twice has the same key, so it is written once."""
+    h = envelope.header
+    body = envelope.body
+    if h.kind is MessageKind.TRAIN_TASK:
+        detail = f"v{body.get('model_version')}/a{body.get('attempt')}"
+    elif h.kind is MessageKind.SECAGG:
+        detail = f"{body.get('stage')}/a{body.get('attempt', '')}"
+    else:
+        detail = ""
+    return f"{h.study}/{h.round}/{h.kind.value}/{detail}"
+
+
+class OfflineSites:
+    """The coordinator's mailbox for the hospitals of ``[files]``.
+
+    Parameters
+    ----------
+    federation
+        The consortium.
+    config
+        ``[files]`` of ``coordinator.toml``.
+    signer, key
+        The coordinator's signing identity and its Ed25519 private key.
+    trust
+        The consortium's CA and CRL: each hospital's certificate is checked against it.
+
+    Raises
+    ------
+    ConfigError
+        A listed certificate is not the named hospital's, not a site's, or not valid.
+    """
+
+    def __init__(
+        self,
+        *,
+        federation: str,
+        config: FilesConfig,
+        signer: Signer,
+        key: ed25519.Ed25519PrivateKey,
+        trust: TrustStore,
+    ) -> None:
+        self.federation = federation
+        self.config = config
+        self._key = key
+        self._verify = MessageVerifier(trust, role=Role.SITE)
+        keys: dict[str, ed25519.Ed25519PublicKey] = {}
+        for site, path in config.sites.items():
+            try:
+                identity = trust.verify(load_certificate(path), role=Role.SITE, name=site)
+            except AllianceError as exc:
+                raise ConfigError(
+                    f"[files.sites] {site} = {str(path)!r}: {exc}; list the hospital's own "
+                    "site.crt from the consortium folder"
+                ) from None
+            if identity.consortium != federation:
+                raise ConfigError(
+                    f"[files.sites] {site}: certificate of consortium {identity.consortium!r}, "
+                    f"this coordinator serves {federation!r}"
+                )
+            keys[site] = identity.signing_key
+        self.ledger = BundleLedger(config.dir / "state" / "bundles.db")
+        self._published: set[tuple[str, str]] = set()
+        self.mailbox = FileMailbox(
+            federation=federation,
+            root=config.dir,
+            signer=signer,
+            key=key,
+            site_keys=keys,
+            verify=self._verify,
+            ledger=self.ledger,
+            ttl_s=config.ttl_s,
+        )
+
+    @property
+    def sites(self) -> frozenset[str]:
+        """The hospitals on files."""
+        return self.mailbox.sites
+
+    @property
+    def inbox(self) -> Path:
+        """Where imported bundles wait for the service."""
+        return self.mailbox.inbox
+
+    def outbox(self, site: str) -> Path:
+        """Where bundles for ``site`` wait for ``alliance coordinator export``."""
+        if site not in self.sites:
+            raise ConfigError(
+                f"site {site!r} is not in [files.sites] of the coordinator's config; the "
+                f"hospitals on files are: {', '.join(sorted(self.sites)) or 'none'}"
+            )
+        return self.mailbox.outbox(site)
+
+    def publish(self, envelope: Envelope) -> tuple[int, str] | None:
+        """Write ``envelope`` for its site unless the same message was written before; return
+        ``(bytes, file name)`` of the new bundle, or ``None``."""
+        recipient, key = envelope.header.recipient, message_key(envelope)
+        if (recipient, key) in self._published:  # asked at every tick: spare the database
+            return None
+        if not self.ledger.publish_once(recipient, key):
+            self._published.add((recipient, key))
+            return None
+        try:
+            self.mailbox.publish(envelope)
+        except BaseException:
+            self.ledger.forget_published(recipient, key)
+            raise
+        self._published.add((recipient, key))
+        return self.mailbox.last_sent
+
+    def collect(self, handle: Callable[[OpenedBundle, str, int], None]) -> list[Rejection]:
+        """Hand every new bundle of the inbox to ``handle`` (opened, file name, size) before it
+        is recorded, so that a crash in between leaves it to be read again; return the bundles
+        refused since the last call (by their checks or by ``handle``)."""
+        before = len(self.mailbox.rejections)
+        self.mailbox.collect_bundles(handle)
+        return self.mailbox.rejections[before:]
+
+    def open_one(self, data: bytes) -> OpenedBundle:
+        """Check one bundle from a hospital as the service will (for ``coordinator import``)."""
+        return open_bundle(
+            data,
+            verify=self._verify,
+            recipient=COORDINATOR,
+            recipient_key=self._key,
+            federation=self.federation,
+            max_bytes=DEFAULT_MAX_BUNDLE_BYTES,
+        )
+
+    def close(self) -> None:
+        """Close the bundle ledger."""
+        self.ledger.close()
