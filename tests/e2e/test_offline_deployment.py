@@ -11,7 +11,10 @@ courier: ``alliance coordinator export --site``, ``alliance site import``, ``all
   counts each site once);
 - an altered bundle is refused at import with its reason and exit status 2;
 - every bundle is a line in both audit logs (written/exported by its sender, imported/read by
-  its recipient), and both logs verify.
+  its recipient), and both logs verify;
+- with asynchronous rounds (a deployment of its own), the online hospitals make model versions
+  while the hospital's reply is on the road, the reply counts when it arrives, discounted by its
+  staleness, and the hospital is handed no second task meanwhile.
 """
 
 from __future__ import annotations
@@ -57,14 +60,15 @@ def cli(*args: str, code: int = 0) -> str:
     return result.output
 
 
-def put_on_files(d: Deployment, text: str) -> None:
-    """The hospital's site.toml says files; the coordinator lists its certificate."""
+def put_on_files(d: Deployment, text: str, study: str) -> None:
+    """The hospital's site.toml says files and it keeps the study it approved in ``studies/``;
+    the coordinator lists its certificate."""
     site = d.site_dir(OFFLINE)
     toml = site / "site.toml"
     body = toml.read_text()
     toml.write_text(body.replace("coordinator = ", 'transport = "files"\ncoordinator = ', 1))
     (site / "studies").mkdir(exist_ok=True)
-    (site / "studies" / "study.toml").write_text(text, encoding="utf-8")
+    (site / "studies" / f"{study}.toml").write_text(text, encoding="utf-8")
     certs = d.coordinator_dir / "sites"
     certs.mkdir(exist_ok=True)
     shutil.copy(site / "site.crt", certs / f"{OFFLINE}.crt")
@@ -84,7 +88,7 @@ def test_a_hospital_on_files_trains_the_model_of_the_simulation(deployment: Depl
     sites = (*ONLINE, OFFLINE)
     text = study_text("offline", sites, rounds=ROUNDS, quorum=len(sites), timeout_s=600)
     approve(d, text)
-    put_on_files(d, text)
+    put_on_files(d, text, "offline")
     d.start_coordinator()
     d.submit(text)
     d.site_procs = {}
@@ -181,3 +185,107 @@ def test_an_altered_bundle_is_refused_at_import_with_its_reason(deployment: Depl
     refused = [e for e in events(d.coordinator_dir / "audit.log") if e["event"] == "bundle_refused"]
     assert refused
     assert "signature" in refused[-1]["details"]["reason"]
+
+
+ASYNC_ROUNDS = 8
+ASYNC = """
+[aggregation]
+mode = "async"
+buffer = 3
+max_staleness = 6
+"""
+
+
+def courier_trip(d: Deployment, *, deliver: bool = True) -> bool:
+    """One trip: the coordinator's bundles to the hospital, its run, its replies exported and,
+    with ``deliver``, imported at the coordinator. ``False`` when nothing was waiting."""
+    coordinator_toml = str(d.coordinator_dir / "coordinator.toml")
+    site_toml = str(d.site_dir(OFFLINE) / "site.toml")
+    to_site = d.root / "usb-to-site"
+    out = cli(
+        "coordinator", "export", "--site", OFFLINE, "--to", str(to_site), "-c", coordinator_toml
+    )
+    if "nothing to export" in out:
+        return False
+    cli("site", "import", str(to_site), "-c", site_toml)
+    cli("site", "run", "--until-idle", "-c", site_toml)
+    cli("site", "export", "--to", str(d.root / "usb-to-coordinator"), "-c", site_toml)
+    if deliver:
+        deliver_replies(d)
+    for file in to_site.glob("*.gabn"):
+        file.unlink()
+    return True
+
+
+def deliver_replies(d: Deployment) -> None:
+    folder = d.root / "usb-to-coordinator"
+    cli("coordinator", "import", str(folder), "-c", str(d.coordinator_dir / "coordinator.toml"))
+    for file in folder.glob("*.gabn"):
+        file.unlink()
+
+
+def wait_for(d: Deployment, study: str, ready: Any, what: str, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not ready(d.status(study)):
+        assert time.monotonic() < deadline, f"{what}: {d.log('coordinator.out')}"
+        time.sleep(0.3)
+
+
+@pytest.fixture
+def async_deployment(tmp_path: Path) -> Iterator[Deployment]:
+    d = provision(tmp_path)
+    yield d
+    d.stop()
+
+
+def test_asynchronous_rounds_go_on_without_the_courier_and_count_its_late_reply(
+    async_deployment: Deployment,
+) -> None:
+    """The online hospitals make model versions while the reply of the hospital on files is on
+    the road; when it arrives it counts, discounted, and the hospital had only one task."""
+    d = async_deployment
+    sites = (*ONLINE, OFFLINE)
+    # eight versions: room for the reply to arrive late and still young enough to count
+    text = study_text("async", sites, rounds=ASYNC_ROUNDS, quorum=3, timeout_s=600, extra=ASYNC)
+    approve(d, text)
+    put_on_files(d, text, "async")
+    d.start_coordinator()
+    d.submit(text)
+    for site in ONLINE:
+        d.start_site(site)
+    outbox = d.coordinator_dir / "offline" / f"to-{OFFLINE}"
+    deadline = time.monotonic() + 120
+    while not list(outbox.glob("*.gabn")):
+        assert time.monotonic() < deadline, d.log("coordinator.out")
+        time.sleep(0.3)
+    assert courier_trip(d, deliver=False)  # the reply stays on the road ...
+    wait_for(d, "async", lambda s: s["rounds_closed"] >= 2, "the online hospitals go on")
+    # ... no second task was written for the hospital meanwhile (it would spend its budget)
+    assert not list(outbox.glob("*.gabn"))
+    deliver_replies(d)
+    wait_for(
+        d,
+        "async",
+        lambda s: any(OFFLINE in r["sites"] for r in s["history"]) or s["status"] == "finished",
+        "the late reply counts",
+    )
+    status = d.status("async")
+    late = [r for r in status["history"] if OFFLINE in r["sites"]]
+    assert late, status["history"]
+    tau = late[0]["staleness"][OFFLINE]
+    assert tau >= 2
+    assert late[0]["shares"][OFFLINE] < max(late[0]["shares"].values())
+    while d.status("async")["status"] != "finished":
+        if not courier_trip(d):
+            time.sleep(0.3)
+    d.wait_sites(300)
+    status = d.status("async")
+    assert status["rounds_closed"] == ASYNC_ROUNDS
+    events_ = events(d.site_dir(OFFLINE) / "state" / "audit.log")
+    trained = [
+        e for e in events_ if e["event"] == "task_received" and e["details"]["study"] == "async"
+    ]
+    counted = sum(OFFLINE in r["sites"] for r in status["history"])
+    # every task the hospital trained on was a model it could still improve
+    assert counted >= 1
+    assert len(trained) <= counted + 1
