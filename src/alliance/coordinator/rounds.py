@@ -661,20 +661,32 @@ class Coordinator:
             )
         crash_point("coordinator.after_quorum")
         updates = [SiteUpdate(m.site, m.num_examples, self._loader(m.site)) for m in metas]
+        record = self._record(metas)
+        return self._apply(
+            updates,
+            record,
+            f"round {self.round} closed with {len(metas)} of {len(self.participants)} sites "
+            f"({record.num_examples} cases)",
+        )
+
+    def _record(
+        self,
+        metas: Sequence[UpdateMeta],
+        *,
+        staleness: Mapping[str, int] | None = None,
+        shares: Mapping[str, float] | None = None,
+    ) -> RoundRecord:
+        """The summary of the open round closed with the plaintext updates ``metas``."""
         n = sum(m.num_examples for m in metas)
-        record = RoundRecord(
+        return RoundRecord(
             round=self.round,
             model_version=self.version + 1,
             sites=tuple(m.site for m in metas),
             num_examples=n,
             train_loss=sum(m.num_examples * m.metrics.get("train_loss", 0.0) for m in metas) / n,
             site_metrics={m.site: dict(m.metrics) for m in metas},
-        )
-        return self._apply(
-            updates,
-            record,
-            f"round {self.round} closed with {len(metas)} of {len(self.participants)} sites "
-            f"({n} cases)",
+            staleness=staleness or {},
+            shares=shares or {},
         )
 
     def _apply(self, updates: list[SiteUpdate], record: RoundRecord, message: str) -> RoundRecord:
@@ -714,23 +726,13 @@ class Coordinator:
         updates, staleness = buffered_updates(
             metas, version=self.version, plan=self.aggregation, loader=self._loader
         )
-        n = sum(m.num_examples for m in metas)
-        record = RoundRecord(
-            round=self.round,
-            model_version=self.version + 1,
-            sites=tuple(m.site for m in metas),
-            num_examples=n,
-            train_loss=sum(m.num_examples * m.metrics.get("train_loss", 0.0) for m in metas) / n,
-            site_metrics={m.site: dict(m.metrics) for m in metas},
-            staleness=staleness,
-            shares=update_shares(updates),
-        )
+        record = self._record(metas, staleness=staleness, shares=update_shares(updates))
         late = sum(1 for tau in staleness.values() if tau > 0)
         return self._apply(
             updates,
             record,
             f"round {self.round} closed with {len(metas)} updates ({late} late, staleness up to "
-            f"{max(staleness.values())}; {n} cases)",
+            f"{max(staleness.values())}; {record.num_examples} cases)",
         )
 
     def _close_secure(self, secure: SecureRound) -> RoundRecord:
