@@ -1,4 +1,12 @@
-"""Hospitals on files: the same rounds, through signed, sealed bundles carried between folders."""
+"""Hospitals on files: the same rounds, through signed, sealed bundles carried between folders.
+
+- without differential privacy the model is bit for bit the all-online one;
+- secure aggregation runs over bundles;
+- a replayed bundle changes nothing;
+- differential privacy and the hospital's budget apply exactly as online: the same charges in
+  each hospital's ledger, and a hospital over its budget declines with a refusal bundle each
+  round and spends nothing.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +15,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from alliance.privacy.ledger import PrivacyLedger
+from alliance.protocol.bundles import peek_header
 from alliance.protocol.messages import TrainingPlan
-from alliance.protocol.privacy import SecAggPlan
+from alliance.protocol.privacy import PrivacyPlan, SecAggPlan
 from alliance.sim.simulation import Simulation, SimulationResult
 
 SITES = ("a", "b", "c", "d")
@@ -81,3 +91,47 @@ def test_a_replayed_bundle_changes_nothing_and_is_set_aside(tmp_path: Path) -> N
         assert not ledger.seen("a", header.nonce)
     finally:
         ledger.close()
+
+
+def charges(ledgers: Path, site: str) -> list[tuple[object, ...]]:
+    """What ``site``'s own ledger charged: study, round, mechanism and how it was released."""
+    with PrivacyLedger.open(ledgers / f"{site}.ledger", budget_epsilon=5.0, delta=1e-5) as ledger:
+        return [(c.study, c.round, c.event, c.kind) for c in ledger.entries()]
+
+
+def test_privacy_and_budget_apply_on_files_as_online(tmp_path: Path) -> None:
+    privacy = PrivacyPlan(mechanism="dp-sgd", target_epsilon=2.0, rounds=2)
+    budgets = dict.fromkeys(SITES, 5.0)
+    budgets["a"] = 1.0  # too small for the study: "a" declines every round
+
+    def private(ledgers: Path, **kw: object) -> SimulationResult:
+        return Simulation(
+            model_fn=lambda: nn.Linear(5, 2),
+            sites={s: data(i) for i, s in enumerate(SITES)},
+            rounds=2,
+            plan=TrainingPlan(local_epochs=1, batch_size=16, learning_rate=0.1, seed=1),
+            seed=1,
+            quorum=3,
+            privacy=privacy,
+            secagg=SecAggPlan(enabled=True),
+            budget_epsilon=budgets,
+            ledger_dir=ledgers,
+            **kw,  # type: ignore[arg-type]
+        ).run()
+
+    online = private(tmp_path / "online")
+    mixed = private(tmp_path / "mixed", offline=("a", "b"), files_dir=tmp_path / "files")
+    assert [r.sites for r in mixed.history] == [r.sites for r in online.history]
+    assert [r.sites for r in mixed.history] == [("b", "c", "d")] * 2
+    assert mixed.epsilon == online.epsilon
+    assert mixed.epsilon["a"] == 0.0
+    assert 1.5 < mixed.epsilon["b"] <= 2.0
+    for site in SITES:
+        charged = charges(tmp_path / "mixed", site)
+        assert charged == charges(tmp_path / "online", site)
+        assert len(charged) == (0 if site == "a" else 2)
+    # The declining hospital on files said so by bundle, once a round, and nothing else.
+    received = tmp_path / "files" / "coordinator" / "inbox" / "done"
+    from_a = [peek_header(f.read_bytes()) for f in sorted(received.iterdir())]
+    from_a = [h for h in from_a if h.sender == "a"]
+    assert [(h.round, h.stage) for h in from_a] == [(1, "refusal"), (2, "refusal")]
