@@ -14,7 +14,8 @@ courier: ``alliance coordinator export --site``, ``alliance site import``, ``all
   its recipient), and both logs verify;
 - with asynchronous rounds (a deployment of its own), the online hospitals make model versions
   while the hospital's reply is on the road, the reply counts when it arrives, discounted by its
-  staleness, and the hospital is handed no second task meanwhile.
+  staleness, and the hospital is handed no second task meanwhile, even by a coordinator that
+  crashed and restarted while the reply was on the road.
 """
 
 from __future__ import annotations
@@ -259,7 +260,13 @@ def test_asynchronous_rounds_go_on_without_the_courier_and_count_its_late_reply(
         assert time.monotonic() < deadline, d.log("coordinator.out")
         time.sleep(0.3)
     assert courier_trip(d, deliver=False)  # the reply stays on the road ...
-    wait_for(d, "async", lambda s: s["rounds_closed"] >= 2, "the online hospitals go on")
+    wait_for(d, "async", lambda s: s["rounds_closed"] >= 1, "the online hospitals go on")
+    assert d.coordinator is not None
+    d.coordinator.kill()  # ... while the coordinator crashes and restarts a version later ...
+    d.coordinator.wait()
+    d.start_coordinator()
+    restarted = d.status("async")["rounds_closed"]
+    wait_for(d, "async", lambda s: s["rounds_closed"] >= restarted + 1, "the hospitals go on")
     # ... no second task was written for the hospital meanwhile (it would spend its budget)
     assert not list(outbox.glob("*.gabn"))
     deliver_replies(d)

@@ -491,3 +491,49 @@ def test_a_site_on_files_is_handed_one_task_at_a_time_whoever_asks() -> None:
     again = coord.task_for("site-c")
     assert again is not None
     assert again.model_version == 2
+
+
+def test_a_restarted_coordinator_hands_a_hospital_on_files_no_second_task() -> None:
+    """The tasks written for hospitals on files are in the coordinator's bundle ledger; a
+    restarted coordinator is told them and treats an unanswered one as still on the road."""
+    store = MemoryStore()
+
+    def restart() -> Coordinator:
+        return make_coordinator(None, aggregation=ASYNC, offline=["site-c"], store=store)
+
+    coord = restart()
+    coord.start_round()
+    first = coord.task_for("site-c")
+    assert first is not None
+    assert first.model_version == 0
+    _answer_directly(coord, "site-a", "site-b")
+    coord.close_round()
+    coord.start_round()
+    # Without the ledger a restarted coordinator would hand site-c a second task ...
+    forgetful = restart()
+    assert forgetful.task_for("site-c") is not None
+    # ... with it, site-c's task of version 0 is still on the road.
+    restarted = restart()
+    restarted.restore_issued_tasks({"site-c": 0})
+    assert restarted.task_for("site-c") is None
+    assert restarted.task_for("site-a") is not None
+    restarted.accept(update_envelope(restarted, "site-c", round=1, model_version=0))
+    _answer_directly(restarted, "site-a")
+    restarted.close_round()
+    restarted.start_round()
+    again = restarted.task_for("site-c")
+    assert again is not None
+    assert again.model_version == 2
+    # A task answered before the restart is not on the road; synchronous studies ignore it all.
+    answered = restart()
+    answered.restore_issued_tasks({"site-c": 0})
+    assert answered.task_for("site-c") is not None
+    sync = make_coordinator(None, offline=["site-c"], store=MemoryStore())
+    sync.restore_issued_tasks({"site-c": 0})
+    sync.start_round()
+    assert sync.task_for("site-c") is not None
+
+
+def _answer_directly(coord: Coordinator, *sites: str) -> None:
+    for site in sites:
+        assert coord.accept(update_envelope(coord, site)) is Receipt.ACCEPTED

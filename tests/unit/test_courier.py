@@ -19,7 +19,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from tests.unit.test_bundles import Pki, make_pki, verifier_for
 
-from alliance.coordinator.offline import FilesConfig, OfflineSites, message_key
+from alliance.coordinator.offline import FilesConfig, OfflineSites, message_key, task_version
 from alliance.core.errors import ConfigError
 from alliance.protocol.bundles import open_bundle, seal_bundle
 from alliance.protocol.envelope import COORDINATOR, Envelope, Header, MessageKind
@@ -256,3 +256,31 @@ def test_a_bundle_the_coordinator_had_not_recorded_when_it_crashed_is_read_again
         )
     finally:
         offline.close()
+
+
+def train_task(round_: int, version: int, study: str = "study") -> Envelope:
+    header = Header(MessageKind.TRAIN_TASK, FED, study, round_, COORDINATOR, "site-a")
+    return Envelope(header, {"model_version": version, "attempt": 0}, {})
+
+
+def test_a_restarted_coordinator_reads_which_task_each_hospital_on_files_holds(
+    pki: Pki, tmp_path: Path
+) -> None:
+    cert = certificate(pki, tmp_path)
+    offline = offline_sites(pki, tmp_path, {"site-a": cert})
+    try:
+        assert offline.issued_tasks("study") == {}
+        for env in (train_task(1, 0), train_task(4, 3), task(5), train_task(1, 7, "other")):
+            assert offline.publish(env) is not None
+    finally:
+        offline.close()
+    restarted = offline_sites(pki, tmp_path, {"site-a": cert})
+    try:
+        assert restarted.issued_tasks("study") == {"site-a": 3}
+        assert restarted.issued_tasks("other") == {"site-a": 7}
+        assert restarted.issued_tasks("none") == {}
+    finally:
+        restarted.close()
+    assert task_version(message_key(train_task(2, 1)), "study") == 1
+    assert task_version(message_key(train_task(2, 1)), "other") is None
+    assert task_version(message_key(task(2)), "study") is None

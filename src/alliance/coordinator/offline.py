@@ -40,7 +40,7 @@ from alliance.protocol.bundles import DEFAULT_MAX_BUNDLE_BYTES, OpenedBundle, op
 from alliance.protocol.envelope import COORDINATOR, Envelope, MessageKind
 from alliance.transport.files import BundleLedger, FileMailbox, Rejection
 
-__all__ = ["FilesConfig", "OfflineSites", "message_key"]
+__all__ = ["FilesConfig", "OfflineSites", "message_key", "task_version"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,16 @@ def message_key(envelope: Envelope) -> str:
     else:
         detail = ""
     return f"{h.study}/{h.round}/{h.kind.value}/{detail}"
+
+
+def task_version(key: str, study: str) -> int | None:
+    """The model version of the training task of ``study`` that :func:`message_key` named
+    ``key``; ``None`` for any other message."""
+    parts = key.rsplit("/", 4)
+    if len(parts) != 5 or parts[0] != study or parts[2] != MessageKind.TRAIN_TASK.value:
+        return None
+    version = parts[3].removeprefix("v")
+    return int(version) if version.isdigit() else None
 
 
 class OfflineSites:
@@ -192,6 +202,18 @@ class OfflineSites:
             raise
         self._published.add((recipient, key))
         return self.mailbox.last_sent
+
+    def issued_tasks(self, study: str) -> dict[str, int]:
+        """``site → model version`` of the newest training task of ``study`` written for each
+        hospital on files (kept in the bundle ledger, so a restarted coordinator knows which
+        tasks are still on the road)."""
+        issued: dict[str, int] = {}
+        for site in sorted(self.sites):
+            versions = [task_version(key, study) for key in self.ledger.published(site)]
+            known = [v for v in versions if v is not None]
+            if known:
+                issued[site] = max(known)
+        return issued
 
     def collect(self, handle: Callable[[OpenedBundle, str, int], None]) -> list[Rejection]:
         """Hand every new bundle of the inbox to ``handle`` (opened, file name, size) before it

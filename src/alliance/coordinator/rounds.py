@@ -345,6 +345,22 @@ class Coordinator:
         issued = self._outstanding.get(site)
         return issued is not None and self.version - issued <= self.aggregation.max_staleness
 
+    def restore_issued_tasks(self, issued: Mapping[str, int]) -> None:
+        """After a restart, asynchronous rounds: ``issued`` gives, for hospitals on files, the
+        model version of the last task written for each (the coordinator's bundle ledger). A
+        task whose answer the store does not hold is on the road again, so the hospital is
+        handed no second one before its reply comes back or grows too old to count."""
+        if not self.aggregation.is_async:
+            return
+        answered: dict[str, int] = {}
+        for stored in self.store.rounds(self.study):
+            for meta in self.store.updates(self.study, stored.round):
+                base = -1 if meta.base_version is None else meta.base_version
+                answered[meta.site] = max(answered.get(meta.site, -1), base)
+        for site, version in issued.items():
+            if site in self.offline and answered.get(site, -1) < version:
+                self._outstanding[site] = version
+
     def _new_attempt(self, cohort: Sequence[str], deadline: float | None) -> None:
         """Start a fresh attempt of the open secure round (fresh keys at every site)."""
         self._attempt = (self._attempt + 1) % 2**31

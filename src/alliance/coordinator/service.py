@@ -27,7 +27,9 @@ Hospitals that allow no network connection (``[files]`` of ``coordinator.toml``,
 :mod:`alliance.coordinator.offline`) are always counted as reachable. At every tick the service
 reads the bundles imported into its files inbox and counts each message through the very checks
 an HTTPS upload passes, then writes what each such hospital should receive next (task, stage,
-study end) as a bundle, once. Every bundle written, read or refused is an audit line.
+study end) as a bundle, once. Every bundle written, read or refused is an audit line. In an
+asynchronous study a restarted service reads from the bundle ledger which task each such
+hospital holds, so it is handed no second task while its reply is on the road.
 """
 
 from __future__ import annotations
@@ -336,6 +338,8 @@ class CoordinatorService:
             aggregation=spec.aggregation,
             offline=self.offline.sites if self.offline is not None else (),
         )
+        if self.offline is not None:
+            coordinator.restore_issued_tasks(self.offline.issued_tasks(spec.study_id))
         size = sum(int(w.nbytes) for w in weights.values())
         if spec.secagg.enabled:
             # A masked vector is one unsigned integer per parameter (uint32 or uint64).

@@ -124,6 +124,13 @@ class BundleLedger:
         )
         return cursor.rowcount == 1
 
+    def published(self, recipient: str) -> list[str]:
+        """The keys of every message recorded by :meth:`publish_once` for ``recipient``."""
+        rows = self._db.execute(
+            "SELECT message FROM published WHERE recipient = ? ORDER BY published_at", (recipient,)
+        ).fetchall()
+        return [str(row[0]) for row in rows]
+
     def forget_published(self, recipient: str, message: str) -> None:
         """Undo :meth:`publish_once` (writing the bundle failed)."""
         self._db.execute(
