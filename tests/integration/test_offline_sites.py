@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,18 +32,24 @@ def data(seed: int, n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def run(
-    tmp_path: Path | None = None, *, offline: tuple[str, ...] = (), secagg: bool = False
+    tmp_path: Path | None = None,
+    *,
+    offline: tuple[str, ...] = (),
+    secagg: bool = False,
+    rounds: int = 3,
+    **kw: Any,
 ) -> SimulationResult:
     return Simulation(
         model_fn=lambda: nn.Linear(5, 2),
         sites={s: data(i) for i, s in enumerate(SITES)},
         test={s: data(10 + i, 16) for i, s in enumerate(SITES)},
-        rounds=3,
+        rounds=rounds,
         plan=TrainingPlan(local_epochs=1, batch_size=16, learning_rate=0.1, seed=1),
         seed=1,
         offline=offline,
         files_dir=tmp_path,
         secagg=SecAggPlan(enabled=True) if secagg else None,
+        **kw,
     ).run()
 
 
@@ -104,23 +111,20 @@ def test_privacy_and_budget_apply_on_files_as_online(tmp_path: Path) -> None:
     budgets = dict.fromkeys(SITES, 5.0)
     budgets["a"] = 1.0  # too small for the study: "a" declines every round
 
-    def private(ledgers: Path, **kw: object) -> SimulationResult:
-        return Simulation(
-            model_fn=lambda: nn.Linear(5, 2),
-            sites={s: data(i) for i, s in enumerate(SITES)},
+    def private(ledgers: Path, files: Path | None = None, **kw: Any) -> SimulationResult:
+        return run(
+            files,
+            secagg=True,
             rounds=2,
-            plan=TrainingPlan(local_epochs=1, batch_size=16, learning_rate=0.1, seed=1),
-            seed=1,
             quorum=3,
             privacy=privacy,
-            secagg=SecAggPlan(enabled=True),
             budget_epsilon=budgets,
             ledger_dir=ledgers,
-            **kw,  # type: ignore[arg-type]
-        ).run()
+            **kw,
+        )
 
     online = private(tmp_path / "online")
-    mixed = private(tmp_path / "mixed", offline=("a", "b"), files_dir=tmp_path / "files")
+    mixed = private(tmp_path / "mixed", tmp_path / "files", offline=("a", "b"))
     assert [r.sites for r in mixed.history] == [r.sites for r in online.history]
     assert [r.sites for r in mixed.history] == [("b", "c", "d")] * 2
     assert mixed.epsilon == online.epsilon
