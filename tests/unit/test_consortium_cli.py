@@ -342,3 +342,13 @@ def test_encrypted_ca_needs_the_passphrase_from_the_environment(
     assert b"ENCRYPTED PRIVATE KEY" in (out / "ca" / "ca.key").read_bytes()
     revoked = run("revoke-site", str(out), "new-site", passphrase=secret)
     assert revoked.exit_code == 0, revoked.output
+
+
+def test_the_site_toml_template_loads_as_written(out: Path) -> None:
+    from alliance.site.runner import SiteConfig
+
+    folder = out / "sites" / "pumch"
+    (folder / "cases.train.jsonl").write_text("", encoding="utf-8")  # [data] train filled in
+    config = SiteConfig.load(folder / "site.toml")
+    assert config.site == "pumch"
+    assert config.data.test is None  # test = "" in the template: no held-out cases

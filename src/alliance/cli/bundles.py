@@ -2,6 +2,8 @@
 
 A bundle is the folder a party runs from: its certificate, keys, the root's ``ca.crt`` and its
 configuration file, made from the coordinator.toml, site.toml and operator.toml templates here.
+A hospital that made its own keys gets a reply instead (:func:`write_site_reply`): its
+certificate, the root and its site.toml, and no key.
 ``consortium.toml`` records who holds which certificate (:class:`Consortium`, :class:`Party`).
 Strings go into TOML through :func:`_q`, which escapes them, so a name holding quotes or
 backslashes cannot change what a file says. These layouts are kept apart from the commands of
@@ -14,7 +16,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
 
 from alliance.crypto import CertificateAuthority, IssuedParty
 from alliance.crypto.keyfiles import write_file
@@ -26,6 +30,7 @@ __all__ = [
     "write_coordinator_bundle",
     "write_operator_bundle",
     "write_site_bundle",
+    "write_site_reply",
 ]
 
 _COORDINATOR_TOML = """\
@@ -223,3 +228,27 @@ def write_site_bundle(
     )
     _bundle(folder / "sites" / site, party, "site", ca, text)
     return folder / "sites" / site
+
+
+def write_site_reply(
+    folder: Path,
+    c: Consortium,
+    ca: CertificateAuthority,
+    certificate: x509.Certificate,
+    display: str,
+) -> Path:
+    """Write the answer to a site's request: ``site.crt``, ``ca.crt``, ``site.toml``, no key.
+
+    Goes into ``folder/sites/<site>/``, the folder sent back to the hospital.
+    """
+    site = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    assert isinstance(site, str)
+    where = folder / "sites" / site
+    where.mkdir(parents=True, exist_ok=True)
+    text = _SITE_TOML.format(
+        display=display, name=c.name, fed=_q(c.name), site=_q(site), url=_q(c.url())
+    )
+    write_file(where / "site.crt", certificate.public_bytes(serialization.Encoding.PEM))
+    write_file(where / "ca.crt", ca.certificate.public_bytes(serialization.Encoding.PEM))
+    write_file(where / "site.toml", text.encode("utf-8"))
+    return where

@@ -11,6 +11,13 @@ bundle per party, each a folder that is copied as a whole to where the party run
     DIR/operator/         operator.crt .key signing.key ca.crt operator.toml
     DIR/sites/<id>/       site.crt site.key signing.key ca.crt site.toml
 
+Those site bundles hold keys made on this machine, which is right only for the one-machine
+demo: with ``init --site-requests`` no site key is made here. Each hospital makes its own
+keys and request (``alliance site init``), ``sign-request`` checks the request's proofs and
+writes ``DIR/sites/<id>/`` with the certificate, ``ca.crt`` and ``site.toml`` only, and the
+hospital installs it (``alliance site install-cert``). A key rotation is ``sign-request
+--rotate`` then, once the site runs on its new certificate, ``revoke-site --previous``.
+
 ``add-site`` issues one more site bundle and touches nothing else; ``revoke-site`` and
 ``renew-crl`` sign a new CRL into ``ca/`` and ``coordinator/``. The CA key's passphrase is
 read from ``ALLIANCE_CA_PASSPHRASE`` and never printed or logged; without it the key is
@@ -41,6 +48,7 @@ from alliance.cli.bundles import (
     write_coordinator_bundle,
     write_operator_bundle,
     write_site_bundle,
+    write_site_reply,
 )
 from alliance.core.errors import ConfigError
 from alliance.crypto import (
@@ -51,6 +59,7 @@ from alliance.crypto import (
     check_party_name,
     fingerprint,
 )
+from alliance.crypto.enrolment import read_request_file
 from alliance.crypto.keyfiles import write_file
 
 __all__ = ["app"]
@@ -223,6 +232,17 @@ def _print_parties(c: Consortium, title: str, *, only: str | None = None) -> Non
     common.console.print(table)
 
 
+def _warn_site_keys_made_here() -> None:
+    _say(
+        ("warning: ", "yellow"),
+        "the site keys were made on this machine: whoever holds or copies these bundles can "
+        "sign as those hospitals and open what is sealed to them. Only for a one-machine "
+        "demo; for a real consortium run init with --site-requests and let each hospital make "
+        "its keys ('alliance site init', then 'alliance consortium sign-request').",
+        stderr=True,
+    )
+
+
 Folder = Annotated[Path, typer.Argument(help="The consortium folder made by init.")]
 Days = Annotated[int, typer.Option(min=1, help="Days each new certificate is valid.")]
 CrlDays = Annotated[int, typer.Option(min=1, help="Days the new CRL is valid; renew before.")]
@@ -236,6 +256,14 @@ def init(
     valid_days: Days = 825,
     ca_valid_days: Annotated[int, typer.Option(min=1, help="Days the root CA is valid.")] = 3650,
     crl_days: CrlDays = _CRL_DAYS,
+    site_requests: Annotated[
+        bool,
+        typer.Option(
+            "--site-requests",
+            help="Recommended for a real consortium: make no site key here; each hospital "
+            "makes its own and sends a request (alliance site init, consortium sign-request).",
+        ),
+    ] = False,
 ) -> None:
     """Create the root CA and the bundles of the coordinator, the operator and every site."""
     with common.errors():
@@ -252,7 +280,7 @@ def init(
         operator = ca.issue("operator", Role.OPERATOR, valid_days=valid_days)
         records = (_record(coordinator, "coordinator"), _record(operator, "operator"))
         c = Consortium(name, host, port, fingerprint(ca.certificate), *records, sites=[])
-        for site, display in plan:
+        for site, display in [] if site_requests else plan:
             c.sites.append(_site_bundle(out, c, ca, site, display, valid_days))
         write_coordinator_bundle(out, c, ca, coordinator)
         write_operator_bundle(out, c, ca, operator)
@@ -267,6 +295,18 @@ def init(
             "Move ca/ offline now.",
             stderr=True,
         )
+    if site_requests:
+        _say(
+            ("\nNext steps\n", "bold"),
+            f"  1. Move {out / 'ca'}/ to offline storage; bring it back only to sign requests.\n"
+            f"  2. Copy {out / 'coordinator'}/ to the coordinator machine ({c.url()}).\n"
+            f"  3. Each hospital ({', '.join(s for s, _ in plan)}) runs 'alliance site init "
+            "--site ID --out DIR' and sends you DIR/site.csr; check its fingerprint with the "
+            f"hospital by phone, then 'alliance consortium sign-request {out} site.csr'.\n"
+            f"  4. Give {out / 'operator'}/ to the consortium's data scientist.",
+        )
+        return
+    _warn_site_keys_made_here()
     _say(
         ("\nNext steps\n", "bold"),
         f"  1. Move {out / 'ca'}/ to offline storage, off this machine and never onto the "
@@ -285,7 +325,7 @@ def add_site(
     name: Annotated[str | None, typer.Option("--name", help="Display name.")] = None,
     valid_days: Days = 825,
 ) -> None:
-    """Issue one more site bundle; no other party's files change."""
+    """Demo only: issue one more site bundle, keys made here (real sites: sign-request)."""
     with common.errors():
         c = _load_consortium(folder)
         site = _site_id(site, "site id")
@@ -302,6 +342,7 @@ def add_site(
         c.sites = [s for s in c.sites if s.id != site] + [entry]
         save_consortium(folder, c)
     _print_parties(c, f'Site {site!r} added to consortium "{c.name}"', only=site)
+    _warn_site_keys_made_here()
     _say(
         f"Next: send {folder / 'sites' / site}/ to {display} over a trusted channel, and "
         f"move {folder / 'ca'}/ back offline."
@@ -313,6 +354,14 @@ def revoke_site(
     folder: Folder,
     site: Annotated[str, typer.Argument(help="The id of the site to revoke.")],
     crl_days: CrlDays = _CRL_DAYS,
+    previous: Annotated[
+        bool,
+        typer.Option(
+            "--previous",
+            help="Last step of a key rotation: revoke only the certificates the site held "
+            "before its newest one.",
+        ),
+    ] = False,
 ) -> None:
     """Revoke a site's certificate and write the new revocation list."""
     with common.errors():
@@ -324,9 +373,12 @@ def revoke_site(
                 f"site {site!r} is not in {folder / 'consortium.toml'}; sites: {known}"
             )
         ca = _load_ca(folder, c)
-        serials = ca.revoke(site, role=Role.SITE)
+        keep = int(entry.serial, 16) if previous else None
+        serials = ca.revoke(site, role=Role.SITE, keep=keep)
         where = _publish_crl(folder, ca, crl_days)
-        entry.revoked_at = f"{ca.revoked_at(serials[0]) or datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}"
+        if not previous:
+            when = ca.revoked_at(serials[0]) or datetime.now(UTC)
+            entry.revoked_at = f"{when:%Y-%m-%dT%H:%M:%SZ}"
         save_consortium(folder, c)
     _say(
         f"revoked site {site!r} (certificate serial {', '.join(f'{s:x}' for s in serials)})\n"
@@ -342,3 +394,57 @@ def renew_crl(folder: Folder, crl_days: CrlDays = _CRL_DAYS) -> None:
         c = _load_consortium(folder)
         where = _publish_crl(folder, _load_ca(folder, c), crl_days)
     _say(f"{where}; copy it to the coordinator's [tls] crl path.")
+
+
+@app.command("sign-request")
+def sign_request(
+    folder: Folder,
+    request: Annotated[Path, typer.Argument(help="The site.csr a hospital sent.")],
+    name: Annotated[str | None, typer.Option("--name", help="Display name.")] = None,
+    rotate: Annotated[
+        bool, typer.Option("--rotate", help="The site is rotating its keys: keep its old cert.")
+    ] = False,
+    expect: Annotated[
+        str | None,
+        typer.Option("--fingerprint", help="The request's sha256 the hospital read to you."),
+    ] = None,
+    valid_days: Days = 825,
+) -> None:
+    """Certify a hospital's own keys from its request; no private key is made or seen here."""
+    with common.errors():
+        c = _load_consortium(folder)
+        asked = read_request_file(request)
+        _say(
+            f"request {request} from site {asked.name!r}\n"
+            f"  request sha256      {asked.fingerprint}\n"
+            f"  TLS key sha256      {asked.tls_key_fingerprint}\n"
+            f"  signing key sha256  {asked.signing_key_fingerprint}"
+        )
+        if expect is not None and expect.strip().lower().replace(":", "") != asked.fingerprint:
+            raise ConfigError(
+                f"{request}: its sha256 is {asked.fingerprint}, not the {expect!r} the hospital "
+                "gave; do not sign it, and ask the hospital where its request went"
+            )
+        site = _site_id(asked.name, f"{request}: site name")
+        previous = next((s for s in c.sites if s.id == site), None)
+        if previous is not None and previous.revoked_at is None and not rotate:
+            raise ConfigError(
+                f"site {site!r} is already in {folder / 'consortium.toml'} (certificate serial "
+                f"{previous.serial[:16]}…); if it is rotating its keys give --rotate, otherwise "
+                f"revoke it first with 'alliance consortium revoke-site {folder} {site}'"
+            )
+        display = _plain(name or (previous.name if previous else site), "--name")
+        ca = _load_ca(folder, c)
+        cert = ca.issue_request(asked, rotation=rotate, valid_days=valid_days)
+        where = write_site_reply(folder, c, ca, cert, display)
+        ca.save(folder / "ca")
+        entry = Party(site, display, f"{cert.serial_number:x}", fingerprint(cert))
+        c.sites = [s for s in c.sites if s.id != site] + [entry]
+        save_consortium(folder, c)
+    _print_parties(c, f'Site {site!r} certified in consortium "{c.name}"', only=site)
+    _say(f"Next: send {where}/ (certificate, ca.crt, site.toml; no key) back to {display}.")
+    if rotate:
+        _say(
+            "Its old certificate stays valid until the site runs on the new one; then run "
+            f"'alliance consortium revoke-site {folder} {site} --previous'."
+        )

@@ -16,8 +16,12 @@ The root certificate and key never change once written: saving again rewrites on
 
 :meth:`~CertificateAuthority.issue` makes an :class:`IssuedParty`: a fresh ECDSA P-256 TLS key,
 a fresh Ed25519 message-signing key, and a certificate binding both to the party's name and
-role (see :mod:`alliance.crypto.pki`). Serial numbers are random 159-bit integers. Only one
-valid certificate may exist per name and role: to rotate, revoke first.
+role (see :mod:`alliance.crypto.pki`): only for the consortium's own parties and the
+one-machine demo. A hospital makes its keys itself and sends a request, which
+:meth:`~CertificateAuthority.issue_request` certifies after its proofs were checked
+(:mod:`alliance.crypto.enrolment`). Serial numbers are random 159-bit integers. Only one
+valid certificate may exist per name and role, except during a key rotation: the new
+certificate is issued with ``rotation=True``, and the old one revoked once the party uses it.
 
 Each CRL gets an increasing ``CRLNumber`` and a ``lastUpdate`` strictly later (to the
 second) than the previous one, because OpenSSL picks the newest CRL by ``lastUpdate`` when
@@ -45,12 +49,14 @@ from alliance.crypto.certificates import (
     BACKDATE,
     IssuedParty,
     as_utc,
+    certify,
     iso,
     make_party,
     make_root,
     parse_iso,
     utc_now,
 )
+from alliance.crypto.enrolment import SiteRequest
 from alliance.crypto.keyfiles import load_certificate, load_private_key, write_file
 from alliance.crypto.pki import Role, check_party_name, fingerprint, subject_attribute
 
@@ -151,35 +157,11 @@ class CertificateAuthority:
             Invalid name or host, a still-valid unrevoked certificate exists for this name
             and role, or the certificate would outlive the root.
         """
-        check_party_name(name)
-        if role is Role.SITE and name in _RESERVED_SITE_NAMES:
-            raise ConfigError(f"site name {name!r} is reserved; choose another site id")
-        if valid_days < 1:
-            raise ConfigError(f"certificate validity must be at least 1 day, got {valid_days}")
-        now = utc_now()
-        for record in self._records:
-            if (
-                record.name == name
-                and record.role is role
-                and record.serial not in self._revoked
-                and record.not_after > now
-            ):
-                raise ConfigError(
-                    f"{role.value} {name!r} already holds certificate serial {record.serial:x} "
-                    f"(valid until {iso(record.not_after)}); revoke it first "
-                    "(alliance consortium revoke-site)"
-                )
+        start, end = self._window(name, role, valid_days, not_before, rotation=False)
         if role is Role.COORDINATOR and not hosts:
             raise ConfigError(
                 "a coordinator certificate needs at least one host (name or IP address sites "
                 "connect to)"
-            )
-        start = (now - BACKDATE) if not_before is None else as_utc(not_before)
-        end = start + timedelta(days=valid_days)
-        if end > self._cert.not_valid_after_utc:
-            raise ConfigError(
-                f"certificate for {name!r} would expire on {iso(end)}, after the consortium "
-                f"root ({iso(self._cert.not_valid_after_utc)}); give fewer valid days"
             )
         party = make_party(
             self._cert,
@@ -191,7 +173,53 @@ class CertificateAuthority:
             not_before=start,
             not_after=end,
         )
-        cert = party.certificate
+        self._remember(party.certificate, name, role)
+        return party
+
+    def issue_request(
+        self,
+        request: SiteRequest,
+        *,
+        rotation: bool = False,
+        valid_days: int = 825,
+        not_before: datetime | None = None,
+    ) -> x509.Certificate:
+        """Certify the keys of a hospital's checked request; no private key is made here.
+
+        Parameters
+        ----------
+        request
+            The site's request, as :func:`~alliance.crypto.enrolment.read_request` checked it.
+        rotation
+            The site already holds a valid certificate and is rotating its keys: both stay
+            valid until the old one is revoked (:meth:`revoke` with ``keep``).
+        valid_days, not_before
+            As for :meth:`issue`.
+
+        Raises
+        ------
+        ConfigError
+            The site already holds a valid certificate (without ``rotation``), holds none to
+            rotate (with it), or as for :meth:`issue`.
+        """
+        name = request.name
+        start, end = self._window(name, Role.SITE, valid_days, not_before, rotation=rotation)
+        cert = certify(
+            self._cert,
+            self._key,
+            name=name,
+            consortium=self._consortium,
+            role=Role.SITE,
+            hosts=(),
+            tls_public_key=request.tls_public_key,
+            signing_public_key=request.signing_public_key,
+            not_before=start,
+            not_after=end,
+        )
+        self._remember(cert, name, Role.SITE)
+        return cert
+
+    def _remember(self, cert: x509.Certificate, name: str, role: Role) -> None:
         self._records.append(
             IssuedRecord(
                 serial=cert.serial_number,
@@ -202,12 +230,62 @@ class CertificateAuthority:
             )
         )
         logger.info("issued %s certificate %x for %r", role.value, cert.serial_number, name)
-        return party
 
-    def revoke(self, name: str, *, role: Role = Role.SITE) -> list[int]:
+    def _live(self, name: str, role: Role, now: datetime) -> list[IssuedRecord]:
+        return [
+            r
+            for r in self._records
+            if r.name == name
+            and r.role is role
+            and r.serial not in self._revoked
+            and r.not_after > now
+        ]
+
+    def _window(
+        self,
+        name: str,
+        role: Role,
+        valid_days: int,
+        not_before: datetime | None,
+        *,
+        rotation: bool,
+    ) -> tuple[datetime, datetime]:
+        """Check that ``name`` may get a certificate now; its validity (start, end)."""
+        check_party_name(name)
+        if role is Role.SITE and name in _RESERVED_SITE_NAMES:
+            raise ConfigError(f"site name {name!r} is reserved; choose another site id")
+        if valid_days < 1:
+            raise ConfigError(f"certificate validity must be at least 1 day, got {valid_days}")
+        now = utc_now()
+        live = self._live(name, role, now)
+        if live and not rotation:
+            record = live[-1]
+            raise ConfigError(
+                f"{role.value} {name!r} already holds certificate serial {record.serial:x} "
+                f"(valid until {iso(record.not_after)}); for a key rotation sign its new "
+                "request with --rotate, otherwise revoke it first (alliance consortium "
+                "revoke-site)"
+            )
+        if rotation and not live:
+            raise ConfigError(
+                f"{role.value} {name!r} holds no valid certificate to rotate; sign its request "
+                "without --rotate"
+            )
+        start = (now - BACKDATE) if not_before is None else as_utc(not_before)
+        end = start + timedelta(days=valid_days)
+        if end > self._cert.not_valid_after_utc:
+            raise ConfigError(
+                f"certificate for {name!r} would expire on {iso(end)}, after the consortium "
+                f"root ({iso(self._cert.not_valid_after_utc)}); give fewer valid days"
+            )
+        return start, end
+
+    def revoke(self, name: str, *, role: Role = Role.SITE, keep: int | None = None) -> list[int]:
         """Revoke every unrevoked certificate of ``name`` in ``role``; return their serials.
 
-        The change reaches relying parties only through a new :meth:`crl`.
+        With ``keep``, the certificate of that serial stays valid: the last step of a key
+        rotation revokes only the certificates the party held before its new one. The change
+        reaches relying parties only through a new :meth:`crl`.
         """
         now = utc_now()
         serials = [
@@ -215,6 +293,17 @@ class CertificateAuthority:
             for r in self._records
             if r.name == name and r.role is role and r.serial not in self._revoked
         ]
+        if keep is not None:
+            if keep not in serials:
+                raise ConfigError(
+                    f"{role.value} {name!r} holds no valid certificate serial {keep:x} to keep"
+                )
+            serials.remove(keep)
+            if not serials:
+                raise ConfigError(
+                    f"{role.value} {name!r} holds no certificate older than serial {keep:x} to "
+                    "revoke: its rotation is already complete"
+                )
         if not serials:
             known = sorted({r.name for r in self._records if r.role is role})
             raise ConfigError(

@@ -2,11 +2,13 @@
 
 Design
 ------
-All keys are made here and nowhere else: ECDSA P-256 for the root and for TLS, Ed25519 for
-message signing. The root is self-signed with ``CA=true, pathlen=0`` (it signs party
-certificates only) and key usage ``keyCertSign, cRLSign``. A party certificate has
-``CA=false``, key usage ``digitalSignature``, extended key usage ``clientAuth`` (plus
-``serverAuth`` for the coordinator), subject and authority key identifiers (so OpenSSL's
+The consortium's own keys are made here: ECDSA P-256 for the root and for TLS, Ed25519 for
+message signing; a hospital makes its keys at the hospital (:mod:`alliance.crypto.enrolment`)
+and :func:`certify` signs their public halves. The root is self-signed with
+``CA=true, pathlen=0`` (it signs party certificates only) and key usage
+``keyCertSign, cRLSign``. A party certificate has ``CA=false``, key usage
+``digitalSignature``, extended key usage ``clientAuth`` (plus ``serverAuth`` for the
+coordinator), subject and authority key identifiers (so OpenSSL's
 strict mode accepts the chain), subject alternative names for the hosts it serves on, and the
 non-critical :data:`~alliance.crypto.pki.SIGNING_KEY_OID` extension with its raw Ed25519
 public key. Certificates start an hour in the past so that a party whose clock runs a little
@@ -37,6 +39,7 @@ __all__ = [
     "ROOT_COMMON_NAME",
     "IssuedParty",
     "as_utc",
+    "certify",
     "check_consortium_name",
     "iso",
     "make_party",
@@ -184,11 +187,44 @@ def make_party(
     not_before: datetime,
     not_after: datetime,
 ) -> IssuedParty:
-    """Fresh TLS and signing keys for ``name`` and a certificate, signed by ``root_key``."""
-    alt_names = _alt_names(hosts)
+    """Fresh TLS and signing keys for ``name`` and a certificate, signed by ``root_key``.
+
+    Only for parties whose keys the consortium itself makes (the coordinator, the operator,
+    the one-machine demo's sites); a hospital makes its own (:mod:`alliance.crypto.enrolment`).
+    """
     tls_key = ec.generate_private_key(ec.SECP256R1())
     signing_key = ed25519.Ed25519PrivateKey.generate()
-    raw_signing = signing_key.public_key().public_bytes(
+    cert = certify(
+        root,
+        root_key,
+        name=name,
+        consortium=consortium,
+        role=role,
+        hosts=hosts,
+        tls_public_key=tls_key.public_key(),
+        signing_public_key=signing_key.public_key(),
+        not_before=not_before,
+        not_after=not_after,
+    )
+    return IssuedParty(certificate=cert, tls_key=tls_key, signing_key=signing_key)
+
+
+def certify(
+    root: x509.Certificate,
+    root_key: ec.EllipticCurvePrivateKey,
+    *,
+    name: str,
+    consortium: str,
+    role: Role,
+    hosts: Sequence[str],
+    tls_public_key: ec.EllipticCurvePublicKey,
+    signing_public_key: ed25519.Ed25519PublicKey,
+    not_before: datetime,
+    not_after: datetime,
+) -> x509.Certificate:
+    """A certificate binding ``name``'s TLS and signing public keys, signed by ``root_key``."""
+    alt_names = _alt_names(hosts)
+    raw_signing = signing_public_key.public_bytes(
         serialization.Encoding.Raw, serialization.PublicFormat.Raw
     )
     usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -205,16 +241,14 @@ def make_party(
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(root.subject)
-        .public_key(tls_key.public_key())
+        .public_key(tls_public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(ca=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(tls_key.public_key()), critical=False
-        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(tls_public_key), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()),
             critical=False,
@@ -223,8 +257,7 @@ def make_party(
     )
     if alt_names:
         builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
-    cert = builder.sign(root_key, hashes.SHA256())
-    return IssuedParty(certificate=cert, tls_key=tls_key, signing_key=signing_key)
+    return builder.sign(root_key, hashes.SHA256())
 
 
 def _key_usage(*, ca: bool) -> x509.KeyUsage:

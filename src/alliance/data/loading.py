@@ -184,9 +184,10 @@ class DataConfig:
         }
 
         def source(key: str, *, optional: bool) -> DataSource | None:
-            text = f.string("data", key, default="" if optional else None)
-            if not text:
+            # An optional source may be written as "" (the site.toml template's `test = ""`).
+            if optional and f.path_of("data", key, must_exist=False, optional=True) is None:
                 return None
+            text = f.string("data", key)
             if "://" in text:
                 return DataSource(_sqlite_beside(text, f.path.parent), **shared)  # type: ignore[arg-type]
             path = f.path_of("data", key)
