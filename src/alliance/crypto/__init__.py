@@ -1,13 +1,20 @@
 """The consortium's public-key infrastructure: certificates, message signatures, mutual TLS.
 
 One offline root (:class:`CertificateAuthority`) certifies every party; each certificate binds
-the party's ECDSA P-256 TLS key and its Ed25519 message-signing key. Every party checks the
+the party's ECDSA P-256 TLS key and its Ed25519 message-signing key; a hospital makes both
+itself and sends a :class:`SiteRequest` (:mod:`alliance.crypto.enrolment`). Every party checks the
 others with a :class:`TrustStore` (root + CRL), authenticates channels with the TLS contexts
 of :mod:`alliance.crypto.tls`, and signs messages with a :class:`Signer`. This package sits
 just above :mod:`alliance.core`; how messages are framed for signing belongs to the protocol.
 """
 
 from alliance.crypto.authority import CertificateAuthority, IssuedParty, IssuedRecord
+from alliance.crypto.enrolment import (
+    SiteRequest,
+    install_certificate,
+    make_site_keys,
+    read_request,
+)
 from alliance.crypto.pki import (
     PASSPHRASE_ENV,
     SIGNING_KEY_OID,
@@ -40,15 +47,19 @@ __all__ = [
     "IssuedRecord",
     "Role",
     "Signer",
+    "SiteRequest",
     "TrustStore",
     "check_party_name",
     "client_context",
     "fingerprint",
+    "install_certificate",
     "load_certificate",
     "load_private_key",
     "load_signing_key",
+    "make_site_keys",
     "peer_certificate_der",
     "peer_identity_name",
+    "read_request",
     "reload_crl",
     "server_context",
     "signing_public_key",
