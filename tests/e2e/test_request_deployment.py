@@ -5,7 +5,8 @@ The consortium runs ``alliance consortium init --site-requests``; each of two ho
 with ``sign-request``, and each hospital installs its answer with ``install-cert``. Every file
 the consortium's commands wrote is then scanned for any hospital's private key material, and
 the hospitals (real processes) complete a two-round study with the coordinator over HTTPS
-with mutual TLS.
+with mutual TLS. Then one hospital rotates its keys while the coordinator runs: both
+certificates are served until ``revoke-site --previous``, after which the old one is refused.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from tests.e2e.deployment import Deployment, approve, free_port, study_text
@@ -20,6 +22,7 @@ from typer.testing import CliRunner, Result
 
 from alliance.cli.app import app
 from alliance.crypto.keyfiles import load_private_key, load_signing_key
+from alliance.crypto.tls import client_context
 from alliance.data.loading import write_jsonl
 from alliance.data.ontology import load_ontology
 from alliance.data.synth import CohortConfig, generate_consortium, scaled_hospitals
@@ -140,3 +143,38 @@ def test_hospitals_with_their_own_keys_complete_a_study_over_mutual_tls(
     for record in status["history"]:
         assert sorted(record["sites"]) == sorted(d.sites)
     assert status["rejections"] == 0
+
+
+def poll(d: RequestDeployment, folder: Path) -> int | str:
+    """The coordinator's answer to a site's poll with the certificate and key in ``folder``."""
+    context = client_context(
+        certificate=folder / "site.crt", key=folder / "site.key", ca=folder / "ca.crt"
+    )
+    try:
+        with httpx.Client(base_url=f"https://127.0.0.1:{d.port}", verify=context) as client:
+            return client.get("/v1/messages/next", params={"wait": 0}).status_code
+    except httpx.TransportError as exc:
+        return f"refused at the handshake: {exc}"
+
+
+def test_a_hospital_rotates_its_keys_without_downtime_and_the_old_certificate_is_refused(
+    deployment: RequestDeployment, tmp_path: Path
+) -> None:
+    d = deployment
+    if d.coordinator is None or d.coordinator.poll() is not None:
+        d.start_coordinator()
+    site, consortium = d.sites[0], d.root / "consortium"
+    hospital, old = d.site_dir(site), tmp_path / "old"
+    old.mkdir()
+    for name in ("site.crt", "site.key", "ca.crt"):
+        (old / name).write_bytes((hospital / name).read_bytes())
+    assert poll(d, old) == 204
+    alliance("site", "init", "--site", site, "--out", str(hospital), "--rotate")
+    alliance("consortium", "sign-request", str(consortium), str(hospital / "site.csr"), "--rotate")
+    alliance("site", "install-cert", str(consortium / "sites" / site), "--dir", str(hospital))
+    assert (hospital / "site.key").read_bytes() != (old / "site.key").read_bytes()
+    assert poll(d, hospital) == 204
+    assert poll(d, old) == 204  # both served while the site switches
+    alliance("consortium", "revoke-site", str(consortium), site, "--previous")
+    assert poll(d, old) != 204  # the coordinator re-read its crl.pem
+    assert poll(d, hospital) == 204

@@ -281,7 +281,8 @@ def make_site_keys(directory: Path, name: str, *, rotate: bool = False) -> SiteR
     signing_key = ed25519.Ed25519PrivateKey.generate()
     write_file(directory / files[0], tls_key.private_bytes(_PEM, _PKCS8, _NONE), mode=0o600)
     write_file(directory / files[1], signing_key.private_bytes(_PEM, _PKCS8, _NONE), mode=0o600)
-    request = read_request(_build_request(name, tls_key, signing_key).public_bytes(_PEM), where="")
+    csr = _build_request(name, tls_key, signing_key)
+    request = read_request(csr.public_bytes(_PEM), where=str(directory / "site.csr"))
     write_file(directory / "site.csr", request.pem())
     logger.info("made the %skeys of site %r in %s", "rotation " if rotate else "", name, directory)
     return request
