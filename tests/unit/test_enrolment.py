@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 from rich.console import Console
 from typer.testing import CliRunner, Result
@@ -345,3 +345,70 @@ def test_centrally_made_site_keys_are_flagged_as_demo_only(tmp_path: Path) -> No
     added = run("consortium", "add-site", str(out), "pumch")
     assert added.exit_code == 0, added.output
     assert "one-machine demo" in added.stderr
+
+
+def _bad_requests(tmp_path: Path) -> dict[str, bytes]:
+    good = make_site_keys(tmp_path / "good", "pumch")
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    rsa_csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pumch")]))
+        .sign(rsa_key, hashes.SHA256())
+    )
+    tls = ec.generate_private_key(ec.SECP256R1())
+    signing = ed25519.Ed25519PrivateKey.generate()
+    raw = signing.public_key().public_bytes(*RAW)
+    return {
+        "empty": b"",
+        "random bytes": os.urandom(300),
+        "DER, not PEM": good.csr.public_bytes(serialization.Encoding.DER),
+        "a certificate": (tmp_path / "consortium" / "ca" / "ca.crt").read_bytes(),
+        "a private key": (tmp_path / "good" / "site.key").read_bytes(),
+        "truncated": good.pem()[:200],
+        "RSA key": rsa_csr.public_bytes(PEM),
+        "reserved name": forge(
+            "coordinator", tls, raw, proof_for(signing, "coordinator", tls.public_key())
+        ),
+        "invalid name": forge(
+            "West_China", tls, raw, proof_for(signing, "West_China", tls.public_key())
+        ),
+        "short signing key": forge(
+            "pumch", tls, raw[:16], proof_for(signing, "pumch", tls.public_key())
+        ),
+    }
+
+
+def test_bad_request_files_are_refused_cleanly(consortium: Path, tmp_path: Path) -> None:
+    before = {p: p.read_bytes() for p in consortium.rglob("*") if p.is_file()}
+    for what, data in _bad_requests(tmp_path).items():
+        path = tmp_path / "bad.csr"
+        path.write_bytes(data)
+        result = run("consortium", "sign-request", str(consortium), str(path))
+        assert result.exit_code == 2, (what, result.output)
+        assert str(path) in result.stderr or "reserved" in result.stderr, (what, result.stderr)
+        assert "Traceback" not in result.output, what
+    missing = run("consortium", "sign-request", str(consortium), str(tmp_path / "none.csr"))
+    assert missing.exit_code == 2
+    assert "does not exist" in missing.stderr
+    assert {p: p.read_bytes() for p in consortium.rglob("*") if p.is_file()} == before
+
+
+def test_bad_site_arguments_are_refused_cleanly(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("x")
+    cases = [
+        (("site", "init", "--site", "West_China", "--out", str(tmp_path / "h")), "not a valid"),
+        (
+            ("site", "init", "--site", "ruijin", "--out", str(tmp_path / "h"), "--rotate"),
+            "no installed site.crt",
+        ),
+        (
+            ("site", "install-cert", str(tmp_path / "nowhere"), "--dir", str(tmp_path)),
+            "is not a folder",
+        ),
+        (("site", "install-cert", str(tmp_path), "--dir", str(tmp_path)), "does not exist"),
+    ]
+    for args, message in cases:
+        result = run(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.output
