@@ -218,6 +218,8 @@ def test_a_request_is_certified_and_installed_without_any_key_leaving_the_hospit
     assert signed.exit_code == 0, signed.output
     request = read_request_file(hospital / "site.csr")
     assert request.fingerprint in signed.stdout
+    root = tomllib.loads((consortium / "consortium.toml").read_text())["ca_fingerprint"]
+    assert root in signed.stdout  # read to the hospital, which checks its ca.crt
     reply = consortium / "sites" / "west-china"
     assert sorted(p.name for p in reply.iterdir()) == ["ca.crt", "site.crt", "site.toml"]
     cert = load_certificate(hospital / "site.crt")

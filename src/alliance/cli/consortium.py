@@ -442,7 +442,10 @@ def sign_request(
         c.sites = [s for s in c.sites if s.id != site] + [entry]
         save_consortium(folder, c)
     _print_parties(c, f'Site {site!r} certified in consortium "{c.name}"', only=site)
-    _say(f"Next: send {where}/ (certificate, ca.crt, site.toml; no key) back to {display}.")
+    _say(
+        f"Next: send {where}/ (certificate, ca.crt, site.toml; no key) back to {display}, and "
+        f"give it the root's sha256 {c.ca_fingerprint} to check."
+    )
     if rotate:
         _say(
             "Its old certificate stays valid until the site runs on the new one; then run "

@@ -26,7 +26,8 @@ from alliance.cli.common import console, errors
 from alliance.cli.deploy import site_app
 from alliance.core.errors import ConfigError
 from alliance.crypto.enrolment import install_certificate, make_site_keys
-from alliance.crypto.keyfiles import read_file, write_file
+from alliance.crypto.keyfiles import load_certificate, read_file, write_file
+from alliance.crypto.pki import fingerprint
 
 __all__ = ["site_init", "site_install_cert"]
 
@@ -84,6 +85,8 @@ def site_install_cert(
         f"installed certificate {cert.serial_number:x} of site in {folder / 'site.crt'}, valid "
         f"until {cert.not_valid_after_utc:%Y-%m-%d}"
         + ("; the rotation keys are now site.key and signing.key" if done.rotated else "")
+        + f"\nconsortium root sha256 {fingerprint(load_certificate(folder / 'ca.crt'))}: check "
+        "it with the consortium, as it checked your request's"
     )
     if done.rotated:
         _say(
