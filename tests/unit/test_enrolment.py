@@ -298,6 +298,11 @@ def test_key_rotation_keeps_the_site_valid_then_revokes_the_old_certificate(
     old = load_certificate(hospital / "site.crt")
     old_key = (hospital / "site.key").read_bytes()
     trust = trust_of(consortium)
+    same = run(
+        "consortium", "sign-request", str(consortium), str(hospital / "site.csr"), "--rotate"
+    )
+    assert same.exit_code == 2
+    assert "a rotation needs new keys" in same.stderr
     made = run("site", "init", "--site", "ruijin", "--out", str(hospital), "--rotate")
     assert made.exit_code == 0, made.output
     assert (hospital / "site.key").read_bytes() == old_key  # still running on the old keys

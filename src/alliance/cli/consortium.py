@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 from rich.table import Table
 from rich.text import Text
 
@@ -59,8 +61,8 @@ from alliance.crypto import (
     check_party_name,
     fingerprint,
 )
-from alliance.crypto.enrolment import read_request_file
-from alliance.crypto.keyfiles import write_file
+from alliance.crypto.enrolment import key_fingerprint, read_request_file
+from alliance.crypto.keyfiles import load_certificate, write_file
 
 __all__ = ["app"]
 
@@ -396,6 +398,22 @@ def renew_crl(folder: Folder, crl_days: CrlDays = _CRL_DAYS) -> None:
     _say(f"{where}; copy it to the coordinator's [tls] crl path.")
 
 
+def _check_new_keys(last: Path, tls_key_fingerprint: str) -> None:
+    """A rotation must bring new keys: refuse the keys of the certificate last sent back."""
+    if last.is_file() and key_fingerprint(_tls_key(load_certificate(last))) == tls_key_fingerprint:
+        raise ConfigError(
+            f"the request carries the keys of {last}, the certificate in use; a rotation needs "
+            "new keys: the hospital runs 'alliance site init --rotate' and sends that site.csr"
+        )
+
+
+def _tls_key(cert: x509.Certificate) -> ec.EllipticCurvePublicKey:
+    key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ConfigError("a site certificate without an ECDSA key; restore the consortium folder")
+    return key
+
+
 @app.command("sign-request")
 def sign_request(
     folder: Folder,
@@ -434,6 +452,8 @@ def sign_request(
                 f"revoke it first with 'alliance consortium revoke-site {folder} {site}'"
             )
         display = _plain(name or (previous.name if previous else site), "--name")
+        if rotate:
+            _check_new_keys(folder / "sites" / site / "site.crt", asked.tls_key_fingerprint)
         ca = _load_ca(folder, c)
         cert = ca.issue_request(asked, rotation=rotate, valid_days=valid_days)
         where = write_site_reply(folder, c, ca, cert, display)
