@@ -52,9 +52,6 @@ SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyI
 def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(common, "console", Console(width=400))
     monkeypatch.setattr(common, "err", Console(width=400, stderr=True))
-    from alliance.cli import site_keys
-
-    monkeypatch.setattr(site_keys, "console", Console(width=400))
 
 
 def run(*args: str) -> Result:

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from alliance.cli import courier as _courier  # noqa: F401 - registers export/import
-from alliance.cli import site_keys as _site_keys  # noqa: F401 - registers site init/install-cert
+from alliance.cli import enrolment as _enrolment  # noqa: F401 - site init, sign-request...
 from alliance.cli.audit import app as audit_app
 from alliance.cli.common import console, err, errors, state
 from alliance.cli.consortium import app as consortium_app

@@ -13,10 +13,8 @@ bundle per party, each a folder that is copied as a whole to where the party run
 
 Those site bundles hold keys made on this machine, which is right only for the one-machine
 demo: with ``init --site-requests`` no site key is made here. Each hospital makes its own
-keys and request (``alliance site init``), ``sign-request`` checks the request's proofs and
-writes ``DIR/sites/<id>/`` with the certificate, ``ca.crt`` and ``site.toml`` only, and the
-hospital installs it (``alliance site install-cert``). A key rotation is ``sign-request
---rotate`` then, once the site runs on its new certificate, ``revoke-site --previous``.
+keys and request, and ``sign-request`` certifies them (:mod:`alliance.cli.enrolment`); a key
+rotation ends with ``revoke-site --previous``, once the site runs on its new certificate.
 
 ``add-site`` issues one more site bundle and touches nothing else; ``revoke-site`` and
 ``renew-crl`` sign a new CRL into ``ca/`` and ``coordinator/``. The CA key's passphrase is
@@ -37,8 +35,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
 from rich.table import Table
 from rich.text import Text
 
@@ -50,7 +46,6 @@ from alliance.cli.bundles import (
     write_coordinator_bundle,
     write_operator_bundle,
     write_site_bundle,
-    write_site_reply,
 )
 from alliance.core.errors import ConfigError
 from alliance.crypto import (
@@ -61,8 +56,7 @@ from alliance.crypto import (
     check_party_name,
     fingerprint,
 )
-from alliance.crypto.enrolment import key_fingerprint, read_request_file
-from alliance.crypto.keyfiles import load_certificate, write_file
+from alliance.crypto.keyfiles import write_file
 
 __all__ = ["app"]
 
@@ -396,78 +390,3 @@ def renew_crl(folder: Folder, crl_days: CrlDays = _CRL_DAYS) -> None:
         c = _load_consortium(folder)
         where = _publish_crl(folder, _load_ca(folder, c), crl_days)
     _say(f"{where}; copy it to the coordinator's [tls] crl path.")
-
-
-def _check_new_keys(last: Path, tls_key_fingerprint: str) -> None:
-    """A rotation must bring new keys: refuse the keys of the certificate last sent back."""
-    if last.is_file() and key_fingerprint(_tls_key(load_certificate(last))) == tls_key_fingerprint:
-        raise ConfigError(
-            f"the request carries the keys of {last}, the certificate in use; a rotation needs "
-            "new keys: the hospital runs 'alliance site init --rotate' and sends that site.csr"
-        )
-
-
-def _tls_key(cert: x509.Certificate) -> ec.EllipticCurvePublicKey:
-    key = cert.public_key()
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise ConfigError("a site certificate without an ECDSA key; restore the consortium folder")
-    return key
-
-
-@app.command("sign-request")
-def sign_request(
-    folder: Folder,
-    request: Annotated[Path, typer.Argument(help="The site.csr a hospital sent.")],
-    name: Annotated[str | None, typer.Option("--name", help="Display name.")] = None,
-    rotate: Annotated[
-        bool, typer.Option("--rotate", help="The site is rotating its keys: keep its old cert.")
-    ] = False,
-    expect: Annotated[
-        str | None,
-        typer.Option("--fingerprint", help="The request's sha256 the hospital read to you."),
-    ] = None,
-    valid_days: Days = 825,
-) -> None:
-    """Certify a hospital's own keys from its request; no private key is made or seen here."""
-    with common.errors():
-        c = _load_consortium(folder)
-        asked = read_request_file(request)
-        _say(
-            f"request {request} from site {asked.name!r}\n"
-            f"  request sha256      {asked.fingerprint}\n"
-            f"  TLS key sha256      {asked.tls_key_fingerprint}\n"
-            f"  signing key sha256  {asked.signing_key_fingerprint}"
-        )
-        if expect is not None and expect.strip().lower().replace(":", "") != asked.fingerprint:
-            raise ConfigError(
-                f"{request}: its sha256 is {asked.fingerprint}, not the {expect!r} the hospital "
-                "gave; do not sign it, and ask the hospital where its request went"
-            )
-        site = _site_id(asked.name, f"{request}: site name")
-        previous = next((s for s in c.sites if s.id == site), None)
-        if previous is not None and previous.revoked_at is None and not rotate:
-            raise ConfigError(
-                f"site {site!r} is already in {folder / 'consortium.toml'} (certificate serial "
-                f"{previous.serial[:16]}…); if it is rotating its keys give --rotate, otherwise "
-                f"revoke it first with 'alliance consortium revoke-site {folder} {site}'"
-            )
-        display = _plain(name or (previous.name if previous else site), "--name")
-        if rotate:
-            _check_new_keys(folder / "sites" / site / "site.crt", asked.tls_key_fingerprint)
-        ca = _load_ca(folder, c)
-        cert = ca.issue_request(asked, rotation=rotate, valid_days=valid_days)
-        where = write_site_reply(folder, c, ca, cert, display)
-        ca.save(folder / "ca")
-        entry = Party(site, display, f"{cert.serial_number:x}", fingerprint(cert))
-        c.sites = [s for s in c.sites if s.id != site] + [entry]
-        save_consortium(folder, c)
-    _print_parties(c, f'Site {site!r} certified in consortium "{c.name}"', only=site)
-    _say(
-        f"Next: send {where}/ (certificate, ca.crt, site.toml; no key) back to {display}, and "
-        f"give it the root's sha256 {c.ca_fingerprint} to check."
-    )
-    if rotate:
-        _say(
-            "Its old certificate stays valid until the site runs on the new one; then run "
-            f"'alliance consortium revoke-site {folder} {site} --previous'."
-        )
