@@ -377,9 +377,12 @@ def revoke_site(
             entry.revoked_at = f"{when:%Y-%m-%dT%H:%M:%SZ}"
         save_consortium(folder, c)
     _say(
-        f"revoked site {site!r} (certificate serial {', '.join(f'{s:x}' for s in serials)})\n"
+        f"revoked {'the previous certificate of ' if previous else ''}site {site!r} "
+        f"(certificate serial {', '.join(f'{s:x}' for s in serials)})\n"
         f"{where}.\nCopy crl.pem to the coordinator's [tls] crl path now: it re-reads the "
-        "file when it changes and refuses this site's connections and messages from then on."
+        "file when it changes and refuses "
+        + ("that certificate" if previous else "this site's connections and messages")
+        + " from then on."
     )
 
 
