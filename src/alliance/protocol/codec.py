@@ -49,13 +49,9 @@ import numpy as np
 import numpy.typing as npt
 
 from alliance.core.errors import IntegrityError, ProtocolError
-from alliance.protocol.envelope import (
-    COORDINATOR,
-    PROTOCOL_VERSION,
-    Envelope,
-    Header,
-    MessageKind,
-)
+from alliance.protocol.envelope import PROTOCOL_VERSION, Envelope, Header, MessageKind
+from alliance.protocol.validity import MAX_CLOCK_SKEW_S as MAX_CLOCK_SKEW_S
+from alliance.protocol.validity import check_validity
 
 __all__ = [
     "ALLOWED_DTYPES",
@@ -259,8 +255,6 @@ SIGNED_MAGIC = b"GASG"
 SIGNATURE_BYTES = 64
 _LEN64 = struct.Struct("<Q")
 _PREHASH_DOMAIN = b"GASG-SHA256"
-#: How far a sender's clock may run ahead of the receiver's.
-MAX_CLOCK_SKEW_S = 300.0
 
 
 class MessageSigner(Protocol):
@@ -378,49 +372,6 @@ def _is_time(value: object) -> bool:
         return False
 
 
-def _check_times(
-    signer: str, issued: float, expires: float, clock: float, here: str | None
-) -> None:
-    """Raise :class:`ProtocolError` unless ``clock`` is in the message's validity window."""
-    sender = "the coordinator" if signer == COORDINATOR else repr(signer)
-    if clock > expires and here is not None:
-        raise ProtocolError(
-            f"message from {signer!r} expired on arrival: {here}'s clock is about "
-            f"{_duration(clock - issued)} ahead of {sender}'s ({_times(issued, clock)}); it was "
-            f"signed for this delivery and valid for {expires - issued:.0f} s, so fix the "
-            "system clock (NTP)"
-        )
-    if clock > expires:
-        raise ProtocolError(
-            f"message from {signer!r} expired {clock - expires:.0f} s ago; the sender must "
-            "send a fresh one"
-        )
-    if issued > clock + MAX_CLOCK_SKEW_S:
-        raise ProtocolError(
-            f"message from {signer!r} is dated {issued - clock:.0f} s in the future; check the "
-            f"clocks of both machines: {sender}'s clock is about {_duration(issued - clock)} "
-            f"ahead of {here or 'this machine'}'s ({_times(issued, clock)}); fix the wrong one "
-            "(NTP)"
-        )
-
-
-def _duration(seconds: float) -> str:
-    """``"45 s"``, ``"4 minutes"``, ``"3 hours"``, ``"2 days"``: how far apart two clocks are."""
-    for unit, size in (("days", 86_400.0), ("hours", 3600.0), ("minutes", 60.0)):
-        if seconds >= 2 * size:
-            return f"{seconds / size:.0f} {unit}"
-    if seconds >= 90:
-        return f"{seconds / 60:.1f} minutes"
-    return f"{seconds:.0f} s"
-
-
-def _times(issued: float, clock: float) -> str:
-    def show(t: float) -> str:
-        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
-
-    return f"message created at {show(issued)}, local time {show(clock)}"
-
-
 def decode_signed(
     data: bytes,
     verify: SignatureVerifier,
@@ -471,7 +422,7 @@ def decode_signed(
     signed_part = view[: len(data) - SIGNATURE_BYTES]
     verify(signer, der, _prehash(signed_part), bytes(view[len(data) - SIGNATURE_BYTES :]))
     clock = time.time() if now is None else now
-    _check_times(signer, issued, expires, clock, here)
+    check_validity(signer, issued=issued, expires=expires, clock=clock, here=here)
     envelope = decode(signed_part[body_start:], max_bytes=max_bytes)
     if envelope.header.sender != signer:
         raise IntegrityError(
