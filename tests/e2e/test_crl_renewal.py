@@ -163,3 +163,35 @@ def test_an_older_crl_copied_in_while_running_is_refused_and_logged(
     assert _handshake(d, "site-b") != 204
     log = _wait_for_log(d, "refused the new file")
     assert "is CRL number 1, older than the CRL in use (number 2)" in " ".join(log.split()), log
+
+
+def test_a_hospital_checking_the_crl_refuses_an_older_one_after_a_restart(
+    deployment: Deployment,
+) -> None:
+    d = deployment
+    folder = d.site_dir("site-a")
+    (folder / "cases.train.jsonl").write_text("", encoding="utf-8")
+    toml = folder / "site.toml"
+    body = toml.read_text().replace('ca = "ca.crt"\n', 'ca = "ca.crt"\ncrl = "crl.pem"\n')
+    toml.write_text(body.replace('test = ""', "# no held-out cases"))
+    ca_crl = d.root / "consortium" / "ca" / "crl.pem"
+    before_revocation = ca_crl.read_bytes()  # CRL number 1
+    _cli("revoke-site", str(d.root / "consortium"), "site-b")
+    shutil.copyfile(ca_crl, folder / "crl.pem")  # CRL number 2
+    floor = folder / "state" / "crl-number.json"
+    d.start_site("site-a")  # no coordinator runs: the agent starts and keeps polling
+    deadline = time.monotonic() + 60
+    while not floor.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert floor.exists(), d.log("site-site-a.out")
+    assert '"crl_number": 2' in floor.read_text()
+    d.site_procs["site-a"].send_signal(signal.SIGTERM)
+    d.site_procs["site-a"].wait(timeout=30)
+
+    (folder / "crl.pem").write_bytes(before_revocation)
+    d.start_site("site-a")
+    assert d.site_procs["site-a"].wait(timeout=60) == 2
+    message = " ".join(d.log("site-site-a.out").split())
+    assert "is CRL number 1" in message
+    assert "older than CRL number 2 this party already relied on" in message
+    assert "Traceback" not in message
