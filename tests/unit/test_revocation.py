@@ -91,3 +91,12 @@ def test_notices_are_logged_once_not_on_every_handshake(
         notices.check(renewed)  # another list, another notice (it expires within 7 days)
     assert len(caplog.records) == 2
     assert "CRL number 2" in caplog.records[1].getMessage()
+
+
+def test_a_floor_that_cannot_be_written_is_a_config_error(
+    ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the state folder should be")
+    with pytest.raises(ConfigError, match=r"cannot read the CRL number recorded in .*not-a-folder"):
+        CrlFloor(blocker / "crl-number.json").raise_to(ca.crl())

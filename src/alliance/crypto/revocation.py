@@ -86,7 +86,12 @@ class CrlFloor:
             number = state["crl_number"]
         except FileNotFoundError:
             return 0
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read the CRL number recorded in {self.path} ({exc.strerror or exc}); "
+                "make its folder readable and writable by this service"
+            ) from None
+        except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(
                 f"{self.path} does not record a CRL number ({exc!r}); restore it from a backup, "
                 "or delete it to trust the CRL file as it is"
@@ -108,13 +113,25 @@ class CrlFloor:
             )
 
     def raise_to(self, crl: x509.CertificateRevocationList) -> None:
-        """Record ``crl``'s number if it is higher than the one recorded."""
+        """Record ``crl``'s number if it is higher than the one recorded.
+
+        Raises
+        ------
+        ConfigError
+            The file cannot be written.
+        """
         number = crl_number(crl)
         if number <= self.highest():
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         state = {"crl_number": number, "last_update": _show(crl.last_update_utc)}
-        write_atomically(self.path, (json.dumps(state, indent=2) + "\n").encode())
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(self.path, (json.dumps(state, indent=2) + "\n").encode())
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot record CRL number {number} in {self.path} ({exc.strerror or exc}); "
+                "make its folder writable by this service"
+            ) from None
 
 
 def crl_notice(
