@@ -6,6 +6,7 @@ and checks that the handshake is accepted or refused, and for the reason expecte
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 import threading
@@ -28,6 +29,8 @@ from alliance.crypto import (
     reload_crl,
     server_context,
 )
+from alliance.crypto.revocation import CrlNotices
+from alliance.crypto.tls import follow_crl
 
 TIMEOUT = 10.0
 
@@ -252,6 +255,47 @@ def test_reloading_the_crl_revokes_on_a_live_context(tmp_path: Path) -> None:
     reload_crl(server, tmp_path / "ca" / "crl.pem")
     outcome = handshake(server, client)
     assert verify_message(outcome.server_error) == "certificate revoked"
+
+
+def test_a_followed_context_takes_a_renewed_crl_at_the_next_handshake(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An expired CRL refuses everyone; renewing the file ends that, no new context needed."""
+    ca = CertificateAuthority.create("follow-test")
+    ca.issue("coordinator", Role.COORDINATOR, hosts=["127.0.0.1"]).write(tmp_path, stem="coord")
+    ca.issue("west-china", Role.SITE).write(tmp_path / "site", stem="site")
+    ca.crl(valid_days=1, now=datetime.now(UTC) - timedelta(days=2))
+    ca.save(tmp_path / "ca")
+    crl = tmp_path / "ca" / "crl.pem"
+    paths = {"certificate": tmp_path / "coord.crt", "key": tmp_path / "coord.key"}
+    server = server_context(**paths, ca=tmp_path / "ca" / "ca.crt", crl=crl)
+    trust = TrustStore.load(tmp_path / "ca" / "ca.crt", crl, floor=tmp_path / "floor.json")
+    with caplog.at_level(logging.INFO, logger="alliance.crypto"):
+        follow_crl(server, trust, CrlNotices(crl))
+    assert any("expired on" in r.getMessage() for r in caplog.records)  # said at start
+    client = client_context(
+        certificate=tmp_path / "site" / "site.crt",
+        key=tmp_path / "site" / "site.key",
+        ca=tmp_path / "ca" / "ca.crt",
+    )
+    assert verify_message(handshake(server, client).server_error) == "CRL has expired"
+    expired = crl.read_bytes()
+    ca.crl()
+    ca.save(tmp_path / "ca")
+    with caplog.at_level(logging.INFO, logger="alliance.crypto"):
+        assert handshake(server, client).accepted
+    assert any(
+        "TLS now checks clients against CRL number 2" in r.getMessage() for r in caplog.records
+    )
+    # Copying the expired list back changes nothing for the live context, and is said once.
+    crl.write_bytes(expired)
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="alliance.crypto"):
+        assert handshake(server, client).accepted
+        assert handshake(server, client).accepted
+    refusals = [r for r in caplog.records if "refused the new file" in r.getMessage()]
+    assert len(refusals) == 1
+    assert "is CRL number 1, older than the CRL in use (number 2)" in refusals[0].getMessage()
 
 
 def test_unusable_files_raise_config_errors(pki: Path, tmp_path: Path) -> None:

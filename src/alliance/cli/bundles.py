@@ -46,7 +46,9 @@ certificate = "coordinator.crt"
 key = "coordinator.key"
 signing_key = "signing.key"
 ca = "ca.crt"
-crl = "crl.pem"
+crl = "crl.pem"                 # followed while serving: a renewed CRL needs no restart
+# crl_warn_days = 7             # log a warning this many days before the CRL expires
+# crl_state = "crl-number.json" # highest CRL number relied on (default: beside the audit log)
 
 [store]
 # SQLite by default; PostgreSQL: "postgresql+psycopg://user@host:5432/db"

@@ -392,4 +392,7 @@ def renew_crl(folder: Folder, crl_days: CrlDays = _CRL_DAYS) -> None:
     with common.errors():
         c = _load_consortium(folder)
         where = _publish_crl(folder, _load_ca(folder, c), crl_days)
-    _say(f"{where}; copy it to the coordinator's [tls] crl path.")
+    _say(
+        f"{where}; copy it to the coordinator's [tls] crl path (and to each hospital that sets "
+        "one): a running coordinator uses it from the next connection on, no restart needed."
+    )

@@ -4,6 +4,11 @@
 the store (SQLite by default, PostgreSQL by URL), the audit log, the study driver thread and
 the HTTPS server (mutual TLS 1.3). Everything durable is in the store, so stopping the process
 at any moment, even with SIGKILL, and starting it again continues where it was.
+
+The CRL file (``[tls] crl``) is followed while the service runs: a renewed or extended list is
+used from the next handshake on, an older one is refused (the highest CRL number relied on is
+kept in ``[tls] crl_state``, by default ``crl-number.json`` beside the audit log, so a restart
+does not forget it), and an expired or soon expiring list is logged (``[tls] crl_warn_days``).
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from alliance.core.config import TomlFile
 from alliance.core.errors import ConfigError
 from alliance.crypto.keyfiles import load_signing_key
 from alliance.crypto.pki import TrustStore
+from alliance.crypto.revocation import DEFAULT_WARN_DAYS, CrlNotices
 from alliance.crypto.signing import Signer
-from alliance.crypto.tls import server_context
+from alliance.crypto.tls import follow_crl, server_context
 from alliance.protocol.envelope import COORDINATOR
 from alliance.store.audit import AuditLog
 from alliance.store.sql import SqlStore
@@ -48,6 +54,13 @@ class CoordinatorConfig:
     store_url: str
     audit: Path
     files: FilesConfig | None = None
+    crl_state: Path | None = None
+    crl_warn_days: float = DEFAULT_WARN_DAYS
+
+    @property
+    def crl_floor(self) -> Path:
+        """The file keeping the highest CRL number this coordinator relied on."""
+        return self.crl_state or self.audit.parent / "crl-number.json"
 
     @classmethod
     def load(cls, path: str | Path) -> CoordinatorConfig:
@@ -58,6 +71,7 @@ class CoordinatorConfig:
         if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix:
             # A relative SQLite path lives beside the config file, wherever it is run from.
             url = prefix + str((f.path.parent / url[len(prefix) :]).resolve())
+        warn_days = f.number("tls", "crl_warn_days", default=DEFAULT_WARN_DAYS)
         return cls(
             path=f.path,
             federation=f.string(None, "federation"),
@@ -71,6 +85,8 @@ class CoordinatorConfig:
             store_url=url,
             audit=f.required_path("audit", "path", must_exist=False),
             files=FilesConfig.from_toml(f),
+            crl_state=f.path_of("tls", "crl_state", must_exist=False, optional=True),
+            crl_warn_days=warn_days,
         )
 
 
@@ -82,7 +98,7 @@ def build_service(config: CoordinatorConfig) -> CoordinatorService:
             f"{config.path}: {config.certificate} is issued to {signer.name!r}, not to the "
             f"coordinator"
         )
-    trust = TrustStore.load(config.ca, config.crl)
+    trust = TrustStore.load(config.ca, config.crl, floor=config.crl_floor)
     return CoordinatorService(
         federation=config.federation,
         store=SqlStore(config.store_url),
@@ -104,7 +120,7 @@ def open_offline_sites(
         config=config.files,
         signer=signer or Signer.from_files(config.certificate, config.signing_key),
         key=load_signing_key(config.signing_key),
-        trust=trust or TrustStore.load(config.ca, config.crl),
+        trust=trust or TrustStore.load(config.ca, config.crl, floor=config.crl_floor),
     )
 
 
@@ -119,6 +135,8 @@ def serve(
     context = server_context(
         certificate=config.certificate, key=config.key, ca=config.ca, crl=config.crl
     )
+    if config.crl is not None:
+        follow_crl(context, service.trust, CrlNotices(config.crl, warn_days=config.crl_warn_days))
     driver = threading.Thread(target=service.serve_forever, name="study-driver", daemon=True)
     driver.start()
     try:

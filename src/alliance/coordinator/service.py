@@ -470,7 +470,9 @@ class CoordinatorService:
                     f"site {site!r} is configured to exchange files ([files.sites] of the "
                     "coordinator's config); it cannot also upload over HTTPS"
                 )
-            signed = decode_signed(data, self._verify, max_bytes=self.max_upload_bytes())
+            signed = decode_signed(
+                data, self._verify, max_bytes=self.max_upload_bytes(), here="the coordinator"
+            )
             if signed.signer != site:
                 raise PermissionDenied(
                     f"update signed by {signed.signer!r} arrived over the connection of {site!r}"

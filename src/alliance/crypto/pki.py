@@ -21,7 +21,9 @@ revocation list (CRL). :meth:`TrustStore.verify` turns a certificate into an :cl
 only if it was signed by the root, is inside its validity window, is not revoked, and has the
 expected role and name; otherwise it raises :class:`~alliance.core.errors.IntegrityError`
 saying which check failed. A store loaded from files re-reads the CRL when the file changes
-(one ``stat`` per call), so a revocation takes effect without a restart.
+(one ``stat`` per call), so a revocation takes effect without a restart. It never takes a CRL
+older than the one in use, nor, given a :class:`~alliance.crypto.revocation.CrlFloor`, older
+than the newest it relied on before a restart (:mod:`alliance.crypto.revocation`).
 
 The PEM loaders (:func:`load_certificate` and friends) live in :mod:`alliance.crypto.keyfiles`
 and are re-exported here.
@@ -34,6 +36,7 @@ import hashlib
 import logging
 import os
 import re
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,6 +55,7 @@ from alliance.crypto.keyfiles import (
     load_signing_key,
     read_file,
 )
+from alliance.crypto.revocation import CrlFloor, crl_number
 
 __all__ = [
     "PASSPHRASE_ENV",
@@ -171,6 +175,8 @@ class TrustStore:
         The consortium's root certificate (self-signed, ``CA=true``).
     crl
         The current revocation list; it must be signed by the root.
+    floor
+        Where the highest CRL number relied on is kept: a CRL with a lower number is refused.
 
     Raises
     ------
@@ -182,6 +188,8 @@ class TrustStore:
         self,
         ca_certificate: x509.Certificate,
         crl: x509.CertificateRevocationList | None = None,
+        *,
+        floor: CrlFloor | None = None,
     ) -> None:
         try:
             constraints = ca_certificate.extensions.get_extension_for_class(
@@ -204,13 +212,22 @@ class TrustStore:
         self._crl: x509.CertificateRevocationList | None = None
         self._crl_path: Path | None = None
         self._crl_stamp: tuple[int, int, int] | None = None
+        self._floor = floor
+        self._reload_lock = threading.Lock()
         if crl is not None:
             self._crl = self._checked_crl(crl, "the CRL given")
 
     @classmethod
-    def load(cls, ca_path: Path, crl_path: Path | None = None) -> TrustStore:
-        """Read the root certificate and, if given, the CRL (re-read when the file changes)."""
-        store = cls(load_certificate(ca_path))
+    def load(
+        cls, ca_path: Path, crl_path: Path | None = None, *, floor: Path | None = None
+    ) -> TrustStore:
+        """Read the root certificate and, if given, the CRL (re-read when the file changes).
+
+        ``floor``: the file that keeps the highest CRL number relied on (see
+        :class:`~alliance.crypto.revocation.CrlFloor`); without it, only the CRL in memory
+        guards against an older one.
+        """
+        store = cls(load_certificate(ca_path), floor=None if floor is None else CrlFloor(floor))
         if crl_path is not None:
             store._crl_path = Path(crl_path)
             store.reload_crl(force=True)
@@ -231,6 +248,11 @@ class TrustStore:
         """The revocation list in use, if any."""
         return self._crl
 
+    @property
+    def crl_path(self) -> Path | None:
+        """The CRL file re-read when it changes, if the store was loaded with one."""
+        return self._crl_path
+
     def _checked_crl(
         self, crl: x509.CertificateRevocationList, where: str
     ) -> x509.CertificateRevocationList:
@@ -239,6 +261,14 @@ class TrustStore:
                 f"{where} is not signed by consortium CA {self._consortium!r}; copy crl.pem "
                 "again from the consortium's ca/ folder"
             )
+        if self._crl is not None and crl_number(crl) < crl_number(self._crl):
+            raise ConfigError(
+                f"{where} is CRL number {crl_number(crl)}, older than the CRL in use "
+                f"(number {crl_number(self._crl)}); copy the newest crl.pem from the "
+                "consortium's ca/ folder"
+            )
+        if self._floor is not None:
+            self._floor.check(crl, where)
         if self._crl is not None and crl.last_update_utc < self._crl.last_update_utc:
             raise ConfigError(
                 f"{where} (issued {_show(crl.last_update_utc)}) is older than the CRL in use "
@@ -255,23 +285,35 @@ class TrustStore:
         """
         if self._crl_path is None:
             return False
+        with self._reload_lock:
+            return self._reload_crl(self._crl_path, force=force)
+
+    def _reload_crl(self, path: Path, *, force: bool) -> bool:
         try:
-            st = os.stat(self._crl_path)
+            st = os.stat(path)
         except OSError:
             raise ConfigError(
-                f"CRL file {self._crl_path} is missing; restore it from the consortium's ca/ folder"
+                f"CRL file {path} is missing; restore it from the consortium's ca/ folder"
             ) from None
         stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
         if not force and stamp == self._crl_stamp:
             return False
-        data = read_file(self._crl_path, "CRL")
+        data = read_file(path, "CRL")
         try:
             crl = x509.load_pem_x509_crl(data)
         except ValueError:
-            raise ConfigError(f"CRL file {self._crl_path} is not a PEM CRL") from None
-        self._crl = self._checked_crl(crl, f"CRL file {self._crl_path}")
-        self._crl_stamp = stamp
-        logger.info("loaded CRL %s with %d revoked certificates", self._crl_path, len(crl))
+            raise ConfigError(f"CRL file {path} is not a PEM CRL") from None
+        checked = self._checked_crl(crl, f"CRL file {path}")
+        if self._floor is not None:
+            self._floor.raise_to(checked)
+        self._crl, self._crl_stamp = checked, stamp
+        logger.info(
+            "loaded CRL %s: number %d, %d revoked certificates, valid until %s",
+            path,
+            crl_number(crl),
+            len(crl),
+            "(no nextUpdate)" if crl.next_update_utc is None else _show(crl.next_update_utc),
+        )
         return True
 
     def verify(

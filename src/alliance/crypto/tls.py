@@ -13,21 +13,33 @@ usage (``clientAuth`` for clients, ``serverAuth`` for the coordinator). Which pa
 and whether its role fits the request, is decided by the application with
 :meth:`alliance.crypto.pki.TrustStore.verify` on :func:`peer_certificate_der`.
 
-A context cannot forget a CRL, but OpenSSL uses the newest CRL of an issuer (by
-``lastUpdate``), so :func:`reload_crl` adds a re-signed CRL to a live server context and new
-handshakes honour it.
+A context cannot forget a CRL, but OpenSSL uses the newest CRL of an issuer that is in its
+validity window (then by ``lastUpdate``), so :func:`reload_crl` adds a re-signed CRL to a live
+server context and new handshakes honour it. :func:`follow_crl` does so by itself: at the start
+of every handshake (OpenSSL's server-name callback, before the client's certificate is checked)
+it asks the :class:`~alliance.crypto.pki.TrustStore` for its CRL, which costs one ``stat``
+unless the file changed, and adds a new one to the context. A renewed CRL therefore ends the
+outage an expired one causes, without a restart; a file the trust store refuses (an older CRL,
+another CA's, not a CRL) is logged once and the context keeps the CRL it has.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
+import tempfile
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
 from alliance.core.errors import ConfigError
+from alliance.crypto.pki import TrustStore
+from alliance.crypto.revocation import CrlNotices, crl_number
 
 __all__ = [
     "client_context",
+    "follow_crl",
     "peer_certificate_der",
     "peer_identity_name",
     "reload_crl",
@@ -103,6 +115,11 @@ def reload_crl(context: ssl.SSLContext, crl: Path) -> None:
     ConfigError
         The file is missing or not a PEM CRL.
     """
+    _load_crl(context, crl)
+    logger.info("loaded CRL %s into the TLS context", crl)
+
+
+def _load_crl(context: ssl.SSLContext, crl: Path) -> None:
     try:
         context.load_verify_locations(cafile=_require(crl, "CRL"))
     except ssl.SSLError as exc:
@@ -110,7 +127,57 @@ def reload_crl(context: ssl.SSLContext, crl: Path) -> None:
             f"TLS CRL file {crl} is not a PEM CRL: {exc.reason or exc}; copy crl.pem again "
             "from the consortium's ca/ folder"
         ) from None
-    logger.info("loaded CRL %s into the TLS context", crl)
+
+
+def follow_crl(context: ssl.SSLContext, trust: TrustStore, notices: CrlNotices) -> None:
+    """Keep a live server context's CRL that of ``trust``'s CRL file, checked per handshake.
+
+    Parameters
+    ----------
+    context
+        A :func:`server_context` built with a CRL.
+    trust
+        The trust store loaded with the same CRL file (and the party's CRL floor).
+    notices
+        Logs an expired or soon expiring CRL, at most once a day (an hour when expired).
+    """
+    current = trust.crl
+    refused: list[str] = []
+
+    def before_handshake(
+        _ssl_object: ssl.SSLObject, _server_name: str | None, ctx: ssl.SSLContext
+    ) -> None:
+        nonlocal current
+        try:
+            trust.reload_crl()
+        except ConfigError as exc:
+            if refused != [str(exc)]:  # once per distinct refusal, not once per handshake
+                refused[:] = [str(exc)]
+                logger.error("kept the CRL in use, refused the new file: %s", exc)
+        else:
+            refused.clear()
+        crl = trust.crl
+        if crl is not None and crl is not current:
+            try:
+                _add_crl(ctx, crl)
+                current = crl
+            except ConfigError as exc:
+                logger.error("%s", exc)
+        notices.check(current)
+
+    context.sni_callback = before_handshake
+    notices.check(current)
+
+
+def _add_crl(context: ssl.SSLContext, crl: x509.CertificateRevocationList) -> None:
+    """Add a CRL already checked by the trust store (its bytes, not the file, which may change)."""
+    # Python reads CRLs only from a file (cadata takes certificates), so the checked bytes go
+    # through a private temporary one.
+    with tempfile.TemporaryDirectory(prefix="alliance-crl-") as folder:
+        path = Path(folder) / "crl.pem"
+        path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+        _load_crl(context, path)
+    logger.info("TLS now checks clients against CRL number %d", crl_number(crl))
 
 
 def client_context(*, certificate: Path, key: Path, ca: Path) -> ssl.SSLContext:

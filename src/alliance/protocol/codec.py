@@ -50,6 +50,8 @@ import numpy.typing as npt
 
 from alliance.core.errors import IntegrityError, ProtocolError
 from alliance.protocol.envelope import PROTOCOL_VERSION, Envelope, Header, MessageKind
+from alliance.protocol.validity import MAX_CLOCK_SKEW_S as MAX_CLOCK_SKEW_S
+from alliance.protocol.validity import check_validity
 
 __all__ = [
     "ALLOWED_DTYPES",
@@ -253,8 +255,6 @@ SIGNED_MAGIC = b"GASG"
 SIGNATURE_BYTES = 64
 _LEN64 = struct.Struct("<Q")
 _PREHASH_DOMAIN = b"GASG-SHA256"
-#: How far a sender's clock may run ahead of the receiver's.
-MAX_CLOCK_SKEW_S = 300.0
 
 
 class MessageSigner(Protocol):
@@ -378,8 +378,17 @@ def decode_signed(
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
     now: float | None = None,
+    here: str | None = None,
 ) -> SignedMessage:
     """Check a signed message's frame, signature, validity window and sender, then decode it.
+
+    Parameters
+    ----------
+    here
+        Who receives, in words (``"this hospital"``, ``"the coordinator"``), when the sender
+        signed the message for this very delivery, as over HTTPS: a message that arrives
+        expired then means the clocks disagree, and the error says by how much and whose
+        clock is ahead instead of blaming the sender.
 
     Raises
     ------
@@ -413,16 +422,7 @@ def decode_signed(
     signed_part = view[: len(data) - SIGNATURE_BYTES]
     verify(signer, der, _prehash(signed_part), bytes(view[len(data) - SIGNATURE_BYTES :]))
     clock = time.time() if now is None else now
-    if clock > expires:
-        raise ProtocolError(
-            f"message from {signer!r} expired {clock - expires:.0f} s ago; the sender must "
-            "send a fresh one"
-        )
-    if issued > clock + MAX_CLOCK_SKEW_S:
-        raise ProtocolError(
-            f"message from {signer!r} is dated {issued - clock:.0f} s in the future; check "
-            "the clocks of both machines"
-        )
+    check_validity(signer, issued=issued, expires=expires, clock=clock, here=here)
     envelope = decode(signed_part[body_start:], max_bytes=max_bytes)
     if envelope.header.sender != signer:
         raise IntegrityError(

@@ -233,7 +233,9 @@ class SiteRunner:
                 f"{config.path}: site = {config.site!r} but the certificate "
                 f"{config.certificate} is issued to {self.signer.name!r}"
             )
-        self.trust = TrustStore.load(config.ca, config.crl)
+        self.trust = TrustStore.load(
+            config.ca, config.crl, floor=config.state_dir / "crl-number.json"
+        )
         coordinator = MessageVerifier(self.trust, role=Role.COORDINATOR)
         self.link: HttpSiteLink | FileSiteLink
         if config.files is not None:

@@ -6,11 +6,16 @@ long-polls the coordinator and returns the next message only once the coordinato
 certificate and validity window verify; ``submit`` signs the message with the site's key and
 posts it, retrying network failures with the same bytes (same nonce), so a coordinator that
 stored the update before its answer was lost counts it once.
+
+The coordinator signs each message when it hands it out, so one that arrives expired means the
+two clocks disagree: ``fetch`` says so, naming by how much, rather than blaming the sender.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 from alliance.core.errors import ConfigError
 from alliance.protocol.codec import (
@@ -42,6 +47,8 @@ class HttpSiteLink:
         How long one long-poll waits for a message.
     ttl_s
         How long a sent update stays valid.
+    clock
+        This hospital's clock, unix seconds (the system clock; tests set another).
     """
 
     def __init__(
@@ -52,12 +59,14 @@ class HttpSiteLink:
         verify: SignatureVerifier,
         poll_s: float = 25.0,
         ttl_s: float = 3600.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
         self.signer = signer
         self.verify = verify
         self.poll_s = poll_s
         self.ttl_s = ttl_s
+        self.clock = clock
         #: Size in bytes and the coordinator's receipt of the last message submitted.
         self.last_sent: tuple[int, str] | None = None
 
@@ -74,11 +83,13 @@ class HttpSiteLink:
         )
         if response.status_code == 204:
             return None
-        return decode_signed(response.content, self.verify).envelope
+        return decode_signed(
+            response.content, self.verify, now=self.clock(), here="this hospital"
+        ).envelope
 
     def submit(self, envelope: Envelope) -> None:
         """Sign ``envelope`` and post it; :attr:`last_sent` records its size and receipt."""
-        payload = encode_signed(envelope, self.signer, ttl_s=self.ttl_s)
+        payload = encode_signed(envelope, self.signer, ttl_s=self.ttl_s, now=self.clock())
         answer = self.client.request(
             "POST",
             "/v1/updates",
