@@ -40,15 +40,15 @@ class ChangeNotifier(threading.Condition):
         self.version = 0
         #: Set by :meth:`close`: no change will come any more (the service stops).
         self.closed = False
-        self._guard = threading.Lock()
-        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
+        self._tasks_guard = threading.Lock()
+        self._tasks: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
 
     def notify_all(self) -> None:
         """Wake every thread in :meth:`wait` and every task in :meth:`changed`."""
         super().notify_all()
-        with self._guard:
+        with self._tasks_guard:
             self.version += 1
-            waiters, self._waiters = self._waiters, set()
+            waiters, self._tasks = self._tasks, set()
         for loop, future in waiters:
             try:
                 loop.call_soon_threadsafe(_wake, future)
@@ -66,14 +66,14 @@ class ChangeNotifier(threading.Condition):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         entry = (loop, future)
-        with self._guard:
+        with self._tasks_guard:
             if self.version != since or self.closed:
                 return
-            self._waiters.add(entry)
+            self._tasks.add(entry)
         try:
             await asyncio.wait_for(future, timeout_s)
         except TimeoutError:
             pass
         finally:
-            with self._guard:
-                self._waiters.discard(entry)
+            with self._tasks_guard:
+                self._tasks.discard(entry)
