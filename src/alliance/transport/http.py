@@ -247,7 +247,7 @@ def create_app(service: CoordinatorEndpoints, *, limits: RequestLimits | None = 
             headers=headers,
         )
 
-    async def identify(peer: bytes | None) -> tuple[str, str] | None:
+    async def identify(peer: bytes) -> tuple[str, str] | None:
         try:
             return await run_in_threadpool(service.identify, peer)
         except AllianceError:

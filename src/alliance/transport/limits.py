@@ -141,7 +141,8 @@ class PerCallerLimit:
         The application.
     identify
         ``(name, role)`` of a TLS peer certificate (DER), or ``None`` if it identifies nobody;
-        requests of nobody go through uncounted, for the routes to refuse.
+        requests without a certificate or of nobody go through uncounted, for the routes to
+        refuse.
     limits
         The limits.
     """
@@ -150,7 +151,7 @@ class PerCallerLimit:
         self,
         app: ASGIApp,
         *,
-        identify: Callable[[bytes | None], Awaitable[tuple[str, str] | None]],
+        identify: Callable[[bytes], Awaitable[tuple[str, str] | None]],
         limits: RequestLimits,
     ) -> None:
         self.app = app
@@ -164,7 +165,8 @@ class PerCallerLimit:
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})
-        caller = await self.identify(state.get("tls_peer_der"))
+        peer = state.get("tls_peer_der")
+        caller = None if peer is None else await self.identify(peer)
         if caller is None:
             await self.app(scope, receive, send)
             return
