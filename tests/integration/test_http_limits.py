@@ -66,20 +66,20 @@ def _while_crowded(server: Running, sites: list[str], wait: float) -> dict[str, 
 
 def test_long_polls_of_many_sites_hold_no_request_thread(server: Running) -> None:
     """44 sites long-poll at once; a 45th site and an operator are answered at once."""
-    seen = _while_crowded(server, SITES[:44], wait=6)
+    seen = _while_crowded(server, SITES[:44], wait=8)
     answers = seen["answers"]
     assert [r.status_code for r in answers] == [204] * 44  # type: ignore[attr-defined]
     other_s, other = seen["other"]  # type: ignore[misc]
     op_s, op = seen["operator"]  # type: ignore[misc]
     assert (other.status_code, op.status_code) == (204, 200)
-    # Held behind the polls they would take 4.5 s or more; served at once they take a TLS
-    # handshake (the bound is wide for a loaded 2-core machine).
-    assert other_s < 3, other_s
-    assert op_s < 3, op_s
+    # Held behind the polls they would take 6.5 s or more; served at once they take a TLS
+    # handshake (the bound is wide for a loaded, shared 2-core machine).
+    assert other_s < 4, other_s
+    assert op_s < 4, op_s
 
 
 def test_one_site_beyond_its_limit_gets_429_and_nobody_else_waits(server: Running) -> None:
-    seen = _while_crowded(server, ["site-00"] * CROWD, wait=6)
+    seen = _while_crowded(server, ["site-00"] * CROWD, wait=8)
     answers: list[httpx.Response] = seen["answers"]  # type: ignore[assignment]
     codes = sorted(r.status_code for r in answers)
     refused = [r for r in answers if r.status_code == 429]
@@ -92,8 +92,8 @@ def test_one_site_beyond_its_limit_gets_429_and_nobody_else_waits(server: Runnin
     other_s, other = seen["other"]  # type: ignore[misc]
     op_s, op = seen["operator"]  # type: ignore[misc]
     assert (other.status_code, op.status_code) == (204, 200)
-    assert other_s < 3, other_s
-    assert op_s < 3, op_s
+    assert other_s < 4, other_s
+    assert op_s < 4, op_s
     # The site's slots are given back: it polls again normally.
     assert _poll(server, "site-00", 0).status_code == 204
 
@@ -298,8 +298,11 @@ def test_the_site_client_waits_out_a_429_and_retries(server: Running) -> None:
         sleep=lambda s: (waits.append(s), time.sleep(s))[-1],  # type: ignore[func-returns-value]
     )
     with ThreadPoolExecutor(CROWD) as pool:
-        hogs = [pool.submit(_poll, server, "site-02", 3) for _ in range(CROWD)]
-        time.sleep(1.0)
+        hogs = [pool.submit(_poll, server, "site-02", 8) for _ in range(CROWD)]
+        deadline = time.monotonic() + 20
+        while _poll(server, "site-02", 0).status_code != 429:  # until its slots are all taken
+            assert time.monotonic() < deadline, "site-02's long-polls never filled its slots"
+            time.sleep(0.2)
         started = time.monotonic()
         response = client.request("GET", "/v1/messages/next", params={"wait": 0})
         took = time.monotonic() - started
@@ -309,4 +312,4 @@ def test_the_site_client_waits_out_a_429_and_retries(server: Running) -> None:
     assert response.status_code == 204
     assert waits
     assert max(waits) >= 1.0  # the server's Retry-After, not the tiny backoff
-    assert took < 20
+    assert took < 30
