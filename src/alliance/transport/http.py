@@ -535,7 +535,8 @@ class HttpClient:
     ) -> httpx.Response:
         """Send a request, retrying network failures, 5xx and 429; raise the server's 4xx errors.
 
-        A 429 is retried after the server's ``Retry-After`` (at most the policy's cap).
+        A 429 is retried after the server's ``Retry-After`` (at most 60 s), counted against the
+        policy's ``give_up_s``.
         """
         started = time.monotonic()
         attempt = 0
