@@ -195,7 +195,7 @@ def test_oversized_uploads_are_refused_before_they_are_read(server: Server) -> N
             content=b"\0" * (2 << 20),
             headers={"content-type": "application/octet-stream"},
         )
-    assert response.status_code == 400
+    assert response.status_code == 413
     assert "exceeds the limit" in response.json()["detail"]
 
 

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from alliance.algorithms.strategies import make_strategy
 from alliance.coordinator.rounds import Coordinator, Receipt
+from alliance.coordinator.visibility import site_log, site_status
 from alliance.core.errors import AllianceError, ConfigError, FederationError
 from alliance.core.faults import crash_point
 from alliance.crypto.pki import Role, TrustStore
@@ -59,6 +60,7 @@ from alliance.protocol.study import StudySpec
 from alliance.store.audit import AuditLog
 from alliance.store.state import CoordinatorStore, StoredEvent, StudyRecord, StudyStatus
 from alliance.transport.http import NotFoundError, PermissionDenied
+from alliance.transport.longpoll import ChangeNotifier
 
 if TYPE_CHECKING:
     from alliance.coordinator.offline import OfflineSites
@@ -126,7 +128,9 @@ class CoordinatorService:
         self.clock = clock
         self._verify = MessageVerifier(trust, role=Role.SITE)
         self._lock = threading.RLock()
-        self._changed = threading.Condition(self._lock)
+        self._changed = ChangeNotifier(self._lock)
+        #: What long-polls wait on (asyncio or threads): every change of state is announced.
+        self.changes = self._changed
         self._seen: dict[str, float] = {}
         self._running: _Running | None = None
         # The last finished study, whose participants are told so when they next poll.
@@ -169,8 +173,7 @@ class CoordinatorService:
     def stop(self) -> None:
         """Stop :meth:`serve_forever` and wake every long-poll."""
         self._stop.set()
-        with self._changed:
-            self._changed.notify_all()
+        self._changed.close()
 
     def tick(self) -> None:
         """Advance the running study by at most one step (see the module docstring)."""
@@ -561,8 +564,9 @@ class CoordinatorService:
             for r in self.store.studies()
         ]
 
-    def study_status(self, study_id: str) -> dict[str, Any]:
-        """Status, rounds and per-round metrics of a study."""
+    def study_status(self, study_id: str, *, site: str | None = None) -> dict[str, Any]:
+        """Status, rounds and per-round metrics of a study; a ``site`` sees only the
+        consortium's aggregates and its own figures (:func:`site_status`)."""
         record = self._record(study_id)
         rounds = self.store.rounds(study_id)
         spec = StudySpec.parse(record.spec, where=f"study {study_id}")
@@ -572,7 +576,7 @@ class CoordinatorService:
             if current is not None and current.status.value == "open"
             else []
         )
-        return {
+        status = {
             "study": study_id,
             "title": spec.title,
             "status": record.status.value,
@@ -593,18 +597,23 @@ class CoordinatorService:
             "rejections": len(self.store.rejections(study_id)),
             "privacy": describe_privacy(spec.privacy, spec.secagg, spec.rounds),
         }
+        return status if site is None else site_status(status, site)
 
     def study_spec(self, study_id: str) -> str:
         """The study file exactly as submitted."""
         return self._record(study_id).spec
 
-    def study_logs(self, study_id: str, after: int) -> list[dict[str, Any]]:
-        """Log lines (rounds, rejections) after sequence number ``after``."""
+    def study_logs(
+        self, study_id: str, after: int, *, site: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Log lines (rounds, rejections) after sequence number ``after``; a ``site`` gets
+        the consortium's lines and its own only (:func:`site_log`)."""
         self._record(study_id)
-        return [
+        lines = [
             {"seq": seq, "at": e.at, "kind": e.kind, "message": e.message}
             for seq, e in self.store.events(study_id, after=after)
         ]
+        return lines if site is None else site_log(lines, site)
 
 
 def describe_privacy(privacy: PrivacyPlan, secagg: SecAggPlan, rounds: int) -> dict[str, Any]:

@@ -11,9 +11,13 @@ certificates refused), and a small protocol subclass hands the peer's certificat
 which maps it to a party (:meth:`CoordinatorEndpoints.identify`). A site can therefore only
 fetch its own tasks, and an update's signer must be the party at the other end of the socket.
 
-Payload bytes are read with a cap (:meth:`CoordinatorEndpoints.max_upload_bytes`, derived from
-the model size) before anything else looks at them. Errors are JSON ``{"error", "detail"}`` with
-a 4xx status that says what the caller did wrong; the client turns them back into the matching
+A request body is read only once the caller's role allows the route, with a cap (uploads:
+:meth:`CoordinatorEndpoints.max_upload_bytes`, derived from the model size) and a time allowance
+(:mod:`alliance.transport.limits`); each identity has a bounded number of requests in flight
+(429 beyond it). A long-poll waits as a coroutine on the service's
+:class:`~alliance.transport.longpoll.ChangeNotifier`, not in a thread. Errors are JSON
+``{"error", "detail"}`` with a 4xx status that says what the caller did wrong, never echoing what
+it sent; the client turns them back into the matching
 :class:`~alliance.core.errors.AllianceError`. Network failures and 5xx are retried with
 exponential backoff and jitter, so a site rides out a coordinator restart or a dropped link.
 """
@@ -28,13 +32,15 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import anyio.to_thread
 import httpx
 import uvicorn
 from fastapi import FastAPI, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -48,12 +54,24 @@ from alliance.core.errors import (
     ProtocolError,
     TransportError,
 )
+from alliance.transport.limits import (
+    CALLER_KEY,
+    ClientGone,
+    PayloadTooLarge,
+    PerCallerLimit,
+    RequestLimits,
+    RequestTimedOut,
+    TooManyRequests,
+    read_body,
+)
+from alliance.transport.longpoll import ChangeNotifier
 
 __all__ = [
     "CoordinatorEndpoints",
     "HttpClient",
     "NotFoundError",
     "PermissionDenied",
+    "RequestLimits",
     "RetryPolicy",
     "create_app",
     "run_server",
@@ -75,6 +93,8 @@ class CoordinatorEndpoints(Protocol):
     """What the HTTP server asks of the coordinator service (all calls are synchronous)."""
 
     federation: str
+    #: Announces every change of state a long-poll may be waiting for.
+    changes: ChangeNotifier
 
     def identify(self, peer_certificate_der: bytes | None) -> tuple[str, str]:
         """``(name, role)`` of the TLS peer; raises ``PermissionDenied`` if it has none."""
@@ -96,8 +116,8 @@ class CoordinatorEndpoints(Protocol):
         """Queue a study; returns its status."""
         ...
 
-    def study_status(self, study_id: str) -> dict[str, Any]:
-        """Status and per-round metrics of a study."""
+    def study_status(self, study_id: str, *, site: str | None = None) -> dict[str, Any]:
+        """Status and per-round metrics of a study (as ``site`` may see them, if given)."""
         ...
 
     def list_studies(self) -> list[dict[str, Any]]:
@@ -108,14 +128,19 @@ class CoordinatorEndpoints(Protocol):
         """The study file's text exactly as submitted."""
         ...
 
-    def study_logs(self, study_id: str, after: int) -> list[dict[str, Any]]:
-        """Log lines after sequence number ``after``."""
+    def study_logs(
+        self, study_id: str, after: int, *, site: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Log lines after sequence number ``after`` (those ``site`` may see, if given)."""
         ...
 
 
 # --- server ---------------------------------------------------------------------------------
 
 _STATUS: list[tuple[type[AllianceError], int]] = [
+    (PayloadTooLarge, 413),
+    (RequestTimedOut, 408),
+    (TooManyRequests, 429),
     (PermissionDenied, 403),
     (NotFoundError, 404),
     (IntegrityError, 422),
@@ -142,15 +167,31 @@ _MEANING = {
     400: "Malformed request or invalid content (ProtocolError, ConfigError, DataError)",
     403: "The client certificate does not allow this request (PermissionDenied)",
     404: "No such study (NotFoundError)",
+    408: "The request body did not arrive in time (RequestTimedOut)",
     409: "Not possible in the federation's current state (FederationError)",
+    413: "The request body is larger than this route accepts (PayloadTooLarge)",
     422: "The update's signature or integrity check failed (IntegrityError)",
+    429: "This certificate has too many requests in flight; wait Retry-After seconds",
 }
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for the error statuses a route answers with (always JSON)."""
     body = {"application/json": {"schema": ErrorBody.model_json_schema()}}
-    return {code: {"description": _MEANING[code], "content": body} for code in codes}
+    out: dict[int | str, dict[str, Any]] = {
+        code: {"description": _MEANING[code], "content": body} for code in (*codes, 429)
+    }
+    out[429]["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
+    return out
+
+
+def _invalid(exc: RequestValidationError | ValidationError, what: str) -> ProtocolError:
+    """What was wrong with a request's parameters or body, naming where and never the input."""
+    problems = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+        problems.append(f"{where or what}: {error.get('msg', 'invalid')}")
+    return ProtocolError(f"invalid {what}: " + "; ".join(problems))
 
 
 class StudySubmission(BaseModel):
@@ -159,24 +200,15 @@ class StudySubmission(BaseModel):
     spec: str = Field(max_length=64_000, description="The study.toml text, exactly as approved.")
 
 
-async def _read_capped(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ProtocolError(f"payload of {declared} bytes exceeds the limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ProtocolError(
-                f"payload of at least {size} bytes exceeds the limit of {limit} bytes"
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
+_STUDY_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": StudySubmission.model_json_schema()}},
+}
 
 
-def create_app(service: CoordinatorEndpoints) -> FastAPI:
-    """The coordinator's HTTP API over ``service``."""
+def create_app(service: CoordinatorEndpoints, *, limits: RequestLimits | None = None) -> FastAPI:
+    """The coordinator's HTTP API over ``service``, with per-caller ``limits``."""
+    limits = limits or RequestLimits()
     app = FastAPI(
         title="Guardian Alliance coordinator",
         version="1",
@@ -187,7 +219,15 @@ def create_app(service: CoordinatorEndpoints) -> FastAPI:
 
     @app.exception_handler(AllianceError)
     async def _alliance_error(request: Request, exc: AllianceError) -> JSONResponse:
+        if isinstance(exc, PayloadTooLarge | RequestTimedOut | ClientGone):
+            # One line, no traceback: these are the caller's doing, not the coordinator's.
+            who = getattr(request.state, CALLER_KEY, ("unidentified", ""))[0]
+            logger.warning("%s %s from %r: %s", request.method, request.url.path, who, exc)
         return _error(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(_invalid(exc, "request"))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -207,14 +247,48 @@ def create_app(service: CoordinatorEndpoints) -> FastAPI:
             headers=headers,
         )
 
+    async def identify(peer: bytes) -> tuple[str, str] | None:
+        try:
+            return await run_in_threadpool(service.identify, peer)
+        except AllianceError:
+            return None  # the route refuses it, saying why
+
+    app.add_middleware(PerCallerLimit, identify=identify, limits=limits)
+
     async def caller(request: Request, *roles: str) -> str:
-        peer = getattr(request.state, "tls_peer_der", None)
-        name, role = await run_in_threadpool(service.identify, peer)
+        """The caller's name, if its role is one of ``roles`` (``PermissionDenied`` if not)."""
+        return (await caller_and_role(request, *roles))[0]
+
+    async def caller_and_role(request: Request, *roles: str) -> tuple[str, str]:
+        known: tuple[str, str] | None = getattr(request.state, CALLER_KEY, None)
+        if known is None:
+            peer = getattr(request.state, "tls_peer_der", None)
+            known = await run_in_threadpool(service.identify, peer)
+        name, role = known
         if role not in roles:
             raise PermissionDenied(
                 f"a {role} certificate ({name!r}) cannot call {request.url.path}"
             )
-        return name
+        return name, role
+
+    poll_threads: list[anyio.CapacityLimiter] = []
+
+    async def long_poll(site: str, wait: float) -> bytes | None:
+        """Wait as a coroutine, looking for the site's message in a thread at each change."""
+        if not poll_threads:  # made in the server's event loop, once
+            poll_threads.append(anyio.CapacityLimiter(8))
+        changes = service.changes
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + wait
+        while True:
+            seen = changes.version
+            data = await anyio.to_thread.run_sync(
+                service.next_message, site, 0.0, limiter=poll_threads[0]
+            )
+            remaining = give_up - loop.time()
+            if data is not None or remaining <= 0 or changes.closed:
+                return data
+            await changes.changed(seen, remaining)
 
     @app.get("/v1/health", summary="Liveness and the federation's name")
     async def health() -> dict[str, str]:
@@ -234,7 +308,7 @@ def create_app(service: CoordinatorEndpoints) -> FastAPI:
         request: Request, wait: float = Query(25.0, ge=0, le=60, description="seconds to wait")
     ) -> Response:
         site = await caller(request, "site")
-        data = await run_in_threadpool(service.next_message, site, wait)
+        data = await long_poll(site, wait)
         if data is None:
             return Response(status_code=204)
         return Response(content=data, media_type=OCTETS)
@@ -242,7 +316,7 @@ def create_app(service: CoordinatorEndpoints) -> FastAPI:
     @app.post(
         "/v1/updates",
         summary="Submit the calling site's signed model update",
-        responses=_errors(400, 403, 409, 422),
+        responses=_errors(400, 403, 408, 409, 413, 422),
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -252,7 +326,8 @@ def create_app(service: CoordinatorEndpoints) -> FastAPI:
     )
     async def submit_update(request: Request) -> dict[str, str]:
         site = await caller(request, "site")
-        data = await _read_capped(request, service.max_upload_bytes())
+        limit = await run_in_threadpool(service.max_upload_bytes)
+        data = await read_body(request, limit=limit, limits=limits)
         receipt = await run_in_threadpool(service.submit_update, site, data)
         return {"receipt": receipt}
 
@@ -265,10 +340,19 @@ def create_app(service: CoordinatorEndpoints) -> FastAPI:
         "/v1/studies",
         status_code=201,
         summary="Submit a study (operators only)",
-        responses=_errors(400, 403),
+        responses=_errors(400, 403, 408, 413),
+        openapi_extra={"requestBody": _STUDY_BODY},
     )
-    async def submit_study(request: Request, body: StudySubmission) -> dict[str, Any]:
+    async def submit_study(request: Request) -> dict[str, Any]:
+        # Who is asking, and how much, before reading a byte of the body.
         operator = await caller(request, "operator")
+        raw = await read_body(request, limit=limits.study_bytes, limits=limits)
+        try:
+            body = StudySubmission.model_validate_json(raw)
+        except ValidationError as exc:
+            raise _invalid(
+                exc, 'study submission (send JSON {"spec": "<study.toml text>"})'
+            ) from None
         return await run_in_threadpool(service.submit_study, operator, body.spec)
 
     @app.get(
@@ -277,8 +361,9 @@ def create_app(service: CoordinatorEndpoints) -> FastAPI:
         responses=_errors(400, 403, 404),
     )
     async def study_status(request: Request, study_id: str) -> dict[str, Any]:
-        await caller(request, "operator", "site")
-        return await run_in_threadpool(service.study_status, study_id)
+        name, role = await caller_and_role(request, "operator", "site")
+        site = name if role == "site" else None
+        return await run_in_threadpool(lambda: service.study_status(study_id, site=site))
 
     @app.get(
         "/v1/studies/{study_id}/spec",
@@ -298,8 +383,9 @@ def create_app(service: CoordinatorEndpoints) -> FastAPI:
     async def study_logs(
         request: Request, study_id: str, after: int = Query(0, ge=0, le=2**62)
     ) -> list[dict[str, Any]]:
-        await caller(request, "operator", "site")
-        return await run_in_threadpool(service.study_logs, study_id, after)
+        name, role = await caller_and_role(request, "operator", "site")
+        site = name if role == "site" else None
+        return await run_in_threadpool(lambda: service.study_logs(study_id, after, site=site))
 
     return app
 
@@ -389,6 +475,9 @@ _ERRORS: dict[str, type[AllianceError]] = {
         PermissionDenied,
         NotFoundError,
         IntegrityError,
+        PayloadTooLarge,
+        RequestTimedOut,
+        TooManyRequests,
         ProtocolError,
         ConfigError,
         DataError,
@@ -444,15 +533,22 @@ class HttpClient:
         on_retry: Callable[[int, str], None] | None = None,
         **kwargs: Any,
     ) -> httpx.Response:
-        """Send a request, retrying network failures and 5xx; raise the server's 4xx errors."""
+        """Send a request, retrying network failures, 5xx and 429; raise the server's 4xx errors.
+
+        A 429 is retried after the server's ``Retry-After`` (at most 60 s), counted against the
+        policy's ``give_up_s``.
+        """
         started = time.monotonic()
         attempt = 0
         while True:
+            wait: float | None = None
             try:
                 response = self._client.request(
                     method, path, timeout=self.timeout_s + extra_timeout_s, **kwargs
                 )
-                if response.status_code < 500:
+                if response.status_code == 429:
+                    wait = _retry_after(response)
+                elif response.status_code < 500:
                     return self._checked(response)
                 problem = f"coordinator answered {response.status_code}"
             except httpx.TransportError as exc:
@@ -462,7 +558,7 @@ class HttpClient:
                     f"{method} {self.base_url}{path} failed for {self.retry.give_up_s:.0f} s "
                     f"({problem}); check the coordinator address and the network"
                 )
-            delay = self.retry.delay(attempt)
+            delay = self.retry.delay(attempt) if wait is None else wait
             logger.warning("%s %s: %s; retrying in %.1f s", method, path, problem, delay)
             if on_retry is not None:
                 on_retry(attempt, problem)
@@ -478,3 +574,10 @@ class HttpClient:
         except (ValueError, KeyError, TypeError):
             kind, detail = "ProtocolError", response.text[:500]
         raise _ERRORS.get(kind, ProtocolError)(f"coordinator refused: {detail}")
+
+
+def _retry_after(response: httpx.Response) -> float:
+    """Seconds a 429 asks to wait (``Retry-After`` in seconds, 1 if absent; at most 60)."""
+    text = response.headers.get("retry-after", "1").strip()
+    seconds = float(text) if text.isdigit() else 1.0
+    return min(max(seconds, 0.1), 60.0)
