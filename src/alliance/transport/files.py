@@ -19,12 +19,26 @@ folder): a bundle imported or read twice changes state once. A bundle that fails
 (signature, seal, addressing, expiry, size, replay) is moved to ``rejected/`` beside the folder
 it was read from, with a ``.reason`` file saying why, and changes nothing; the next good bundle
 is read normally. Accepted bundles are moved to ``done/``, so a folder shows what is pending.
+
+An entry of a folder that is no bundle file (a folder, a FIFO, a symbolic link, a file that
+cannot be read) is set aside in ``rejected/`` the same way: a link is never followed, a FIFO
+never opened for a blocking read, and one bad entry stops no reader.
+
+A site settles a bundle only once its replies are durably written: :meth:`FileSiteLink.fetch`
+hands out one message at a time and leaves its bundle in the inbox; :meth:`FileSiteLink.settle`
+(or the next fetch) records it and moves it to ``done/``. Each reply is kept in the ledger,
+against the bundle it answers, before it is written, so an agent killed at any instant loses
+no task, and a task whose reply was written is never worked on again: on restart its reply is
+written again if it is not in the outbox (nor already sent), and the bundle is settled.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -33,6 +47,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from alliance.core.errors import AllianceError, ProtocolError, TransportError
+from alliance.core.faults import crash_point
 from alliance.core.files import write_atomically
 from alliance.crypto.signing import Signer
 from alliance.protocol.bundles import OpenedBundle, bundle_name, open_bundle, seal_bundle
@@ -100,6 +115,12 @@ class BundleLedger:
             "CREATE TABLE IF NOT EXISTS published (recipient TEXT NOT NULL, message TEXT NOT NULL, "
             "published_at REAL NOT NULL, PRIMARY KEY (recipient, message))"
         )
+        self._db.execute(
+            # Replies written for a bundle not yet settled: a restart writes them again
+            # instead of working on the bundle twice.
+            "CREATE TABLE IF NOT EXISTS replies (sender TEXT NOT NULL, nonce TEXT NOT NULL, "
+            "name TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (sender, nonce, name))"
+        )
 
     def accept(self, opened: OpenedBundle) -> bool:
         """Record a bundle; ``False`` if its nonce was accepted before (a replay)."""
@@ -108,6 +129,36 @@ class BundleLedger:
             (opened.header.sender, opened.header.nonce, opened.digest, time.time()),
         )
         return cursor.rowcount == 1
+
+    def settle(self, opened: OpenedBundle) -> bool:
+        """Record a bundle as :meth:`accept` does and forget the replies kept for it, at once."""
+        h = opened.header
+        with self._db:  # one transaction
+            self._db.execute("BEGIN IMMEDIATE")
+            cursor = self._db.execute(
+                "INSERT OR IGNORE INTO bundles VALUES (?, ?, ?, ?)",
+                (h.sender, h.nonce, opened.digest, time.time()),
+            )
+            self._db.execute(
+                "DELETE FROM replies WHERE sender = ? AND nonce = ?", (h.sender, h.nonce)
+            )
+        return cursor.rowcount == 1
+
+    def keep_reply(self, answered: OpenedBundle, name: str, data: bytes) -> None:
+        """Keep the reply ``data`` (file ``name``) to ``answered`` until it is settled."""
+        h = answered.header
+        self._db.execute(
+            "INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?)", (h.sender, h.nonce, name, data)
+        )
+
+    def replies(self, answered: OpenedBundle) -> list[tuple[str, bytes]]:
+        """``(file name, bytes)`` of each reply kept for ``answered`` (see :meth:`keep_reply`)."""
+        h = answered.header
+        rows = self._db.execute(
+            "SELECT name, data FROM replies WHERE sender = ? AND nonce = ? ORDER BY rowid",
+            (h.sender, h.nonce),
+        ).fetchall()
+        return [(str(name), bytes(data)) for name, data in rows]
 
     def seen(self, sender: str, nonce: str) -> bool:
         """Whether ``sender``'s bundle with ``nonce`` was accepted before."""
@@ -149,18 +200,32 @@ class _Folder:
     path: Path
 
     def pending(self) -> list[Path]:
+        """Every entry named like a bundle, of whatever kind: the reader checks each."""
         if not self.path.is_dir():
             return []
-        return sorted(
-            p for p in self.path.iterdir() if p.is_file() and p.name.endswith(BUNDLE_SUFFIX)
-        )
+        return sorted(p for p in self.path.iterdir() if p.name.endswith(BUNDLE_SUFFIX))
 
     def settle(self, file: Path, *, accepted: bool, reason: str = "") -> None:
         target = self.path / ("done" if accepted else "rejected")
         target.mkdir(exist_ok=True)
-        file.replace(target / file.name)
+        destination = target / file.name
+        n = 0
+        while os.path.lexists(destination):  # never replace an entry set aside before
+            n += 1
+            destination = target / f"{file.name}.{n}"
+        # A rename moves a link or FIFO itself, never what it points at.
+        file.replace(destination)
         if not accepted:
-            write_atomically(target / f"{file.name}.reason", reason.encode("utf-8") + b"\n")
+            write_atomically(target / f"{destination.name}.reason", reason.encode("utf-8") + b"\n")
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A bundle read from a folder and not yet settled."""
+
+    file: Path
+    opened: OpenedBundle
+    size: int
 
 
 class _Reader:
@@ -179,67 +244,153 @@ class _Reader:
         self._ledger = ledger
         self._max_bytes = max_bytes
         self.rejections: list[Rejection] = []
-        self.accepted: list[OpenedBundle] = []
         #: File name and size of each accepted bundle, by its digest.
         self.files: dict[str, tuple[str, int]] = {}
+        #: Entries that could not even be moved aside: skipped for the life of this reader.
+        self._stuck: set[Path] = set()
 
-    def read_all(
-        self, handle: Callable[[OpenedBundle, str, int], None] | None = None
-    ) -> list[OpenedBundle]:
-        """Every pending bundle that passes, in the order they were created.
+    def read_pending(self) -> list[_Pending]:
+        """Every pending bundle that passes its checks, oldest first, *not* yet recorded.
 
-        With ``handle``, each bundle is handed to it (with its file name and size) *before* it
-        is recorded as accepted, so that a crash in between leaves it in the folder to be read
-        again (the handler must count a message once, as the coordinator's store does). A
-        bundle the handler refuses (:class:`~alliance.core.errors.AllianceError`) is recorded
-        and moved to ``rejected/`` with the handler's reason.
+        Bad entries and replays (of a bundle recorded before, or of one earlier in the same
+        folder) are set aside in ``rejected/``. The caller records each bundle it has acted on
+        with :meth:`settle`; one it never settles is read again by the next reader.
         """
-        good: list[tuple[float, str, OpenedBundle, Path]] = []
+        good: list[tuple[float, str, _Pending]] = []
         for file in self.folder.pending():
+            if file in self._stuck:
+                continue
             try:
-                data = _read_capped(file, self._max_bytes)
+                data = _read_entry(file, self._max_bytes)
+                if data is None:  # gone meanwhile (another reader, a courier): nothing to do
+                    continue
                 opened = self._open(data)
             except AllianceError as exc:
                 self._reject(file, str(exc), type(exc))
                 continue
-            good.append((opened.header.created_at, file.name, opened, file))
-        out = []
-        for _, _, opened, file in sorted(good, key=lambda item: (item[0], item[1])):
-            sender, nonce = opened.header.sender, opened.header.nonce
-            if self._ledger.seen(sender, nonce):
+            good.append((opened.header.created_at, file.name, _Pending(file, opened, len(data))))
+        out: list[_Pending] = []
+        taken: set[tuple[str, str]] = set()
+        for _, _, pending in sorted(good, key=lambda item: (item[0], item[1])):
+            sender, nonce = pending.opened.header.sender, pending.opened.header.nonce
+            if (sender, nonce) in taken or self._ledger.seen(sender, nonce):
                 self._reject(
-                    file, f"replayed: {sender!r}'s bundle nonce {nonce} was accepted before"
+                    pending.file,
+                    f"replayed: {sender!r}'s bundle nonce {nonce} was accepted before",
                 )
                 continue
-            size = file.stat().st_size
-            self.files[opened.digest] = (file.name, size)
+            taken.add((sender, nonce))
+            self.files[pending.opened.digest] = (pending.file.name, pending.size)
+            out.append(pending)
+        return out
+
+    def settle(self, pending: _Pending) -> None:
+        """Record ``pending`` as acted on and move it to ``done/``.
+
+        The file moves first: a crash in between leaves it in ``done/`` unrecorded (its kept
+        replies still answer a copy imported again), never as a "replay" in ``rejected/``.
+        """
+        self._move(pending.file, accepted=True)
+        crash_point("bundles.before_record")
+        self._ledger.settle(pending.opened)
+
+    def read_all(
+        self, handle: Callable[[OpenedBundle, str, int], None] | None = None
+    ) -> list[OpenedBundle]:
+        """Every pending bundle that passes, in the order they were created, each recorded.
+
+        With ``handle``, each bundle is handed to it (with its file name and size) *before* it
+        is moved to ``done/`` and recorded, so that a crash in between leaves it in the folder to
+        be read again (the handler must count a message once, as the coordinator's store does). A
+        bundle the handler refuses (:class:`~alliance.core.errors.AllianceError`) is recorded
+        and moved to ``rejected/`` with the handler's reason.
+        """
+        out = []
+        for pending in self.read_pending():
+            opened, file = pending.opened, pending.file
             refused: AllianceError | None = None
             if handle is not None:
                 try:
-                    handle(opened, file.name, size)
+                    handle(opened, file.name, pending.size)
                 except AllianceError as exc:
                     refused = exc
-            if not self._ledger.accept(opened):  # another reader took it meanwhile
-                continue
             if refused is not None:
-                self._reject(file, f"not counted: {refused}", type(refused))
+                if self._ledger.accept(opened):  # else another reader took it meanwhile
+                    self._reject(file, f"not counted: {refused}", type(refused))
                 continue
-            self.folder.settle(file, accepted=True)
-            self.accepted.append(opened)
-            out.append(opened)
+            # Moved, then recorded: a crash in between leaves a counted bundle in done/, never
+            # a counted one refused as a replay on the next start.
+            self._move(file, accepted=True)
+            crash_point("bundles.before_record")
+            if self._ledger.accept(opened):
+                out.append(opened)
         return out
 
     def _reject(self, file: Path, reason: str, error: type[AllianceError] = ProtocolError) -> None:
         logger.warning("bundle %s rejected: %s", file.name, reason)
         self.rejections.append(Rejection(str(file), reason, error))
-        self.folder.settle(file, accepted=False, reason=reason)
+        self._move(file, accepted=False, reason=reason)
+
+    def _move(self, file: Path, *, accepted: bool, reason: str = "") -> None:
+        try:
+            self.folder.settle(file, accepted=accepted, reason=reason)
+        except FileNotFoundError:
+            pass  # taken by another reader meanwhile
+        except OSError as exc:
+            # The folder itself is at fault (read-only, full): skip the entry, go on.
+            self._stuck.add(file)
+            logger.error(
+                "%s cannot be moved to %s/ (%s); it is skipped until the agent restarts: "
+                "make the folder %s writable",
+                file,
+                "done" if accepted else "rejected",
+                exc.strerror or exc,
+                self.folder.path,
+            )
 
 
-def _read_capped(file: Path, max_bytes: int) -> bytes:
-    size = file.stat().st_size
-    if size > max_bytes:
-        raise ProtocolError(f"bundle of {size} bytes exceeds the limit of {max_bytes} bytes")
-    return file.read_bytes()
+def _read_entry(file: Path, max_bytes: int) -> bytes | None:
+    """The bytes of bundle file ``file``; ``None`` if it vanished.
+
+    Raises
+    ------
+    ProtocolError
+        ``file`` is no regular file (a symbolic link is never followed, a FIFO never waited
+        on), cannot be read, or exceeds ``max_bytes``.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(file, flags)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ProtocolError(
+                "is a symbolic link; bundles are read only as files inside the folder, so "
+                "copy the bundle itself here (`alliance site import` / `coordinator import`)"
+            ) from None
+        raise ProtocolError(f"cannot be opened: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a folder" if stat.S_ISDIR(info.st_mode) else "no regular file"
+            raise ProtocolError(f"is {kind}, not a bundle; bundles are files")
+        if info.st_size > max_bytes:
+            raise ProtocolError(
+                f"bundle of {info.st_size} bytes exceeds the limit of {max_bytes} bytes"
+            )
+        chunks: list[bytes] = []
+        total = 0
+        while chunk := os.read(fd, min(1 << 20, max_bytes + 1 - total)):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > max_bytes:
+                raise ProtocolError(f"bundle exceeds the limit of {max_bytes} bytes")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise ProtocolError(f"cannot be read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
 
 
 class FileSiteLink:
@@ -290,7 +441,10 @@ class FileSiteLink:
         self._signer = signer
         self._coordinator_key = coordinator_key
         self._ttl_s = ttl_s
-        self._queue: list[Envelope] = []
+        self._queue: list[_Pending] = []
+        #: The bundle of the message :meth:`fetch` handed out last, until it is settled.
+        self._in_hand: _Pending | None = None
+        self._ledger = ledger
         #: ``(bytes, file name)`` of the last bundle written by :meth:`submit`.
         self.last_sent: tuple[int, str] | None = None
         self._reader = _Reader(
@@ -313,16 +467,53 @@ class FileSiteLink:
         return self._reader.rejections
 
     def fetch(self, site: str) -> Envelope | None:
-        """The next message from the inbox, or ``None`` if no bundle is pending."""
+        """The next message from the inbox, or ``None`` if no bundle is pending.
+
+        The message fetched before is settled first (see :meth:`settle`). A bundle whose
+        replies were written before a restart is not handed out again: its replies are put
+        back in the outbox if they are in neither it nor ``sent/``, and it is settled.
+        """
         if site != self.site:
             raise TransportError(f"this link belongs to site {self.site!r}, not {site!r}")
-        if not self._queue:
-            opened = self._reader.read_all()
-            for bundle in opened:
-                if bundle.header.sender == COORDINATOR:
-                    self._learn_coordinator(bundle.header.certificate_der)
-            self._queue = [bundle.message.envelope for bundle in opened]
-        return self._queue.pop(0) if self._queue else None
+        self.settle()
+        while True:
+            if not self._queue:
+                self._queue = self._reader.read_pending()
+                if not self._queue:
+                    return None
+            pending = self._queue.pop(0)
+            if self._answered_before(pending):
+                continue
+            if pending.opened.header.sender == COORDINATOR:
+                self._learn_coordinator(pending.opened.header.certificate_der)
+            self._in_hand = pending
+            return pending.opened.message.envelope
+
+    def settle(self) -> None:
+        """Record the bundle of the message fetched last as done: call it once its replies are
+        submitted (they are then durably written). Until then a crash leaves the bundle in the
+        inbox, to be handled on restart. Nothing happens when no message is in hand."""
+        pending, self._in_hand = self._in_hand, None
+        if pending is not None:
+            self._reader.settle(pending)
+
+    def _answered_before(self, pending: _Pending) -> bool:
+        replies = self._ledger.replies(pending.opened)
+        if not replies:
+            return False
+        self.outbox.mkdir(parents=True, exist_ok=True)
+        for name, data in replies:
+            if not any(
+                _holds(folder / name, data) for folder in (self.outbox, self.outbox / "sent")
+            ):
+                write_atomically(self.outbox / name, data)
+            logger.info(
+                "bundle %s was answered before a restart; its reply %s is in the outbox",
+                pending.file.name,
+                name,
+            )
+        self._reader.settle(pending)
+        return True
 
     def _learn_coordinator(self, certificate_der: bytes) -> None:
         from cryptography import x509
@@ -349,8 +540,19 @@ class FileSiteLink:
             envelope, signer=self._signer, recipient_key=self._coordinator_key, ttl_s=self._ttl_s
         )
         name = _name_of(data)
+        if self._in_hand is not None:
+            # Kept before it is written: a crash after this point never works on the task again.
+            self._ledger.keep_reply(self._in_hand.opened, name, data)
         write_atomically(self.outbox / name, data)
         self.last_sent = (len(data), name)
+
+
+def _holds(file: Path, data: bytes) -> bool:
+    """Whether ``file`` is a regular file with exactly ``data``."""
+    try:
+        return _read_entry(file, len(data)) == data
+    except ProtocolError:
+        return False
 
 
 class FileMailbox:
@@ -484,6 +686,8 @@ def carry(source: Path, target: Path) -> Iterator[Path]:
     """
     target.mkdir(parents=True, exist_ok=True)
     for file in _Folder(source).pending():
+        if file.is_symlink() or not file.is_file():
+            continue  # a courier carries bundle files only; the reader sets the rest aside
         data = file.read_bytes()
         destination = target / file.name
         # Names are not authenticated: never let one file replace another unread one.
