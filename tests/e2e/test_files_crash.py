@@ -2,12 +2,14 @@
 
 One hospital on files takes part in a three-round study. Its agent (``alliance site run
 --until-idle``, a real process) is killed in each round at another instant (``ALLIANCE_CRASH_AT``,
-see :mod:`alliance.core.faults`): just after it read its inbox, after training before its reply
-was written, after its reply was written before the bundle was settled. It is started again
-each time. The coordinator (the shipped service over the same ``coordinator.toml``, store and
-folders) is killed while collecting its inbox, at one instant per round too, and restarted.
+see :mod:`alliance.core.faults`): after training before its reply was written, just after it
+read its inbox, after its reply was written before the bundle was settled. It is started again
+each time (in the test's process: what is tested is the kill). The coordinator (the shipped
+service over the same ``coordinator.toml``, store and folders, one tick in a process of its
+own) is killed while collecting its inbox, at one instant per round too, and once after it
+recorded a task before its bundle was written; it is restarted each time.
 
-- every round closes with the hospital's update: no task is lost;
+- every task reaches the hospital and every round closes with its update: no task is lost;
 - the coordinator counts exactly one update per round and refuses none (no duplicate reply);
 - a task whose reply was written is not trained again after the restart;
 - an unreadable entry in the hospital's inbox (a link to ``/proc/self/mem``, a dangling link, a
@@ -18,6 +20,7 @@ folders) is killed while collecting its inbox, at one instant per round too, and
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -26,11 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.e2e.deployment import Deployment, approve, provision, study_text
-from tests.e2e.test_offline_deployment import put_on_files
+from tests.e2e.deployment import FEDERATION, Deployment, approve, provision, study_text
+from tests.e2e.test_offline_deployment import cli, put_on_files
+from tests.integration.test_inbox_entries import assert_set_aside, plant_bad_entries
 
 from alliance.coordinator.serve import CoordinatorConfig, build_service
 from alliance.coordinator.service import CoordinatorService
+from alliance.protocol.envelope import COORDINATOR, Header, MessageKind
+from alliance.protocol.messages import StudyEnd
 from alliance.transport.files import carry
 
 pytestmark = pytest.mark.slow
@@ -49,7 +55,10 @@ CRASHES = (
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     d = provision(tmp_path_factory.mktemp("files-crash"))
-    text = study_text(STUDY, (SITE,), rounds=ROUNDS, quorum=1, timeout_s=600)
+    text = study_text(STUDY, (SITE,), rounds=ROUNDS, quorum=1, timeout_s=600).replace(
+        "dim = 32",
+        "dim = 8",  # small updates: the test is about files, not the model
+    )
     approve(d, text)
     put_on_files(d, text, STUDY)
     (d.root / "study.toml").write_text(text, encoding="utf-8")
@@ -92,10 +101,22 @@ def run(argv: list[str], crash_at: str | None, cwd: Path) -> subprocess.Complete
     )
 
 
-def site_run(d: Deployment, crash_at: str | None = None) -> subprocess.CompletedProcess[str]:
+def site_run(d: Deployment, crash_at: str) -> subprocess.CompletedProcess[str]:
+    """``alliance site run --until-idle`` in a process of its own, killed at ``crash_at``."""
     config = str(d.site_dir(SITE) / "site.toml")
     argv = ["-m", "alliance.cli.app", "site", "run", "--until-idle", "--config", config]
     return run(argv, crash_at, d.root)
+
+
+def site_restart(d: Deployment) -> str:
+    """The agent started again (in this process: the start is what is tested, not the kill)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        return cli("site", "run", "--until-idle", "--config", str(d.site_dir(SITE) / "site.toml"))
+    finally:  # the command logs to the runner's stream, closed once it returns
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 #: The shipped service, in a process of its own: one tick (it reads the files inbox first).
@@ -107,6 +128,7 @@ COORDINATOR_TICK = (
 
 
 def coordinator_run(d: Deployment, crash_at: str) -> subprocess.CompletedProcess[str]:
+    """One tick of the coordinator in a process of its own, killed at ``crash_at``."""
     return run(["-c", COORDINATOR_TICK, str(coordinator_toml(d))], crash_at, d.root)
 
 
@@ -133,13 +155,15 @@ def test_agent_and_coordinator_killed_at_every_step_lose_no_task(deployment: Dep
         service.submit_study("operator", (d.root / "study.toml").read_text())
     finally:
         close(service)
-    tick(d)
+    # Killed after it recorded the first task, before the bundle was in its folder ...
+    assert killed(coordinator_run(d, "offline.before_write"))
+    assert not list((d.coordinator_dir / "offline" / f"to-{SITE}").glob("*.gabn"))
+    tick(d)  # ... it writes that very bundle on its next start.
     for round_, (site_crash, coordinator_crash) in enumerate(CRASHES, start=1):
         assert len(to_site(d)) == 1, f"round {round_}: the task was written once"
         crashed = site_run(d, site_crash)
         assert killed(crashed), (site_crash, crashed.returncode, crashed.stderr[-2000:])
-        again = site_run(d)
-        assert again.returncode == 0, again.stderr[-3000:]
+        site_restart(d)
         replies = to_coordinator(d)
         assert len(replies) == 1, f"round {round_} after a crash at {site_crash}: {replies}"
         dead = coordinator_run(d, coordinator_crash)
@@ -166,3 +190,28 @@ def test_agent_and_coordinator_killed_at_every_step_lose_no_task(deployment: Dep
     trained = [e["details"]["round"] for e in s_events if e["event"] == "task_received"]
     # killed before its reply was written, the agent trains round 1 again; never otherwise
     assert trained == [1, 1, 2, 3]
+
+
+def test_the_agent_sets_entries_that_are_no_bundle_aside_and_goes_on(
+    deployment: Deployment,
+) -> None:
+    """Without this, the first such entry stopped ``alliance site run`` at every start."""
+    d = deployment
+    service = service_of(d)
+    try:
+        assert service.offline is not None
+        header = Header(MessageKind.STUDY_END, FEDERATION, "elsewhere", 0, COORDINATOR, SITE)
+        service.offline.publish(StudyEnd(header, 4).to_envelope())
+    finally:
+        close(service)
+    good = to_site(d)  # this study's end, and the end of the study above if it ran
+    outside = d.root / "outside.gabn"
+    outside.write_bytes(good[0].read_bytes())
+    inbox = d.site_dir(SITE) / "inbox"
+    bad = plant_bad_entries(inbox, outside)
+    site_restart(d)
+    assert_set_aside(inbox, bad)
+    assert all((inbox / "done" / file.name).is_file() for file in good)
+    s_events = events(d.site_dir(SITE) / "state" / "audit.log")
+    rejected = {e["details"]["file"] for e in s_events if e["event"] == "bundle_rejected"}
+    assert rejected == set(bad)

@@ -121,6 +121,11 @@ class BundleLedger:
             "CREATE TABLE IF NOT EXISTS replies (sender TEXT NOT NULL, nonce TEXT NOT NULL, "
             "name TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (sender, nonce, name))"
         )
+        self._db.execute(
+            # A bundle recorded by publish_once and not yet known to be in its folder.
+            "CREATE TABLE IF NOT EXISTS unwritten (recipient TEXT NOT NULL, message TEXT NOT NULL, "
+            "name TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (recipient, message))"
+        )
 
     def accept(self, opened: OpenedBundle) -> bool:
         """Record a bundle; ``False`` if its nonce was accepted before (a replay)."""
@@ -167,13 +172,49 @@ class BundleLedger:
         ).fetchone()
         return row is not None
 
-    def publish_once(self, recipient: str, message: str) -> bool:
+    def publish_once(
+        self, recipient: str, message: str, bundle: tuple[str, bytes] | None = None
+    ) -> bool:
         """Record that ``message`` (a key naming it) was written for ``recipient``; ``False`` if
-        it was before. A sender uses it so that a restart does not write the same task twice."""
-        cursor = self._db.execute(
-            "INSERT OR IGNORE INTO published VALUES (?, ?, ?)", (recipient, message, time.time())
+        it was before. A sender uses it so that a restart does not write the same task twice.
+
+        ``bundle`` (file name, bytes) is kept with the record until :meth:`written` says it is
+        in its folder, so that a crash in between loses no message (:meth:`unwritten`).
+        """
+        with self._db:  # one transaction
+            self._db.execute("BEGIN IMMEDIATE")
+            cursor = self._db.execute(
+                "INSERT OR IGNORE INTO published VALUES (?, ?, ?)",
+                (recipient, message, time.time()),
+            )
+            fresh = cursor.rowcount == 1
+            if fresh and bundle is not None:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO unwritten VALUES (?, ?, ?, ?)",
+                    (recipient, message, *bundle),
+                )
+        return fresh
+
+    def written(self, recipient: str, message: str) -> None:
+        """The bundle of ``message`` for ``recipient`` is in its folder: forget its bytes."""
+        self._db.execute(
+            "DELETE FROM unwritten WHERE recipient = ? AND message = ?", (recipient, message)
         )
-        return cursor.rowcount == 1
+
+    def unwritten(self, recipient: str, message: str) -> tuple[str, bytes] | None:
+        """``(file name, bytes)`` kept by :meth:`publish_once` and not yet :meth:`written`."""
+        row = self._db.execute(
+            "SELECT name, data FROM unwritten WHERE recipient = ? AND message = ?",
+            (recipient, message),
+        ).fetchone()
+        return None if row is None else (str(row[0]), bytes(row[1]))
+
+    def is_published(self, recipient: str, message: str) -> bool:
+        """Whether :meth:`publish_once` recorded ``message`` for ``recipient``."""
+        row = self._db.execute(
+            "SELECT 1 FROM published WHERE recipient = ? AND message = ?", (recipient, message)
+        ).fetchone()
+        return row is not None
 
     def published(self, recipient: str) -> list[str]:
         """The keys of every message recorded by :meth:`publish_once` for ``recipient``."""
@@ -184,6 +225,7 @@ class BundleLedger:
 
     def forget_published(self, recipient: str, message: str) -> None:
         """Undo :meth:`publish_once` (writing the bundle failed)."""
+        self.written(recipient, message)
         self._db.execute(
             "DELETE FROM published WHERE recipient = ? AND message = ?", (recipient, message)
         )
@@ -629,16 +671,30 @@ class FileMailbox:
 
     def publish(self, envelope: Envelope) -> None:
         """Seal a message to its site and write it into that site's outbox folder."""
+        name, data = self.seal(envelope)
+        self.write(envelope.header.recipient, name, data)
+
+    def seal(self, envelope: Envelope) -> tuple[str, bytes]:
+        """The file name and bytes of ``envelope`` sealed to its site, not yet written."""
         recipient = envelope.header.recipient
         key = self._site_keys.get(recipient)
         if key is None:
             raise TransportError(f"site {recipient!r} is not served by the files transport")
-        folder = self.outbox(recipient)
-        folder.mkdir(parents=True, exist_ok=True)
         data = seal_bundle(envelope, signer=self._signer, recipient_key=key, ttl_s=self._ttl_s)
-        name = _name_of(data)
+        return _name_of(data), data
+
+    def write(self, site: str, name: str, data: bytes) -> None:
+        """Write a sealed bundle into ``site``'s outbox folder."""
+        folder = self.outbox(site)
+        folder.mkdir(parents=True, exist_ok=True)
         write_atomically(folder / name, data)
         self.last_sent = (len(data), name)
+
+    def holds(self, site: str, name: str, data: bytes) -> bool:
+        """Whether the bundle ``name`` is waiting in ``site``'s outbox folder or was exported
+        (a copy in ``sent/``)."""
+        folder = self.outbox(site)
+        return _holds(folder / name, data) or _holds(folder / "sent" / name, data)
 
     def collect(self) -> list[Envelope]:
         """Every new message the sites' bundles carry, oldest first."""
