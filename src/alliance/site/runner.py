@@ -298,7 +298,8 @@ class SiteRunner:
                 if env is None and until_idle:
                     return
                 worked = True if env is None else self._handle(env)
-                self._settle()
+                if env is not None:
+                    self._settle()
                 if env is None and self.config.files is not None:
                     worked = False  # nothing in the inbox: look again after poll_s
             except AllianceError as exc:
@@ -315,7 +316,8 @@ class SiteRunner:
             return self.link.fetch(self.config.site)
         before = len(self.link.rejections)
         env = self.link.fetch(self.config.site)
-        crash_point("site.after_read")
+        if env is not None:
+            crash_point("site.after_read")
         for rejection in self.link.rejections[before:]:
             self.audit.append(
                 "bundle_rejected", file=Path(rejection.file).name, reason=rejection.reason

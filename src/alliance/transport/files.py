@@ -34,25 +34,26 @@ written again if it is not in the outbox (nor already sent), and the bundle is s
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
-import sqlite3
-import stat
-import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from alliance.core.errors import AllianceError, ProtocolError, TransportError
-from alliance.core.faults import crash_point
+from alliance.core.errors import TransportError
 from alliance.core.files import write_atomically
 from alliance.crypto.signing import Signer
-from alliance.protocol.bundles import OpenedBundle, bundle_name, open_bundle, seal_bundle
+from alliance.protocol.bundles import (
+    BUNDLE_SUFFIX,
+    OpenedBundle,
+    bundle_name,
+    open_bundle,
+    seal_bundle,
+)
 from alliance.protocol.codec import DEFAULT_MAX_BYTES, SignatureVerifier
 from alliance.protocol.envelope import COORDINATOR, Envelope
+from alliance.transport.inbox import BundleFolder, BundleReader, PendingBundle, Rejection, holds
+from alliance.transport.ledger import BundleLedger
 
 __all__ = [
     "BUNDLE_SUFFIX",
@@ -65,374 +66,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-BUNDLE_SUFFIX = ".gabn"
 #: How long a bundle stays valid: couriers are slow, but a message must not live for ever.
 DEFAULT_TTL_S = 14 * 86_400.0
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """A bundle that was refused, and why.
-
-    Parameters
-    ----------
-    file
-        Where it was read.
-    reason
-        What was wrong.
-    error
-        The kind of error: :class:`~alliance.core.errors.IntegrityError` for a bundle that
-        fails its signature or seal, :class:`~alliance.core.errors.ProtocolError` for the rest.
-    """
-
-    file: str
-    reason: str
-    error: type[AllianceError] = ProtocolError
-
-
-class BundleLedger:
-    """The bundles one party has accepted, by nonce, kept in SQLite so a restart forgets none.
-
-    Parameters
-    ----------
-    path
-        The ledger file (created with its folder).
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(
-            # Keyed by sender and nonce: a nonce is readable in a bundle's header, so another
-            # member who saw the file must not be able to burn it with a bundle of its own.
-            "CREATE TABLE IF NOT EXISTS bundles (sender TEXT NOT NULL, nonce TEXT NOT NULL, "
-            "digest TEXT NOT NULL, accepted_at REAL NOT NULL, PRIMARY KEY (sender, nonce))"
-        )
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS published (recipient TEXT NOT NULL, message TEXT NOT NULL, "
-            "published_at REAL NOT NULL, PRIMARY KEY (recipient, message))"
-        )
-        self._db.execute(
-            # Replies written for a bundle not yet settled: a restart writes them again
-            # instead of working on the bundle twice.
-            "CREATE TABLE IF NOT EXISTS replies (sender TEXT NOT NULL, nonce TEXT NOT NULL, "
-            "name TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (sender, nonce, name))"
-        )
-        self._db.execute(
-            # A bundle recorded by publish_once and not yet known to be in its folder.
-            "CREATE TABLE IF NOT EXISTS unwritten (recipient TEXT NOT NULL, message TEXT NOT NULL, "
-            "name TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (recipient, message))"
-        )
-
-    def accept(self, opened: OpenedBundle) -> bool:
-        """Record a bundle; ``False`` if its nonce was accepted before (a replay)."""
-        cursor = self._db.execute(
-            "INSERT OR IGNORE INTO bundles VALUES (?, ?, ?, ?)",
-            (opened.header.sender, opened.header.nonce, opened.digest, time.time()),
-        )
-        return cursor.rowcount == 1
-
-    def settle(self, opened: OpenedBundle) -> bool:
-        """Record a bundle as :meth:`accept` does and forget the replies kept for it, at once."""
-        h = opened.header
-        with self._db:  # one transaction
-            self._db.execute("BEGIN IMMEDIATE")
-            cursor = self._db.execute(
-                "INSERT OR IGNORE INTO bundles VALUES (?, ?, ?, ?)",
-                (h.sender, h.nonce, opened.digest, time.time()),
-            )
-            self._db.execute(
-                "DELETE FROM replies WHERE sender = ? AND nonce = ?", (h.sender, h.nonce)
-            )
-        return cursor.rowcount == 1
-
-    def keep_reply(self, answered: OpenedBundle, name: str, data: bytes) -> None:
-        """Keep the reply ``data`` (file ``name``) to ``answered`` until it is settled."""
-        h = answered.header
-        self._db.execute(
-            "INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?)", (h.sender, h.nonce, name, data)
-        )
-
-    def replies(self, answered: OpenedBundle) -> list[tuple[str, bytes]]:
-        """``(file name, bytes)`` of each reply kept for ``answered`` (see :meth:`keep_reply`)."""
-        h = answered.header
-        rows = self._db.execute(
-            "SELECT name, data FROM replies WHERE sender = ? AND nonce = ? ORDER BY rowid",
-            (h.sender, h.nonce),
-        ).fetchall()
-        return [(str(name), bytes(data)) for name, data in rows]
-
-    def seen(self, sender: str, nonce: str) -> bool:
-        """Whether ``sender``'s bundle with ``nonce`` was accepted before."""
-        row = self._db.execute(
-            "SELECT 1 FROM bundles WHERE sender = ? AND nonce = ?", (sender, nonce)
-        ).fetchone()
-        return row is not None
-
-    def publish_once(
-        self, recipient: str, message: str, bundle: tuple[str, bytes] | None = None
-    ) -> bool:
-        """Record that ``message`` (a key naming it) was written for ``recipient``; ``False`` if
-        it was before. A sender uses it so that a restart does not write the same task twice.
-
-        ``bundle`` (file name, bytes) is kept with the record until :meth:`written` says it is
-        in its folder, so that a crash in between loses no message (:meth:`unwritten`).
-        """
-        with self._db:  # one transaction
-            self._db.execute("BEGIN IMMEDIATE")
-            cursor = self._db.execute(
-                "INSERT OR IGNORE INTO published VALUES (?, ?, ?)",
-                (recipient, message, time.time()),
-            )
-            fresh = cursor.rowcount == 1
-            if fresh and bundle is not None:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO unwritten VALUES (?, ?, ?, ?)",
-                    (recipient, message, *bundle),
-                )
-        return fresh
-
-    def written(self, recipient: str, message: str) -> None:
-        """The bundle of ``message`` for ``recipient`` is in its folder: forget its bytes."""
-        self._db.execute(
-            "DELETE FROM unwritten WHERE recipient = ? AND message = ?", (recipient, message)
-        )
-
-    def unwritten(self, recipient: str, message: str) -> tuple[str, bytes] | None:
-        """``(file name, bytes)`` kept by :meth:`publish_once` and not yet :meth:`written`."""
-        row = self._db.execute(
-            "SELECT name, data FROM unwritten WHERE recipient = ? AND message = ?",
-            (recipient, message),
-        ).fetchone()
-        return None if row is None else (str(row[0]), bytes(row[1]))
-
-    def is_published(self, recipient: str, message: str) -> bool:
-        """Whether :meth:`publish_once` recorded ``message`` for ``recipient``."""
-        row = self._db.execute(
-            "SELECT 1 FROM published WHERE recipient = ? AND message = ?", (recipient, message)
-        ).fetchone()
-        return row is not None
-
-    def published(self, recipient: str) -> list[str]:
-        """The keys of every message recorded by :meth:`publish_once` for ``recipient``."""
-        rows = self._db.execute(
-            "SELECT message FROM published WHERE recipient = ? ORDER BY published_at", (recipient,)
-        ).fetchall()
-        return [str(row[0]) for row in rows]
-
-    def forget_published(self, recipient: str, message: str) -> None:
-        """Undo :meth:`publish_once` (writing the bundle failed)."""
-        self.written(recipient, message)
-        self._db.execute(
-            "DELETE FROM published WHERE recipient = ? AND message = ?", (recipient, message)
-        )
-
-    def close(self) -> None:
-        """Close the database."""
-        self._db.close()
-
-
-@dataclass
-class _Folder:
-    """A folder of incoming bundles with its ``done/`` and ``rejected/`` beside."""
-
-    path: Path
-
-    def pending(self) -> list[Path]:
-        """Every entry named like a bundle, of whatever kind: the reader checks each."""
-        if not self.path.is_dir():
-            return []
-        return sorted(p for p in self.path.iterdir() if p.name.endswith(BUNDLE_SUFFIX))
-
-    def settle(self, file: Path, *, accepted: bool, reason: str = "") -> None:
-        target = self.path / ("done" if accepted else "rejected")
-        target.mkdir(exist_ok=True)
-        destination = target / file.name
-        n = 0
-        while os.path.lexists(destination):  # never replace an entry set aside before
-            n += 1
-            destination = target / f"{file.name}.{n}"
-        # A rename moves a link or FIFO itself, never what it points at.
-        file.replace(destination)
-        if not accepted:
-            write_atomically(target / f"{destination.name}.reason", reason.encode("utf-8") + b"\n")
-
-
-@dataclass(frozen=True)
-class _Pending:
-    """A bundle read from a folder and not yet settled."""
-
-    file: Path
-    opened: OpenedBundle
-    size: int
-
-
-class _Reader:
-    """Opens the bundles of one folder, oldest first, each once."""
-
-    def __init__(
-        self,
-        folder: Path,
-        *,
-        open_one: Callable[[bytes], OpenedBundle],
-        ledger: BundleLedger,
-        max_bytes: int,
-    ) -> None:
-        self.folder = _Folder(folder)
-        self._open = open_one
-        self._ledger = ledger
-        self._max_bytes = max_bytes
-        self.rejections: list[Rejection] = []
-        #: File name and size of each accepted bundle, by its digest.
-        self.files: dict[str, tuple[str, int]] = {}
-        #: Entries that could not even be moved aside: skipped for the life of this reader.
-        self._stuck: set[Path] = set()
-
-    def read_pending(self) -> list[_Pending]:
-        """Every pending bundle that passes its checks, oldest first, *not* yet recorded.
-
-        Bad entries and replays (of a bundle recorded before, or of one earlier in the same
-        folder) are set aside in ``rejected/``. The caller records each bundle it has acted on
-        with :meth:`settle`; one it never settles is read again by the next reader.
-        """
-        good: list[tuple[float, str, _Pending]] = []
-        for file in self.folder.pending():
-            if file in self._stuck:
-                continue
-            try:
-                data = _read_entry(file, self._max_bytes)
-                if data is None:  # gone meanwhile (another reader, a courier): nothing to do
-                    continue
-                opened = self._open(data)
-            except AllianceError as exc:
-                self._reject(file, str(exc), type(exc))
-                continue
-            good.append((opened.header.created_at, file.name, _Pending(file, opened, len(data))))
-        out: list[_Pending] = []
-        taken: set[tuple[str, str]] = set()
-        for _, _, pending in sorted(good, key=lambda item: (item[0], item[1])):
-            sender, nonce = pending.opened.header.sender, pending.opened.header.nonce
-            if (sender, nonce) in taken or self._ledger.seen(sender, nonce):
-                self._reject(
-                    pending.file,
-                    f"replayed: {sender!r}'s bundle nonce {nonce} was accepted before",
-                )
-                continue
-            taken.add((sender, nonce))
-            self.files[pending.opened.digest] = (pending.file.name, pending.size)
-            out.append(pending)
-        return out
-
-    def settle(self, pending: _Pending) -> None:
-        """Record ``pending`` as acted on and move it to ``done/``.
-
-        The file moves first: a crash in between leaves it in ``done/`` unrecorded (its kept
-        replies still answer a copy imported again), never as a "replay" in ``rejected/``.
-        """
-        self._move(pending.file, accepted=True)
-        crash_point("bundles.before_record")
-        self._ledger.settle(pending.opened)
-
-    def read_all(
-        self, handle: Callable[[OpenedBundle, str, int], None] | None = None
-    ) -> list[OpenedBundle]:
-        """Every pending bundle that passes, in the order they were created, each recorded.
-
-        With ``handle``, each bundle is handed to it (with its file name and size) *before* it
-        is moved to ``done/`` and recorded, so that a crash in between leaves it in the folder to
-        be read again (the handler must count a message once, as the coordinator's store does). A
-        bundle the handler refuses (:class:`~alliance.core.errors.AllianceError`) is recorded
-        and moved to ``rejected/`` with the handler's reason.
-        """
-        out = []
-        for pending in self.read_pending():
-            opened, file = pending.opened, pending.file
-            refused: AllianceError | None = None
-            if handle is not None:
-                try:
-                    handle(opened, file.name, pending.size)
-                except AllianceError as exc:
-                    refused = exc
-            if refused is not None:
-                if self._ledger.accept(opened):  # else another reader took it meanwhile
-                    self._reject(file, f"not counted: {refused}", type(refused))
-                continue
-            # Moved, then recorded: a crash in between leaves a counted bundle in done/, never
-            # a counted one refused as a replay on the next start.
-            self._move(file, accepted=True)
-            crash_point("bundles.before_record")
-            if self._ledger.accept(opened):
-                out.append(opened)
-        return out
-
-    def _reject(self, file: Path, reason: str, error: type[AllianceError] = ProtocolError) -> None:
-        logger.warning("bundle %s rejected: %s", file.name, reason)
-        self.rejections.append(Rejection(str(file), reason, error))
-        self._move(file, accepted=False, reason=reason)
-
-    def _move(self, file: Path, *, accepted: bool, reason: str = "") -> None:
-        try:
-            self.folder.settle(file, accepted=accepted, reason=reason)
-        except FileNotFoundError:
-            pass  # taken by another reader meanwhile
-        except OSError as exc:
-            # The folder itself is at fault (read-only, full): skip the entry, go on.
-            self._stuck.add(file)
-            logger.error(
-                "%s cannot be moved to %s/ (%s); it is skipped until the agent restarts: "
-                "make the folder %s writable",
-                file,
-                "done" if accepted else "rejected",
-                exc.strerror or exc,
-                self.folder.path,
-            )
-
-
-def _read_entry(file: Path, max_bytes: int) -> bytes | None:
-    """The bytes of bundle file ``file``; ``None`` if it vanished.
-
-    Raises
-    ------
-    ProtocolError
-        ``file`` is no regular file (a symbolic link is never followed, a FIFO never waited
-        on), cannot be read, or exceeds ``max_bytes``.
-    """
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(file, flags)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise ProtocolError(
-                "is a symbolic link; bundles are read only as files inside the folder, so "
-                "copy the bundle itself here (`alliance site import` / `coordinator import`)"
-            ) from None
-        raise ProtocolError(f"cannot be opened: {exc.strerror or exc}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            kind = "a folder" if stat.S_ISDIR(info.st_mode) else "no regular file"
-            raise ProtocolError(f"is {kind}, not a bundle; bundles are files")
-        if info.st_size > max_bytes:
-            raise ProtocolError(
-                f"bundle of {info.st_size} bytes exceeds the limit of {max_bytes} bytes"
-            )
-        chunks: list[bytes] = []
-        total = 0
-        while chunk := os.read(fd, min(1 << 20, max_bytes + 1 - total)):
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > max_bytes:
-                raise ProtocolError(f"bundle exceeds the limit of {max_bytes} bytes")
-        return b"".join(chunks)
-    except OSError as exc:
-        raise ProtocolError(f"cannot be read: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
 
 
 class FileSiteLink:
@@ -483,13 +118,13 @@ class FileSiteLink:
         self._signer = signer
         self._coordinator_key = coordinator_key
         self._ttl_s = ttl_s
-        self._queue: list[_Pending] = []
+        self._queue: list[PendingBundle] = []
         #: The bundle of the message :meth:`fetch` handed out last, until it is settled.
-        self._in_hand: _Pending | None = None
+        self._in_hand: PendingBundle | None = None
         self._ledger = ledger
         #: ``(bytes, file name)`` of the last bundle written by :meth:`submit`.
         self.last_sent: tuple[int, str] | None = None
-        self._reader = _Reader(
+        self._reader = BundleReader(
             inbox,
             open_one=lambda data: open_bundle(
                 data,
@@ -539,14 +174,14 @@ class FileSiteLink:
         if pending is not None:
             self._reader.settle(pending)
 
-    def _answered_before(self, pending: _Pending) -> bool:
+    def _answered_before(self, pending: PendingBundle) -> bool:
         replies = self._ledger.replies(pending.opened)
         if not replies:
             return False
         self.outbox.mkdir(parents=True, exist_ok=True)
         for name, data in replies:
             if not any(
-                _holds(folder / name, data) for folder in (self.outbox, self.outbox / "sent")
+                holds(folder / name, data) for folder in (self.outbox, self.outbox / "sent")
             ):
                 write_atomically(self.outbox / name, data)
             logger.info(
@@ -589,14 +224,6 @@ class FileSiteLink:
         self.last_sent = (len(data), name)
 
 
-def _holds(file: Path, data: bytes) -> bool:
-    """Whether ``file`` is a regular file with exactly ``data``."""
-    try:
-        return _read_entry(file, len(data)) == data
-    except ProtocolError:
-        return False
-
-
 class FileMailbox:
     """The coordinator's end for the sites on files: an outbox folder per site, one inbox.
 
@@ -636,7 +263,7 @@ class FileMailbox:
         self._ttl_s = ttl_s
         #: ``(bytes, file name)`` of the last bundle written by :meth:`publish`.
         self.last_sent: tuple[int, str] | None = None
-        self._reader = _Reader(
+        self._reader = BundleReader(
             root / "inbox",
             open_one=lambda data: open_bundle(
                 data,
@@ -694,7 +321,7 @@ class FileMailbox:
         """Whether the bundle ``name`` is waiting in ``site``'s outbox folder or was exported
         (a copy in ``sent/``)."""
         folder = self.outbox(site)
-        return _holds(folder / name, data) or _holds(folder / "sent" / name, data)
+        return holds(folder / name, data) or holds(folder / "sent" / name, data)
 
     def collect(self) -> list[Envelope]:
         """Every new message the sites' bundles carry, oldest first."""
@@ -741,7 +368,7 @@ def carry(source: Path, target: Path) -> Iterator[Path]:
     Yields the bundles' new paths. Writing into ``target`` is atomic per file.
     """
     target.mkdir(parents=True, exist_ok=True)
-    for file in _Folder(source).pending():
+    for file in BundleFolder(source).pending():
         if file.is_symlink() or not file.is_file():
             continue  # a courier carries bundle files only; the reader sets the rest aside
         data = file.read_bytes()
