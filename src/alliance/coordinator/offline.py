@@ -16,10 +16,12 @@ to the key it binds. The service (:mod:`alliance.coordinator.service`) then trea
 as always reachable: what it would hand such a site over HTTPS (its task, a secure-aggregation
 stage, the study's end) is written once, as a sealed and signed bundle, into
 ``<dir>/to-<site>/`` — recorded in :class:`~alliance.transport.files.BundleLedger` so that a
-restart does not write it again — and ``alliance coordinator export --site X`` moves it to the
-courier. ``alliance coordinator import FILE`` checks bundles from the hospitals and places them
-in ``<dir>/inbox/``; the service reads them there and counts each message through the same path
-as an HTTPS upload (:meth:`CoordinatorService.submit_update`'s checks), once.
+restart does not write it again, with its sealed bytes until the file is in place, so that a
+coordinator killed in between writes that very bundle on its next start — and
+``alliance coordinator export --site X`` moves it to the courier. ``alliance coordinator
+import FILE`` checks bundles from the hospitals and places them in ``<dir>/inbox/``; the service
+reads them there and counts each message through the same path as an HTTPS upload
+(:meth:`CoordinatorService.submit_update`'s checks), once.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from alliance.core.config import TomlFile
 from alliance.core.errors import AllianceError, ConfigError
+from alliance.core.faults import crash_point
 from alliance.crypto.keyfiles import load_certificate
 from alliance.crypto.pki import Role, TrustStore
 from alliance.crypto.signing import Signer
@@ -188,20 +191,43 @@ class OfflineSites:
 
     def publish(self, envelope: Envelope) -> tuple[int, str] | None:
         """Write ``envelope`` for its site unless the same message was written before; return
-        ``(bytes, file name)`` of the new bundle, or ``None``."""
+        ``(bytes, file name)`` of the new bundle, or ``None``.
+
+        The sealed bundle is kept in the ledger with its record until it is written, so a
+        coordinator killed in between writes that very bundle on its next start.
+        """
         recipient, key = envelope.header.recipient, message_key(envelope)
         if (recipient, key) in self._published:  # asked at every tick: spare the database
             return None
-        if not self.ledger.publish_once(recipient, key):
+        if self.ledger.is_published(recipient, key):
+            self._published.add((recipient, key))
+            return self._write_kept(recipient, key)
+        name, data = self.mailbox.seal(envelope)
+        if not self.ledger.publish_once(recipient, key, (name, data)):
             self._published.add((recipient, key))
             return None
         try:
-            self.mailbox.publish(envelope)
+            crash_point("offline.before_write")
+            self.mailbox.write(recipient, name, data)
         except BaseException:
             self.ledger.forget_published(recipient, key)
             raise
+        self.ledger.written(recipient, key)
         self._published.add((recipient, key))
         return self.mailbox.last_sent
+
+    def _write_kept(self, recipient: str, key: str) -> tuple[int, str] | None:
+        """Write the bundle recorded for ``key`` if a crash kept it from its folder."""
+        kept = self.ledger.unwritten(recipient, key)
+        if kept is None:
+            return None
+        name, data = kept
+        written = None
+        if not self.mailbox.holds(recipient, name, data):
+            self.mailbox.write(recipient, name, data)
+            written = self.mailbox.last_sent
+        self.ledger.written(recipient, key)
+        return written
 
     def issued_tasks(self, study: str) -> dict[str, int]:
         """``site → model version`` of the newest training task of ``study`` written for each

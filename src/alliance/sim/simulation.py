@@ -351,6 +351,8 @@ class Simulation:
                 files.to_sites()
             for site in sites:
                 site.step()
+            if files is not None:
+                files.settle()
             epsilon = {name: ledger.spent().epsilon for name, ledger in ledgers.items()}
         finally:
             for ledger in ledgers.values():
@@ -498,6 +500,11 @@ class _FilesChannel:
             if due(peek_header(file.read_bytes()).round):
                 file.replace(ready / file.name)
         return ready
+
+    def settle(self) -> None:
+        """Each site on files handled the message it fetched last: its bundle is done."""
+        for link in self.links.values():
+            link.settle()
 
     def close(self) -> None:
         for ledger in self._ledgers.values():

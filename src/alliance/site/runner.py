@@ -32,8 +32,11 @@ A hospital that allows no network connection sets ``transport = "files"``::
 The agent then reads its inbox instead of polling: every bundle is checked (the coordinator's
 signature and certificate, the seal to this hospital, federation, addressing, expiry, replay in
 ``<state>/bundles.db``), and each reply is sealed to the coordinator's certificate-bound key and
-written to the outbox. Everything else (policy, privacy budget, training, audit) is the same
-code as online. ``alliance site run --until-idle`` works through the inbox and exits.
+written to the outbox. A bundle is settled (moved to ``done/``) only once its replies are
+written, so an agent killed at any instant handles what it had not finished when it restarts,
+and never works twice on a task it answered. Everything else (policy, privacy budget, training,
+audit) is the same code as online. ``alliance site run --until-idle`` works through the inbox
+and exits.
 """
 
 from __future__ import annotations
@@ -297,6 +300,8 @@ class SiteRunner:
                 if env is None and until_idle:
                     return
                 worked = True if env is None else self._handle(env)
+                if env is not None:
+                    self._settle()
                 if env is None and self.config.files is not None:
                     worked = False  # nothing in the inbox: look again after poll_s
             except AllianceError as exc:
@@ -313,6 +318,8 @@ class SiteRunner:
             return self.link.fetch(self.config.site)
         before = len(self.link.rejections)
         env = self.link.fetch(self.config.site)
+        if env is not None:
+            crash_point("site.after_read")
         for rejection in self.link.rejections[before:]:
             self.audit.append(
                 "bundle_rejected", file=Path(rejection.file).name, reason=rejection.reason
@@ -327,6 +334,13 @@ class SiteRunner:
                 stage=str(env.body.get("stage", h.kind.value)),
             )
         return env
+
+    def _settle(self) -> None:
+        """A hospital on files: the message in hand is handled and its replies are written, so
+        its bundle is done (until then a crash leaves it in the inbox for the next start)."""
+        if isinstance(self.link, FileSiteLink):
+            crash_point("site.before_settle")
+            self.link.settle()
 
     def _handle(self, env: Envelope) -> bool:
         """Act on one verified message; ``False`` if the site refused to work on it."""

@@ -19,25 +19,41 @@ folder): a bundle imported or read twice changes state once. A bundle that fails
 (signature, seal, addressing, expiry, size, replay) is moved to ``rejected/`` beside the folder
 it was read from, with a ``.reason`` file saying why, and changes nothing; the next good bundle
 is read normally. Accepted bundles are moved to ``done/``, so a folder shows what is pending.
+
+An entry of a folder that is no bundle file (a folder, a FIFO, a symbolic link, a file that
+cannot be read) is set aside in ``rejected/`` the same way: a link is never followed, a FIFO
+never opened for a blocking read, and one bad entry stops no reader.
+
+A site settles a bundle only once its replies are durably written: :meth:`FileSiteLink.fetch`
+hands out one message at a time and leaves its bundle in the inbox; :meth:`FileSiteLink.settle`
+(or the next fetch) records it and moves it to ``done/``. Each reply is kept in the ledger,
+against the bundle it answers, before it is written, so an agent killed at any instant loses
+no task, and a task whose reply was written is never worked on again: on restart its reply is
+written again if it is not in the outbox (nor already sent), and the bundle is settled.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
-import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from alliance.core.errors import AllianceError, ProtocolError, TransportError
+from alliance.core.errors import TransportError
 from alliance.core.files import write_atomically
 from alliance.crypto.signing import Signer
-from alliance.protocol.bundles import OpenedBundle, bundle_name, open_bundle, seal_bundle
+from alliance.protocol.bundles import (
+    BUNDLE_SUFFIX,
+    OpenedBundle,
+    bundle_name,
+    open_bundle,
+    seal_bundle,
+)
 from alliance.protocol.codec import DEFAULT_MAX_BYTES, SignatureVerifier
 from alliance.protocol.envelope import COORDINATOR, Envelope
+from alliance.transport.inbox import BundleFolder, BundleReader, PendingBundle, Rejection, holds
+from alliance.transport.ledger import BundleLedger
 
 __all__ = [
     "BUNDLE_SUFFIX",
@@ -50,196 +66,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-BUNDLE_SUFFIX = ".gabn"
 #: How long a bundle stays valid: couriers are slow, but a message must not live for ever.
 DEFAULT_TTL_S = 14 * 86_400.0
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """A bundle that was refused, and why.
-
-    Parameters
-    ----------
-    file
-        Where it was read.
-    reason
-        What was wrong.
-    error
-        The kind of error: :class:`~alliance.core.errors.IntegrityError` for a bundle that
-        fails its signature or seal, :class:`~alliance.core.errors.ProtocolError` for the rest.
-    """
-
-    file: str
-    reason: str
-    error: type[AllianceError] = ProtocolError
-
-
-class BundleLedger:
-    """The bundles one party has accepted, by nonce, kept in SQLite so a restart forgets none.
-
-    Parameters
-    ----------
-    path
-        The ledger file (created with its folder).
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(
-            # Keyed by sender and nonce: a nonce is readable in a bundle's header, so another
-            # member who saw the file must not be able to burn it with a bundle of its own.
-            "CREATE TABLE IF NOT EXISTS bundles (sender TEXT NOT NULL, nonce TEXT NOT NULL, "
-            "digest TEXT NOT NULL, accepted_at REAL NOT NULL, PRIMARY KEY (sender, nonce))"
-        )
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS published (recipient TEXT NOT NULL, message TEXT NOT NULL, "
-            "published_at REAL NOT NULL, PRIMARY KEY (recipient, message))"
-        )
-
-    def accept(self, opened: OpenedBundle) -> bool:
-        """Record a bundle; ``False`` if its nonce was accepted before (a replay)."""
-        cursor = self._db.execute(
-            "INSERT OR IGNORE INTO bundles VALUES (?, ?, ?, ?)",
-            (opened.header.sender, opened.header.nonce, opened.digest, time.time()),
-        )
-        return cursor.rowcount == 1
-
-    def seen(self, sender: str, nonce: str) -> bool:
-        """Whether ``sender``'s bundle with ``nonce`` was accepted before."""
-        row = self._db.execute(
-            "SELECT 1 FROM bundles WHERE sender = ? AND nonce = ?", (sender, nonce)
-        ).fetchone()
-        return row is not None
-
-    def publish_once(self, recipient: str, message: str) -> bool:
-        """Record that ``message`` (a key naming it) was written for ``recipient``; ``False`` if
-        it was before. A sender uses it so that a restart does not write the same task twice."""
-        cursor = self._db.execute(
-            "INSERT OR IGNORE INTO published VALUES (?, ?, ?)", (recipient, message, time.time())
-        )
-        return cursor.rowcount == 1
-
-    def published(self, recipient: str) -> list[str]:
-        """The keys of every message recorded by :meth:`publish_once` for ``recipient``."""
-        rows = self._db.execute(
-            "SELECT message FROM published WHERE recipient = ? ORDER BY published_at", (recipient,)
-        ).fetchall()
-        return [str(row[0]) for row in rows]
-
-    def forget_published(self, recipient: str, message: str) -> None:
-        """Undo :meth:`publish_once` (writing the bundle failed)."""
-        self._db.execute(
-            "DELETE FROM published WHERE recipient = ? AND message = ?", (recipient, message)
-        )
-
-    def close(self) -> None:
-        """Close the database."""
-        self._db.close()
-
-
-@dataclass
-class _Folder:
-    """A folder of incoming bundles with its ``done/`` and ``rejected/`` beside."""
-
-    path: Path
-
-    def pending(self) -> list[Path]:
-        if not self.path.is_dir():
-            return []
-        return sorted(
-            p for p in self.path.iterdir() if p.is_file() and p.name.endswith(BUNDLE_SUFFIX)
-        )
-
-    def settle(self, file: Path, *, accepted: bool, reason: str = "") -> None:
-        target = self.path / ("done" if accepted else "rejected")
-        target.mkdir(exist_ok=True)
-        file.replace(target / file.name)
-        if not accepted:
-            write_atomically(target / f"{file.name}.reason", reason.encode("utf-8") + b"\n")
-
-
-class _Reader:
-    """Opens the bundles of one folder, oldest first, each once."""
-
-    def __init__(
-        self,
-        folder: Path,
-        *,
-        open_one: Callable[[bytes], OpenedBundle],
-        ledger: BundleLedger,
-        max_bytes: int,
-    ) -> None:
-        self.folder = _Folder(folder)
-        self._open = open_one
-        self._ledger = ledger
-        self._max_bytes = max_bytes
-        self.rejections: list[Rejection] = []
-        self.accepted: list[OpenedBundle] = []
-        #: File name and size of each accepted bundle, by its digest.
-        self.files: dict[str, tuple[str, int]] = {}
-
-    def read_all(
-        self, handle: Callable[[OpenedBundle, str, int], None] | None = None
-    ) -> list[OpenedBundle]:
-        """Every pending bundle that passes, in the order they were created.
-
-        With ``handle``, each bundle is handed to it (with its file name and size) *before* it
-        is recorded as accepted, so that a crash in between leaves it in the folder to be read
-        again (the handler must count a message once, as the coordinator's store does). A
-        bundle the handler refuses (:class:`~alliance.core.errors.AllianceError`) is recorded
-        and moved to ``rejected/`` with the handler's reason.
-        """
-        good: list[tuple[float, str, OpenedBundle, Path]] = []
-        for file in self.folder.pending():
-            try:
-                data = _read_capped(file, self._max_bytes)
-                opened = self._open(data)
-            except AllianceError as exc:
-                self._reject(file, str(exc), type(exc))
-                continue
-            good.append((opened.header.created_at, file.name, opened, file))
-        out = []
-        for _, _, opened, file in sorted(good, key=lambda item: (item[0], item[1])):
-            sender, nonce = opened.header.sender, opened.header.nonce
-            if self._ledger.seen(sender, nonce):
-                self._reject(
-                    file, f"replayed: {sender!r}'s bundle nonce {nonce} was accepted before"
-                )
-                continue
-            size = file.stat().st_size
-            self.files[opened.digest] = (file.name, size)
-            refused: AllianceError | None = None
-            if handle is not None:
-                try:
-                    handle(opened, file.name, size)
-                except AllianceError as exc:
-                    refused = exc
-            if not self._ledger.accept(opened):  # another reader took it meanwhile
-                continue
-            if refused is not None:
-                self._reject(file, f"not counted: {refused}", type(refused))
-                continue
-            self.folder.settle(file, accepted=True)
-            self.accepted.append(opened)
-            out.append(opened)
-        return out
-
-    def _reject(self, file: Path, reason: str, error: type[AllianceError] = ProtocolError) -> None:
-        logger.warning("bundle %s rejected: %s", file.name, reason)
-        self.rejections.append(Rejection(str(file), reason, error))
-        self.folder.settle(file, accepted=False, reason=reason)
-
-
-def _read_capped(file: Path, max_bytes: int) -> bytes:
-    size = file.stat().st_size
-    if size > max_bytes:
-        raise ProtocolError(f"bundle of {size} bytes exceeds the limit of {max_bytes} bytes")
-    return file.read_bytes()
 
 
 class FileSiteLink:
@@ -290,10 +118,13 @@ class FileSiteLink:
         self._signer = signer
         self._coordinator_key = coordinator_key
         self._ttl_s = ttl_s
-        self._queue: list[Envelope] = []
+        self._queue: list[PendingBundle] = []
+        #: The bundle of the message :meth:`fetch` handed out last, until it is settled.
+        self._in_hand: PendingBundle | None = None
+        self._ledger = ledger
         #: ``(bytes, file name)`` of the last bundle written by :meth:`submit`.
         self.last_sent: tuple[int, str] | None = None
-        self._reader = _Reader(
+        self._reader = BundleReader(
             inbox,
             open_one=lambda data: open_bundle(
                 data,
@@ -313,16 +144,53 @@ class FileSiteLink:
         return self._reader.rejections
 
     def fetch(self, site: str) -> Envelope | None:
-        """The next message from the inbox, or ``None`` if no bundle is pending."""
+        """The next message from the inbox, or ``None`` if no bundle is pending.
+
+        The message fetched before is settled first (see :meth:`settle`). A bundle whose
+        replies were written before a restart is not handed out again: its replies are put
+        back in the outbox if they are in neither it nor ``sent/``, and it is settled.
+        """
         if site != self.site:
             raise TransportError(f"this link belongs to site {self.site!r}, not {site!r}")
-        if not self._queue:
-            opened = self._reader.read_all()
-            for bundle in opened:
-                if bundle.header.sender == COORDINATOR:
-                    self._learn_coordinator(bundle.header.certificate_der)
-            self._queue = [bundle.message.envelope for bundle in opened]
-        return self._queue.pop(0) if self._queue else None
+        self.settle()
+        while True:
+            if not self._queue:
+                self._queue = self._reader.read_pending()
+                if not self._queue:
+                    return None
+            pending = self._queue.pop(0)
+            if self._answered_before(pending):
+                continue
+            if pending.opened.header.sender == COORDINATOR:
+                self._learn_coordinator(pending.opened.header.certificate_der)
+            self._in_hand = pending
+            return pending.opened.message.envelope
+
+    def settle(self) -> None:
+        """Record the bundle of the message fetched last as done: call it once its replies are
+        submitted (they are then durably written). Until then a crash leaves the bundle in the
+        inbox, to be handled on restart. Nothing happens when no message is in hand."""
+        pending, self._in_hand = self._in_hand, None
+        if pending is not None:
+            self._reader.settle(pending)
+
+    def _answered_before(self, pending: PendingBundle) -> bool:
+        replies = self._ledger.replies(pending.opened)
+        if not replies:
+            return False
+        self.outbox.mkdir(parents=True, exist_ok=True)
+        for name, data in replies:
+            if not any(
+                holds(folder / name, data) for folder in (self.outbox, self.outbox / "sent")
+            ):
+                write_atomically(self.outbox / name, data)
+            logger.info(
+                "bundle %s was answered before a restart; its reply %s is in the outbox",
+                pending.file.name,
+                name,
+            )
+        self._reader.settle(pending)
+        return True
 
     def _learn_coordinator(self, certificate_der: bytes) -> None:
         from cryptography import x509
@@ -349,6 +217,9 @@ class FileSiteLink:
             envelope, signer=self._signer, recipient_key=self._coordinator_key, ttl_s=self._ttl_s
         )
         name = _name_of(data)
+        if self._in_hand is not None:
+            # Kept before it is written: a crash after this point never works on the task again.
+            self._ledger.keep_reply(self._in_hand.opened, name, data)
         write_atomically(self.outbox / name, data)
         self.last_sent = (len(data), name)
 
@@ -392,7 +263,7 @@ class FileMailbox:
         self._ttl_s = ttl_s
         #: ``(bytes, file name)`` of the last bundle written by :meth:`publish`.
         self.last_sent: tuple[int, str] | None = None
-        self._reader = _Reader(
+        self._reader = BundleReader(
             root / "inbox",
             open_one=lambda data: open_bundle(
                 data,
@@ -427,16 +298,30 @@ class FileMailbox:
 
     def publish(self, envelope: Envelope) -> None:
         """Seal a message to its site and write it into that site's outbox folder."""
+        name, data = self.seal(envelope)
+        self.write(envelope.header.recipient, name, data)
+
+    def seal(self, envelope: Envelope) -> tuple[str, bytes]:
+        """The file name and bytes of ``envelope`` sealed to its site, not yet written."""
         recipient = envelope.header.recipient
         key = self._site_keys.get(recipient)
         if key is None:
             raise TransportError(f"site {recipient!r} is not served by the files transport")
-        folder = self.outbox(recipient)
-        folder.mkdir(parents=True, exist_ok=True)
         data = seal_bundle(envelope, signer=self._signer, recipient_key=key, ttl_s=self._ttl_s)
-        name = _name_of(data)
+        return _name_of(data), data
+
+    def write(self, site: str, name: str, data: bytes) -> None:
+        """Write a sealed bundle into ``site``'s outbox folder."""
+        folder = self.outbox(site)
+        folder.mkdir(parents=True, exist_ok=True)
         write_atomically(folder / name, data)
         self.last_sent = (len(data), name)
+
+    def holds(self, site: str, name: str, data: bytes) -> bool:
+        """Whether the bundle ``name`` is waiting in ``site``'s outbox folder or was exported
+        (a copy in ``sent/``)."""
+        folder = self.outbox(site)
+        return holds(folder / name, data) or holds(folder / "sent" / name, data)
 
     def collect(self) -> list[Envelope]:
         """Every new message the sites' bundles carry, oldest first."""
@@ -483,7 +368,9 @@ def carry(source: Path, target: Path) -> Iterator[Path]:
     Yields the bundles' new paths. Writing into ``target`` is atomic per file.
     """
     target.mkdir(parents=True, exist_ok=True)
-    for file in _Folder(source).pending():
+    for file in BundleFolder(source).pending():
+        if file.is_symlink() or not file.is_file():
+            continue  # a courier carries bundle files only; the reader sets the rest aside
         data = file.read_bytes()
         destination = target / file.name
         # Names are not authenticated: never let one file replace another unread one.
