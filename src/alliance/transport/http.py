@@ -46,6 +46,7 @@ from alliance.core.errors import (
     FederationError,
     IntegrityError,
     ProtocolError,
+    StoreDamaged,
     TransportError,
 )
 
@@ -123,6 +124,10 @@ _STATUS: list[tuple[type[AllianceError], int]] = [
     (ConfigError, 400),
     (DataError, 400),
     (FederationError, 409),
+    # The coordinator cannot take the request now (its disk refused the audit line, its store
+    # is damaged): nothing was recorded, the caller retries.
+    (TransportError, 503),
+    (StoreDamaged, 503),
 ]
 
 
@@ -144,13 +149,15 @@ _MEANING = {
     404: "No such study (NotFoundError)",
     409: "Not possible in the federation's current state (FederationError)",
     422: "The update's signature or integrity check failed (IntegrityError)",
+    503: "Nothing was recorded, retry later: the coordinator's disk is full or its store is "
+    "damaged (TransportError, StoreDamaged)",
 }
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for the error statuses a route answers with (always JSON)."""
     body = {"application/json": {"schema": ErrorBody.model_json_schema()}}
-    return {code: {"description": _MEANING[code], "content": body} for code in codes}
+    return {code: {"description": _MEANING[code], "content": body} for code in (*codes, 503)}
 
 
 class StudySubmission(BaseModel):
@@ -454,7 +461,7 @@ class HttpClient:
                 )
                 if response.status_code < 500:
                     return self._checked(response)
-                problem = f"coordinator answered {response.status_code}"
+                problem = f"coordinator answered {response.status_code}{_reason(response)}"
             except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             if time.monotonic() - started > self.retry.give_up_s:
@@ -478,3 +485,12 @@ class HttpClient:
         except (ValueError, KeyError, TypeError):
             kind, detail = "ProtocolError", response.text[:500]
         raise _ERRORS.get(kind, ProtocolError)(f"coordinator refused: {detail}")
+
+
+def _reason(response: httpx.Response) -> str:
+    """``": <detail>"`` of an error answer in the API's shape (a 503 says why), else ``""``."""
+    try:
+        detail = response.json()["detail"]
+    except (ValueError, KeyError, TypeError):
+        return ""
+    return f": {str(detail)[:300]}"
