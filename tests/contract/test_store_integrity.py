@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from sqlalchemy import create_engine, select, text, update
 
-from alliance.core.errors import StoreDamaged
+from alliance.core.errors import StoreDamaged, TransportError
 from alliance.store import SqlStore
 from alliance.store.sqlschema import models, updates
 from tests.contract.test_store import (  # noqa: F401 - pg_admin, pg_url: fixtures of _backend
@@ -29,6 +29,7 @@ from tests.contract.test_store import (  # noqa: F401 - pg_admin, pg_url: fixtur
     ready,
     weights,
 )
+from tests.unit.test_audit_disk_full import fill, small_disk  # noqa: F401 - fixture
 
 durable = pytest.fixture(params=["sqlite", "postgresql"])(_backend)
 
@@ -182,3 +183,17 @@ def test_an_overwritten_page_of_the_sqlite_file_is_refused_naming_the_file(
     damaged = rf"{path}: the database file is damaged.*backup"
     with pytest.raises(StoreDamaged, match=damaged), SqlStore(f"sqlite:///{path}") as store:
         store.verify()
+
+
+def test_a_full_disk_stores_nothing_and_says_retry(small_disk: Path) -> None:  # noqa: F811
+    with SqlStore(f"sqlite:///{small_disk / 'coordinator.db'}") as store:
+        ready(store)
+        update = {"emb": np.full(4000, 0.5, np.float32)}
+        filler = fill(small_disk)
+        with pytest.raises(TransportError, match=r"disk is full.*nothing was stored.*retried"):
+            store.add_update("s1", 1, meta("site-00", nonce="a" * 32), update)
+        assert store.updates("s1", 1) == []
+        filler.unlink()
+        store.add_update("s1", 1, meta("site-00", nonce="a" * 32), update)  # the retry lands
+        assert [u.site for u in store.updates("s1", 1)] == ["site-00"]
+        assert_same_arrays(store.load_delta("s1", 1, "site-00"), update)

@@ -1,6 +1,6 @@
 """The coordinator's audit disk is full: an upload gets a retryable 503 that says why, not a 500.
 
-A real uvicorn server with mutual TLS and the project's own CA, its audit log on a 64 KiB tmpfs
+A real uvicorn server with mutual TLS and the project's own CA, its audit log on a 512 KiB tmpfs
 filled to the last byte (root only; skipped otherwise). Before, the refused audit line
 surfaced as a bare ``OSError`` and the site saw "500 Internal Server Error".
 """

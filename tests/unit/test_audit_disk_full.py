@@ -71,11 +71,11 @@ def test_a_file_size_limit_cuts_no_line_into_the_log(tmp_path: Path) -> None:
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs, mounted for the test (root only; skipped otherwise)."""
+    """A 512 KiB tmpfs, mounted for the test (root only; skipped otherwise)."""
     mount = tmp_path / "disk"
     mount.mkdir()
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)],
         capture_output=True,
         text=True,
         check=False,

@@ -69,7 +69,7 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
-from alliance.core.errors import ConfigError, StoreDamaged
+from alliance.core.errors import ConfigError, StoreDamaged, TransportError
 from alliance.store.integrity import RESTORE, backfill_digests
 
 __all__ = [
@@ -107,6 +107,9 @@ WRITE_OPTION = "alliance_write"
 
 #: SQLite's words for a file it cannot trust (``SQLITE_CORRUPT``, ``SQLITE_NOTADB``).
 _DAMAGED = re.compile(r"malformed|not a database|database corrupt", re.IGNORECASE)
+
+#: A disk that refused a write (SQLite ``SQLITE_FULL``, PostgreSQL ``disk_full``).
+_FULL = re.compile(r"disk is full|no space left on device|could not extend file", re.IGNORECASE)
 
 metadata = MetaData()
 
@@ -243,6 +246,8 @@ def transaction(engine: Engine, shown: str, *, write: bool) -> Iterator[Connecti
         masked; the password never appears in the message).
     StoreDamaged
         If SQLite reports the file malformed or not a database.
+    TransportError
+        If the database's disk is full: nothing was written, the caller may retry.
     """
     try:
         with engine.connect() as conn:
@@ -259,6 +264,11 @@ def transaction(engine: Engine, shown: str, *, write: bool) -> Iterator[Connecti
             ) from None
         if not isinstance(exc, sa_exc.OperationalError):
             raise
+        if _FULL.search(detail):
+            raise TransportError(
+                f"coordinator store {shown}: its disk is full ({detail}); nothing was stored. "
+                "Free space on the database's disk; the request can be retried"
+            ) from None
         if password:  # drivers do not echo passwords, but never risk it
             detail = detail.replace(str(password), "***")
         if engine.dialect.name == "sqlite":
