@@ -103,6 +103,19 @@ def test_one_flipped_bit_in_an_update_payload_is_refused_naming_it(durable: Back
     assert [u.site for u in store.updates("s1", 2)] == ["site-00"]
 
 
+def test_damaged_json_in_a_row_is_refused_naming_it(durable: Backend) -> None:
+    two_versions(durable)
+    assert durable.url is not None
+    engine = create_engine(durable.url)
+    with engine.begin() as conn:  # one byte of the metrics text changed: no longer JSON
+        conn.execute(text("UPDATE alliance_updates SET metrics = replace(metrics, ',', ';')"))
+    engine.dispose()
+    store = durable.open()
+    where = "metrics of the update from site 'site-00' for round 2 of study 's1'"
+    with pytest.raises(StoreDamaged, match=rf"{where} cannot be read back.*restore it"):
+        store.updates("s1", 2)
+
+
 def test_a_version_2_store_is_upgraded_with_digests_that_then_catch_damage(
     durable: Backend,
 ) -> None:

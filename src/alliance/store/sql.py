@@ -351,7 +351,14 @@ class SqlStore:
             rows = conn.execute(query).all()
         return [
             UpdateMeta(
-                r.site, r.nonce, r.digest, r.num_examples, load_json(r.metrics), r.base_version
+                r.site,
+                r.nonce,
+                r.digest,
+                r.num_examples,
+                load_json(
+                    r.metrics, what=f"metrics of the {rules.update_where(study_id, round_, r.site)}"
+                ),
+                r.base_version,
             )
             for r in rows
         ]

@@ -140,14 +140,15 @@ def model_arrays(
 
 def round_state(row: Row[Any]) -> RoundState:
     """A round as read from ``alliance_rounds``."""
+    where = f"round {row.round} of study {row.study_id!r}"
     return RoundState(
         study_id=row.study_id,
         round=row.round,
         model_version=row.model_version,
-        participants=tuple(load_json(row.participants)),
+        participants=tuple(load_json(row.participants, what=f"participants of {where}")),
         deadline=row.deadline,
         status=RoundStatus(row.status),
-        summary={} if row.summary is None else load_json(row.summary),
+        summary={} if row.summary is None else load_json(row.summary, what=f"summary of {where}"),
     )
 
 
