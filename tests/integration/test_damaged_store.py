@@ -114,3 +114,30 @@ def test_a_coordinator_with_a_damaged_store_refuses_to_start(
     assert f"error: coordinator store sqlite:///{path}: {what}" in message, message
     assert "restore the store from a backup" in message
     assert "listening" not in done.stdout
+
+
+def test_the_same_store_undamaged_is_served(consortium: Path) -> None:
+    """The control: the check passes an intact store (a queued study has no model yet)."""
+    path = store_with_a_running_study(consortium)
+    with SqlStore(f"sqlite:///{path}") as store:
+        store.add_study(StudyRecord("s2", "x", "cd" * 32, "op", StudyStatus.QUEUED, 2.0))
+    env = {**os.environ, "COLUMNS": "400", "PYTHONWARNINGS": "error"}
+    command = ["coordinator", "serve", "-c", str(consortium / "coordinator.toml")]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "alliance.cli.app", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:  # ends when the process exits
+            lines.append(line)
+            if "listening on" in line:
+                break
+        assert "listening on" in lines[-1], "".join(lines)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)  # closes the pipe
