@@ -89,15 +89,13 @@ def backfill_digests(conn: Connection, table: Table, pairs: dict[str, str]) -> i
     ``pairs`` maps a blob column to its digest column. Used once, by the upgrade to schema
     version 3: the rows are trusted as they are at that moment.
     """
-    keys = [c for c in table.primary_key.columns]
+    keys = list(table.primary_key.columns)
     changed = 0
     for blob, digest in pairs.items():
-        query = select(*keys, table.c[blob]).where(
-            table.c[blob].is_not(None), table.c[digest].is_(None)
-        )
-        for row in conn.execute(query).all():
+        missing = select(*keys).where(table.c[blob].is_not(None), table.c[digest].is_(None))
+        for row in conn.execute(missing).all():  # keys only: one blob in memory at a time
             match = [key == getattr(row, key.name) for key in keys]
-            values = {digest: blob_digest(bytes(getattr(row, blob)))}
-            conn.execute(update(table).where(*match).values(**values))
+            data = conn.execute(select(table.c[blob]).where(*match)).scalar_one()
+            conn.execute(update(table).where(*match).values({digest: blob_digest(bytes(data))}))
             changed += 1
     return changed
