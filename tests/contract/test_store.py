@@ -270,6 +270,39 @@ def test_study_status_stamps_finished_at(store: CoordinatorStore) -> None:
         store.set_study_status("nope", StudyStatus.RUNNING)
 
 
+def test_an_id_with_a_nul_character_is_never_stored_and_never_found(
+    store: CoordinatorStore,
+) -> None:
+    # PostgreSQL cannot hold NUL in text; it used to answer such ids with a driver error (500).
+    ready(store)
+    store.add_update("s1", 1, meta("site-00"), delta(0))
+    nul = "s1\x00"
+    with pytest.raises(ConfigError, match="study id 's1\\\\x00' contains a NUL character"):
+        store.add_study(study(nul))
+    assert store.study(nul) is None
+    assert (store.current_round(nul), store.rounds(nul), store.updates(nul, 1)) == (None, [], [])
+    assert (store.rejections(nul), store.events(nul), store.nonce_seen("\x00")) == ([], [], False)
+    with pytest.raises(ConfigError, match="unknown study"):
+        store.latest_model(nul)
+    with pytest.raises(ConfigError, match="unknown study"):
+        store.set_study_status(nul, StudyStatus.RUNNING)
+    with pytest.raises(ConfigError, match="unknown study"):
+        store.save_initial_model(nul, weights(), {})
+    with pytest.raises(ConfigError, match="has no model version 0"):
+        store.model(nul, 0)
+    with pytest.raises(ConfigError, match="unknown study"):
+        store.open_round(nul, 1, model_version=0, participants=SITES, deadline=None)
+    with pytest.raises(FederationError, match="not open"):
+        store.set_deadline(nul, 1, None)
+    with pytest.raises(ProtocolError, match="never opened"):
+        store.add_update(nul, 1, meta("site-01"), delta(1))
+    with pytest.raises(FederationError, match="no update"):
+        store.load_delta("s1", 1, "site-00\x00")
+    with pytest.raises(FederationError, match="not open"):
+        close(store, 1, nul)
+    assert [u.site for u in store.updates("s1", 1)] == ["site-00"]
+
+
 # ---------------------------------------------------------------------------------------------
 # model versions
 
@@ -720,7 +753,7 @@ def test_sqlite_runs_in_wal_mode_with_the_current_schema_version(tmp_path: Path)
             (SCHEMA_VERSION,)
         ]
     conn.close()
-    assert SCHEMA_VERSION == 2
+    assert SCHEMA_VERSION == 3
 
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -741,8 +774,11 @@ def test_a_schema_version_1_database_is_upgraded_and_keeps_its_updates(tmp_path:
         ready(first)
         first.add_update("s1", 1, meta("site-00", digest="old"), delta(1))
     conn = sqlite3.connect(path)
-    with conn:  # the layout of version 1: no base_version column
+    with conn:  # the layout of version 1: no base_version column, no digests
         conn.execute("ALTER TABLE alliance_updates DROP COLUMN base_version")
+        conn.execute("ALTER TABLE alliance_updates DROP COLUMN payload_sha256")
+        conn.execute("ALTER TABLE alliance_models DROP COLUMN weights_sha256")
+        conn.execute("ALTER TABLE alliance_models DROP COLUMN state_sha256")
         conn.execute("UPDATE alliance_schema_version SET version = 1")
     conn.close()
     with SqlStore(f"sqlite:///{path}") as upgraded:
@@ -752,7 +788,7 @@ def test_a_schema_version_1_database_is_upgraded_and_keeps_its_updates(tmp_path:
         upgraded.add_update("s1", 1, replace(meta("site-01"), base_version=0), delta(2))
         assert [u.base_version for u in upgraded.updates("s1", 1)] == [None, 0]
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT version FROM alliance_schema_version").fetchall() == [(2,)]
+        assert conn.execute("SELECT version FROM alliance_schema_version").fetchall() == [(3,)]
     conn.close()
 
 

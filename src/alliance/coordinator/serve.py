@@ -2,8 +2,10 @@
 
 :func:`serve` wires the parts: the consortium CA and CRL, the coordinator's signing identity,
 the store (SQLite by default, PostgreSQL by URL), the audit log, the study driver thread and
-the HTTPS server (mutual TLS 1.3). Everything durable is in the store, so stopping the process
-at any moment, even with SIGKILL, and starting it again continues where it was.
+the HTTPS server (mutual TLS 1.3). The store is checked first (:func:`open_checked_store`): a
+damaged one is refused, naming what is damaged, rather than served. Everything durable is in
+the store, so stopping the process at any moment, even with SIGKILL, and starting it again
+continues where it was.
 
 The CRL file (``[tls] crl``) is followed while the service runs: a renewed or extended list is
 used from the next handshake on, an older one is refused (the highest CRL number relied on is
@@ -33,7 +35,13 @@ from alliance.store.audit import AuditLog
 from alliance.store.sql import SqlStore
 from alliance.transport.http import create_app, run_server
 
-__all__ = ["CoordinatorConfig", "build_service", "open_offline_sites", "serve"]
+__all__ = [
+    "CoordinatorConfig",
+    "build_service",
+    "open_checked_store",
+    "open_offline_sites",
+    "serve",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -101,12 +109,33 @@ def build_service(config: CoordinatorConfig) -> CoordinatorService:
     trust = TrustStore.load(config.ca, config.crl, floor=config.crl_floor)
     return CoordinatorService(
         federation=config.federation,
-        store=SqlStore(config.store_url),
+        store=open_checked_store(config.store_url),
         signer=signer,
         trust=trust,
         audit=AuditLog(config.audit, actor=COORDINATOR),
         offline=open_offline_sites(config, signer, trust),
     )
+
+
+def open_checked_store(url: str) -> SqlStore:
+    """The store at ``url``, checked before anything is served from it.
+
+    Raises
+    ------
+    StoreDamaged
+        If the database file is damaged (SQLite ``quick_check``) or the newest model version of
+        a study that has not ended no longer matches its digest; the message names which.
+    """
+    store = SqlStore(url)
+    try:
+        checked = store.verify()
+    except BaseException:
+        store.close()
+        raise
+    logger.info(
+        "coordinator store %s checked: %d current model version(s) intact", store.url, checked
+    )
+    return store
 
 
 def open_offline_sites(

@@ -12,6 +12,7 @@
     ├── FederationError            the federation cannot go on (no quorum, no sites, no cases)
     │   └── SecAggAbort            a secure-aggregation attempt is abandoned: start a new attempt
     ├── ModelError                 a model file or model state is unusable
+    │   └── StoreDamaged           stored state fails its checks: restore the store from a backup
     └── PrivacyError               the site's privacy ledger refuses a release or is untrustworthy
         └── BudgetExceeded         a release would push the hospital's ε past its budget
 
@@ -32,6 +33,7 @@ __all__ = [
     "PrivacyError",
     "ProtocolError",
     "SecAggAbort",
+    "StoreDamaged",
     "TransportError",
     "UnknownCodeError",
 ]
@@ -81,6 +83,15 @@ class SecAggAbort(FederationError):  # noqa: N818 - an abort is the event, not a
 
 class ModelError(AllianceError):
     """A model file or model state cannot be used."""
+
+
+class StoreDamaged(ModelError):  # noqa: N818 - a state of the store, like SecAggAbort
+    """Stored state fails its integrity checks: a blob whose sha256 no longer matches, or a
+    database file the engine reports as malformed.
+
+    The message names what is damaged (file, study, model version, round, site); the stored
+    value is never used. Stop the coordinator and restore its store from a backup.
+    """
 
 
 class PrivacyError(AllianceError):

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy.typing as npt
 
-from alliance.core.errors import ModelError, ProtocolError
+from alliance.core.errors import ProtocolError, StoreDamaged
 from alliance.protocol.codec import decode, encode
 from alliance.protocol.envelope import COORDINATOR, Envelope, Header, MessageKind
 
@@ -73,20 +73,20 @@ def unpack_arrays(data: bytes, *, what: str = "stored arrays") -> dict[str, npt.
 
     Raises
     ------
-    ModelError
+    StoreDamaged
         If the blob is not one written by :func:`pack_arrays` (a damaged or foreign database).
     """
     try:
         env = decode(bytes(data), max_bytes=max(len(data), 1))
     except ProtocolError as exc:
-        raise ModelError(
+        raise StoreDamaged(
             f"{what} cannot be read back ({exc}); the store's database is damaged or was "
             "written by another program: restore it from a backup"
         ) from None
     if env.header.kind is not MessageKind.MODEL_SNAPSHOT or env.body.get("format") != (
         ARRAYS_FORMAT
     ):
-        raise ModelError(
+        raise StoreDamaged(
             f"{what} is not in the {ARRAYS_FORMAT} format (found {env.body.get('format')!r}); "
             "the store's database was written by another program: restore it from a backup"
         )
@@ -110,6 +110,18 @@ def dump_json(value: Any, *, what: str) -> str:
         ) from None
 
 
-def load_json(text: str) -> Any:
-    """Parse JSON text written by :func:`dump_json`."""
-    return json.loads(text)
+def load_json(text: str, *, what: str = "a stored field") -> Any:
+    """Parse JSON text written by :func:`dump_json`.
+
+    Raises
+    ------
+    StoreDamaged
+        If the text is not JSON any more (``what`` names it in the message).
+    """
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise StoreDamaged(
+            f"{what} cannot be read back ({exc}); the store's database is damaged: restore it "
+            "from a backup"
+        ) from None

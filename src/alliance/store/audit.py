@@ -12,6 +12,8 @@ belong together. A log is verified when opened and a writer checks what other pr
 before it appends: nobody writes on after tampering. Two states are crashes, repaired with an
 ``audit_recovered`` entry: a torn last line (no newline) while the head names the entry before
 it, and a complete last line whose head update was lost. Anything else raises IntegrityError.
+A write the disk refuses (full, or over a file-size limit) is cut back at once and raised as
+a retryable ``TransportError``, so that log and head still agree and the log stays verifiable.
 :func:`verify_audit_log` never raises on tampering; it lists every problem by line number, in
 words meant for a privacy officer (line 0: the head file).
 
@@ -34,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from alliance.core.errors import ConfigError, IntegrityError
+from alliance.core.errors import ConfigError, IntegrityError, TransportError
 from alliance.core.files import write_atomically
 from alliance.store.audit_check import (
     AuditProblem,
@@ -130,6 +132,9 @@ class AuditLog:
             The event name or a detail is not valid (NaN, bytes, an object ...).
         IntegrityError
             The log was altered since this object last checked it.
+        TransportError
+            The disk refused the write (full, or a file-size limit): nothing was appended and
+            the log is as it was; retry once there is space.
         """
         if not isinstance(event, str) or not _EVENT.fullmatch(event):
             raise ConfigError(
@@ -186,15 +191,36 @@ class AuditLog:
         body: dict[str, Any] = dict(zip(FIELDS[:-1], values, strict=True))
         body["hash"] = digest(body)
         line = json.dumps(body, ensure_ascii=False, allow_nan=False).encode() + b"\n"
-        view = memoryview(line)
-        while view:  # if this fails part-way, the next _sync finds and repairs the torn tail
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
         entry = AuditEntry(**body)
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+            _write_head(self._head_path, entry.seq, entry.hash)
+        except OSError as exc:
+            raise self._undo(fd, event, exc) from None
         self._size, self._lines = self._size + len(line), self._lines + 1
         self._seq, self._hash = entry.seq, entry.hash
-        _write_head(self._head_path, entry.seq, entry.hash)
         return entry
+
+    def _undo(self, fd: int, event: str, exc: OSError) -> TransportError:
+        """Cut what a failed append wrote (the head still names the entry before), and say so.
+
+        A full disk or a file-size limit fails the append, not the log: with the partial line
+        cut, log and head agree again and ``alliance audit verify`` finds nothing wrong. Were
+        the cut itself to fail, the next append repairs the torn tail as after a crash.
+        """
+        try:
+            os.ftruncate(fd, self._size)
+            os.fsync(fd)
+        except OSError:
+            logger.warning("audit log %s: could not cut a failed append; repaired next", self.path)
+        return TransportError(
+            f"audit log {self.path}: could not append {event!r} ({exc.strerror}); nothing was "
+            "recorded and the log is intact. Free space on its disk (or raise the file-size "
+            "limit); the request can be retried"
+        )
 
     def _tampered(self, fd: int) -> IntegrityError:
         report = analyse(self.path, read_from(fd, 0))

@@ -95,7 +95,8 @@ class MemoryStore:
 
     # --- studies ---------------------------------------------------------------------------
     def add_study(self, record: StudyRecord) -> None:
-        """Store a new study (``ConfigError`` if its id exists)."""
+        """Store a new study (``ConfigError`` if its id exists or holds NUL)."""
+        rules.check_key(record.study_id, "study id")
         with self._lock:
             if record.study_id in self._studies:
                 raise rules.study_exists(record.study_id)

@@ -17,6 +17,7 @@ from alliance.store.state import DuplicateUpdate
 __all__ = [
     "cannot_close",
     "check_can_open",
+    "check_key",
     "check_new_version",
     "deadline_not_open",
     "no_model",
@@ -40,6 +41,19 @@ def update_where(study_id: str, round_: int, site: str) -> str:
 def unknown_study(study_id: str) -> ConfigError:
     """A method needs a study that was never added."""
     return ConfigError(f"unknown study {study_id!r}: add it with add_study first")
+
+
+def check_key(value: str, what: str) -> None:
+    """Raise ``ConfigError`` if a key to store holds a NUL character.
+
+    PostgreSQL cannot keep NUL in text, so no backend stores such a key, and every backend
+    answers a key with NUL as absent.
+    """
+    if "\x00" in value:
+        raise ConfigError(
+            f"{what} {value!r} contains a NUL character, which the coordinator store cannot "
+            "keep; use printable characters"
+        )
 
 
 def study_exists(study_id: str) -> ConfigError:

@@ -34,13 +34,14 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy.typing as npt
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, Select, func, insert, select, update
 from sqlalchemy import exc as sa_exc
 
 from alliance.core.faults import crash_point
 from alliance.store import rules, sqlrows
 from alliance.store import sqlschema as db
 from alliance.store.arrays import dump_json, load_json, unpack_arrays
+from alliance.store.integrity import checked, quick_check
 from alliance.store.state import (
     RoundState,
     RoundStatus,
@@ -107,6 +108,34 @@ class SqlStore:
         """One transaction; committed when the block ends, rolled back if it raises."""
         return db.transaction(self._engine, self.url, write=write)
 
+    def verify(self) -> int:
+        """Check the store before serving from it: the database file (SQLite's
+        ``quick_check``) and, against their digests, the newest model version of every study
+        that has not ended.
+
+        Returns
+        -------
+        int
+            The number of model versions checked.
+
+        Raises
+        ------
+        StoreDamaged
+            Naming the file, or the study and model version, that is damaged.
+        """
+        with self._tx(write=False) as conn:
+            quick_check(conn, self.url)
+        versions = 0
+        for record in self.studies():
+            if record.status in _ENDED:
+                continue
+            with self._tx(write=False) as conn:
+                row = conn.execute(_newest_model(record.study_id)).first()
+            if row is not None:
+                sqlrows.model_arrays(record.study_id, row, store=self.url)
+                versions += 1
+        return versions
+
     def drop_all(self) -> None:
         """Drop every ``alliance_*`` table (tests only: the state is gone)."""
         with self._tx(write=True) as conn:
@@ -117,6 +146,8 @@ class SqlStore:
         self._engine.dispose()
 
     def _require_study(self, conn: Connection, study_id: str, *, lock: bool = False) -> None:
+        if _nul(study_id):
+            raise rules.unknown_study(study_id)
         query = select(db.studies.c.study_id).where(db.studies.c.study_id == study_id)
         if conn.execute(query.with_for_update() if lock else query).first() is None:
             raise rules.unknown_study(study_id)
@@ -124,6 +155,7 @@ class SqlStore:
     # --- studies ---------------------------------------------------------------------------
     def add_study(self, record: StudyRecord) -> None:
         """Store a new study (``ConfigError`` if its id exists)."""
+        rules.check_key(record.study_id, "study id")
         values = dict(vars(record), status=record.status.value)
         with self._tx(write=True) as conn:
             try:
@@ -134,6 +166,8 @@ class SqlStore:
 
     def study(self, study_id: str) -> StudyRecord | None:
         """One study, or ``None``."""
+        if _nul(study_id):
+            return None
         with self._tx(write=False) as conn:
             row = conn.execute(select(db.studies).where(db.studies.c.study_id == study_id)).first()
         return None if row is None else sqlrows.study_record(row)
@@ -186,25 +220,25 @@ class SqlStore:
         """``(version, weights, strategy_state)`` of the newest model version."""
         with self._tx(write=False) as conn:
             self._require_study(conn, study_id)
-            query = (
-                select(db.models.c.version, db.models.c.weights, db.models.c.strategy_state)
-                .where(db.models.c.study_id == study_id)
-                .order_by(db.models.c.version.desc())
-                .limit(1)
-            )
-            row = conn.execute(query).first()
+            row = conn.execute(_newest_model(study_id)).first()
         if row is None:
             raise rules.no_model(study_id)
-        return sqlrows.model_arrays(study_id, row.version, row.weights, row.strategy_state)
+        return sqlrows.model_arrays(study_id, row, store=self.url)
 
     def model(self, study_id: str, version: int) -> dict[str, npt.NDArray[Any]]:
         """The weights of one model version (``ConfigError`` if absent)."""
-        query = select(db.models.c.weights).where(*db.version_key(study_id, version))
-        with self._tx(write=False) as conn:
-            data = conn.execute(query).scalar()
-        if data is None:
+        if _nul(study_id):
             raise rules.no_version(study_id, version)
-        return unpack_arrays(data, what=f"model version {version} of study {study_id!r}")
+        query = select(db.models.c.weights, db.models.c.weights_sha256).where(
+            *db.version_key(study_id, version)
+        )
+        with self._tx(write=False) as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            raise rules.no_version(study_id, version)
+        what = f"model version {version} of study {study_id!r}"
+        data = checked(row.weights, row.weights_sha256, what=what, where=self.url)
+        return unpack_arrays(data, what=what)
 
     # --- rounds ----------------------------------------------------------------------------
     def open_round(
@@ -241,12 +275,16 @@ class SqlStore:
 
     def current_round(self, study_id: str) -> RoundState | None:
         """The newest round of the study (open or closed), or ``None`` before the first."""
+        if _nul(study_id):
+            return None
         with self._tx(write=False) as conn:
             row = conn.execute(db.newest_round(study_id)).first()
         return None if row is None else sqlrows.round_state(row)
 
     def rounds(self, study_id: str) -> list[RoundState]:
         """Every round, in order."""
+        if _nul(study_id):
+            return []
         query = (
             select(db.rounds).where(db.rounds.c.study_id == study_id).order_by(db.rounds.c.round)
         )
@@ -255,6 +293,8 @@ class SqlStore:
 
     def set_deadline(self, study_id: str, round_: int, deadline: float | None) -> None:
         """Move the deadline of an open round (``FederationError`` if it is not open)."""
+        if _nul(study_id):
+            raise rules.deadline_not_open(study_id, round_)
         with self._tx(write=True) as conn:
             done = conn.execute(
                 update(db.rounds)
@@ -271,6 +311,8 @@ class SqlStore:
         even after its round closed: the site is answered "already received".
         """
         where = rules.update_where(study_id, round_, meta.site)
+        if _nul(study_id):
+            raise rules.not_open(where, False)
         row = sqlrows.update_row(study_id, round_, meta, delta, where=where)
         stored = select(db.updates.c.digest).where(*db.update_key(study_id, round_, meta.site))
         with self._tx(write=True) as conn:
@@ -297,7 +339,9 @@ class SqlStore:
                 raise rules.nonce_reused(where, meta.nonce) from None
 
     def updates(self, study_id: str, round_: int) -> list[UpdateMeta]:
-        """The accepted db.updates of a round, in site order."""
+        """The accepted updates of a round, in site order."""
+        if _nul(study_id):
+            return []
         query = (
             select(*db.UPDATE_META)
             .where(*db.round_key(db.updates, study_id, round_))
@@ -307,14 +351,25 @@ class SqlStore:
             rows = conn.execute(query).all()
         return [
             UpdateMeta(
-                r.site, r.nonce, r.digest, r.num_examples, load_json(r.metrics), r.base_version
+                r.site,
+                r.nonce,
+                r.digest,
+                r.num_examples,
+                load_json(
+                    r.metrics, what=f"metrics of the {rules.update_where(study_id, round_, r.site)}"
+                ),
+                r.base_version,
             )
             for r in rows
         ]
 
     def load_delta(self, study_id: str, round_: int, site: str) -> dict[str, npt.NDArray[Any]]:
         """One site's delta (``FederationError`` if absent or its round closed)."""
-        query = select(db.updates.c.payload).where(*db.update_key(study_id, round_, site))
+        if _nul(study_id, site):
+            raise rules.no_update(rules.update_where(study_id, round_, site))
+        query = select(db.updates.c.payload, db.updates.c.payload_sha256).where(
+            *db.update_key(study_id, round_, site)
+        )
         with self._tx(write=False) as conn:
             row = conn.execute(query).first()
         where = rules.update_where(study_id, round_, site)
@@ -322,10 +377,14 @@ class SqlStore:
             raise rules.no_update(where)
         if row.payload is None:
             raise rules.released(where)
-        return unpack_arrays(row.payload, what=f"the delta of the {where}")
+        what = f"the delta of the {where}"
+        payload = checked(row.payload, row.payload_sha256, what=what, where=self.url)
+        return unpack_arrays(payload, what=what)
 
     def nonce_seen(self, nonce: str) -> bool:
         """Whether an accepted message ever carried ``nonce``."""
+        if _nul(nonce):
+            return False
         with self._tx(write=False) as conn:
             query = select(db.updates.c.nonce).where(db.updates.c.nonce == nonce)
             return conn.execute(query).first() is not None
@@ -343,6 +402,8 @@ class SqlStore:
         """Atomically store model ``new_version``, close the round with its summary and release
         the round's update payloads (``FederationError`` if the round is not open or
         ``new_version`` is not newer than every stored version)."""
+        if _nul(study_id):
+            raise rules.cannot_close(study_id, round_)
         what = f"model version {new_version} of study {study_id!r}"
         model_row = sqlrows.model_row(study_id, new_version, weights, strategy_state, what=what)
         text_summary = dump_json(dict(summary), what=f"summary of round {round_}")
@@ -366,7 +427,7 @@ class SqlStore:
             conn.execute(
                 update(db.updates)
                 .where(*db.round_key(db.updates, study_id, round_))
-                .values(payload=None)
+                .values(payload=None, payload_sha256=None)
             )
         logger.debug("study %s: round %d closed as model version %d", study_id, round_, new_version)
 
@@ -378,6 +439,8 @@ class SqlStore:
 
     def rejections(self, study_id: str) -> list[StoredRejection]:
         """Refused messages of a study, oldest first."""
+        if _nul(study_id):
+            return []
         query = (
             select(db.rejections)
             .where(db.rejections.c.study_id == study_id)
@@ -393,6 +456,8 @@ class SqlStore:
 
     def events(self, study_id: str, *, after: int = 0) -> list[tuple[int, StoredEvent]]:
         """Log lines with their sequence number (increasing), those after ``after`` only."""
+        if _nul(study_id):
+            return []
         query = (
             select(db.events)
             .where(db.events.c.study_id == study_id, db.events.c.id > after)
@@ -400,3 +465,20 @@ class SqlStore:
         )
         with self._tx(write=False) as conn:
             return [sqlrows.stored_event(r) for r in conn.execute(query)]
+
+
+def _nul(*keys: str) -> bool:
+    """Whether a key holds a NUL character, which no stored key does (PostgreSQL cannot hold one
+    in text, and :func:`~alliance.store.rules.check_key` refuses it on every backend): such a
+    key is answered as absent without asking the database."""
+    return any("\x00" in key for key in keys)
+
+
+def _newest_model(study_id: str) -> Select[Any]:
+    """``SELECT`` of a study's newest model version, blobs and digests included."""
+    return (
+        select(db.models)
+        .where(db.models.c.study_id == study_id)
+        .order_by(db.models.c.version.desc())
+        .limit(1)
+    )

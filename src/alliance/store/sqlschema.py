@@ -5,7 +5,10 @@ Layout version :data:`SCHEMA_VERSION` (recorded in ``alliance_schema_version``);
 table means a new version and a step in :func:`migrate`, which also refuses a database written
 by a newer layout. Version 2 added ``alliance_updates.base_version`` (the model version an update
 was trained on, for asynchronous rounds); :func:`migrate` adds the column to a version 1
-database when it is first opened, its existing rows reading ``NULL``.
+database when it is first opened, its existing rows reading ``NULL``. Version 3 stores the
+SHA-256 of every blob beside it (``weights_sha256`` and ``state_sha256`` of a model version,
+``payload_sha256`` of an update), checked on every read (:mod:`alliance.store.integrity`); the
+upgrade computes them for the rows already there, trusting those rows as they are then.
 
 Keys enforce the store's rules in the database itself, so they hold under any number of
 concurrent coordinator threads or processes:
@@ -66,7 +69,8 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
-from alliance.core.errors import ConfigError
+from alliance.core.errors import ConfigError, StoreDamaged, TransportError
+from alliance.store.integrity import RESTORE, backfill_digests
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -95,11 +99,17 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: The table layout this code writes and reads.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Seconds a SQLite writer waits for another writer's lock before failing.
 SQLITE_BUSY_TIMEOUT_S = 30.0
 #: Execution option: the transaction writes (SQLite: ``BEGIN IMMEDIATE``).
 WRITE_OPTION = "alliance_write"
+
+#: SQLite's words for a file it cannot trust (``SQLITE_CORRUPT``, ``SQLITE_NOTADB``).
+_DAMAGED = re.compile(r"malformed|not a database|database corrupt", re.IGNORECASE)
+
+#: A disk that refused a write (SQLite ``SQLITE_FULL``, PostgreSQL ``disk_full``).
+_FULL = re.compile(r"disk is full|no space left on device|could not extend file", re.IGNORECASE)
 
 metadata = MetaData()
 
@@ -130,6 +140,8 @@ models = Table(
     Column("version", Integer, primary_key=True, autoincrement=False),
     Column("weights", LargeBinary, nullable=False),
     Column("strategy_state", LargeBinary, nullable=False),
+    Column("weights_sha256", String, nullable=True),  # since schema version 3
+    Column("state_sha256", String, nullable=True),  # since schema version 3
 )
 
 rounds = Table(
@@ -157,6 +169,7 @@ updates = Table(
     Column("payload", LargeBinary, nullable=True),  # NULL once the round closed
     Column("received_at", Double, nullable=False),
     Column("base_version", Integer, nullable=True),  # since schema version 2
+    Column("payload_sha256", String, nullable=True),  # since schema version 3; NULL: released
     ForeignKeyConstraint(["study_id", "round"], [rounds.c.study_id, rounds.c.round]),
 )
 
@@ -231,14 +244,31 @@ def transaction(engine: Engine, shown: str, *, write: bool) -> Iterator[Connecti
     ConfigError
         If the database cannot be reached, opened or locked (``shown``: the URL, password
         masked; the password never appears in the message).
+    StoreDamaged
+        If SQLite reports the file malformed or not a database.
+    TransportError
+        If the database's disk is full: nothing was written, the caller may retry.
     """
     try:
         with engine.connect() as conn:
             conn.execution_options(**{WRITE_OPTION: write})
             with conn.begin():
                 yield conn
-    except sa_exc.OperationalError as exc:
+    except sa_exc.DatabaseError as exc:
+        if isinstance(exc, sa_exc.IntegrityError | sa_exc.DataError):
+            raise  # a rule of the store, handled by the caller
         detail, password = first_line(exc), engine.url.password
+        if _DAMAGED.search(detail):
+            raise StoreDamaged(
+                f"coordinator store {shown}: the database file is damaged ({detail}); {RESTORE}"
+            ) from None
+        if not isinstance(exc, sa_exc.OperationalError):
+            raise
+        if _FULL.search(detail):
+            raise TransportError(
+                f"coordinator store {shown}: its disk is full ({detail}); nothing was stored. "
+                "Free space on the database's disk; the request can be retried"
+            ) from None
         if password:  # drivers do not echo passwords, but never risk it
             detail = detail.replace(str(password), "***")
         if engine.dialect.name == "sqlite":
@@ -352,8 +382,30 @@ def migrate(conn: Connection, shown: str) -> None:
     if found is not None and found < 2:
         conn.execute(text(f"ALTER TABLE {updates.name} ADD COLUMN base_version INTEGER"))
         logger.info("coordinator store %s: schema version %d upgraded to 2", shown, found)
+    if found is not None and found < 3:
+        _add_digests(conn, shown)
     metadata.create_all(conn)
     if found is None:
         conn.execute(insert(schema_version).values(id=1, version=SCHEMA_VERSION))
     elif found < SCHEMA_VERSION:
         conn.execute(update(schema_version).values(version=SCHEMA_VERSION))
+
+
+def _add_digests(conn: Connection, shown: str) -> None:
+    """Schema version 3: a SHA-256 beside every blob, computed for the rows already stored."""
+    for table, column in (
+        (models, "weights_sha256"),
+        (models, "state_sha256"),
+        (updates, "payload_sha256"),
+    ):
+        conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column} VARCHAR"))
+    done = backfill_digests(
+        conn, models, {"weights": "weights_sha256", "strategy_state": "state_sha256"}
+    )
+    done += backfill_digests(conn, updates, {"payload": "payload_sha256"})
+    logger.info(
+        "coordinator store %s: schema upgraded to version 3; %d stored blobs now carry a "
+        "digest, trusted as they were at the upgrade",
+        shown,
+        done,
+    )

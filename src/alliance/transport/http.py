@@ -52,6 +52,7 @@ from alliance.core.errors import (
     FederationError,
     IntegrityError,
     ProtocolError,
+    StoreDamaged,
     TransportError,
 )
 from alliance.transport.limits import (
@@ -148,6 +149,10 @@ _STATUS: list[tuple[type[AllianceError], int]] = [
     (ConfigError, 400),
     (DataError, 400),
     (FederationError, 409),
+    # The coordinator cannot take the request now (its disk refused the audit line, its store
+    # is damaged): nothing was recorded, the caller retries.
+    (TransportError, 503),
+    (StoreDamaged, 503),
 ]
 
 
@@ -172,6 +177,8 @@ _MEANING = {
     413: "The request body is larger than this route accepts (PayloadTooLarge)",
     422: "The update's signature or integrity check failed (IntegrityError)",
     429: "This certificate has too many requests in flight; wait Retry-After seconds",
+    503: "Nothing was recorded, retry later: the coordinator's disk is full or its store is "
+    "damaged (TransportError, StoreDamaged)",
 }
 
 
@@ -179,7 +186,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for the error statuses a route answers with (always JSON)."""
     body = {"application/json": {"schema": ErrorBody.model_json_schema()}}
     out: dict[int | str, dict[str, Any]] = {
-        code: {"description": _MEANING[code], "content": body} for code in (*codes, 429)
+        code: {"description": _MEANING[code], "content": body} for code in (*codes, 429, 503)
     }
     out[429]["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
     return out
@@ -550,7 +557,7 @@ class HttpClient:
                     wait = _retry_after(response)
                 elif response.status_code < 500:
                     return self._checked(response)
-                problem = f"coordinator answered {response.status_code}"
+                problem = f"coordinator answered {response.status_code}{_reason(response)}"
             except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             if time.monotonic() - started > self.retry.give_up_s:
@@ -581,3 +588,12 @@ def _retry_after(response: httpx.Response) -> float:
     text = response.headers.get("retry-after", "1").strip()
     seconds = float(text) if text.isdigit() else 1.0
     return min(max(seconds, 0.1), 60.0)
+
+
+def _reason(response: httpx.Response) -> str:
+    """``": <detail>"`` of an error answer in the API's shape (a 503 says why), else ``""``."""
+    try:
+        detail = response.json()["detail"]
+    except (ValueError, KeyError, TypeError):
+        return ""
+    return f": {str(detail)[:300]}"
