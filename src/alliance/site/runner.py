@@ -471,6 +471,15 @@ class SiteRunner:
         return self._check_plan(study, task)
 
     def _check_plan(self, study: _Study, task: TrainTask) -> _Study | None:
+        round_, version, rounds = task.header.round, task.model_version, study.spec.rounds
+        if not 1 <= round_ <= rounds or version >= round_:
+            self._refuse(
+                task.header.study,
+                f"round {round_} on model version {version} is outside the approved study "
+                f"(rounds 1–{rounds}; round r trains a model version below r)",
+                once=False,
+            )
+            return None
         approved = replace(study.spec.plan, proximal_mu=0.0)
         asked = replace(task.plan, proximal_mu=0.0)
         mu = study.spec.strategy_options.get("mu", 0.01)
