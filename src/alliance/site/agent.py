@@ -177,10 +177,16 @@ class Site:
     def train_round(self, task: TrainTask) -> ModelUpdate:
         """Evaluate the task's model on the held-out cases, train, and return the update.
 
+        A round of a DP study that this site already answered returns the recorded update
+        unchanged (same header and nonce) instead of training again.
+
         Raises
         ------
         BudgetExceeded
             The round would take the hospital past its privacy budget (nothing was trained).
+        PrivacyError
+            The task is outside the study's privacy plan, or re-asks an answered round on
+            another model version (nothing was trained).
         """
         released = self._released(task)
         if released is not None:

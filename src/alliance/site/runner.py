@@ -6,7 +6,8 @@ applies the hospital's own policy before any patient record is touched:
 
 1. the study file's sha256 (fetched from the coordinator, hashed here) must be in
    ``[policy] approved_studies`` — a study cannot change after the hospital approved it;
-2. the task's training plan must be the one the approved study states;
+2. the task's training plan must be the one the approved study states, and its round one of the
+   study's rounds, on a model version below the round's number;
 3. at least ``[policy] min_cohort`` local cases must load;
 4. the study's privacy plan (DP, secure aggregation) must be the approved one, and its rounds
    still ahead must fit the hospital's own privacy budget (``[privacy] budget_epsilon`` and
