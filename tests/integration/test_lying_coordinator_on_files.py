@@ -55,8 +55,9 @@ def cli(*args: str, code: int = 0) -> str:
     return result.output
 
 
-def hospital_on_files(root: Path) -> tuple[str, Path, str]:
-    """One provisioned hospital on files with its cases, approving a DP study of two rounds."""
+def hospital_on_files(root: Path, *, files: bool = True) -> tuple[str, Path, str]:
+    """One provisioned hospital (on files, or online) with its cases, approving a DP study of
+    two rounds."""
     onto = load_ontology()
     (cohort,) = generate_consortium(
         onto, onto.catalogue(), scaled_hospitals(0.1)[:1], CohortConfig(seed=7, n_diseases=60)
@@ -75,7 +76,8 @@ def hospital_on_files(root: Path) -> tuple[str, Path, str]:
     (folder / "studies" / "dp-study.toml").write_text(text, encoding="utf-8")
     toml = folder / "site.toml"
     body = toml.read_text()
-    body = body.replace("coordinator = ", 'transport = "files"\ncoordinator = ', 1)
+    if files:
+        body = body.replace("coordinator = ", 'transport = "files"\ncoordinator = ', 1)
     body = body.replace('test = ""', 'test = "cases.test.jsonl"')
     body = body.replace("min_cohort = 20", "min_cohort = 1")
     body = body.replace("approved_studies = []", f'approved_studies = ["{spec_hash(text)}"]')
