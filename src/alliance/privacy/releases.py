@@ -8,8 +8,9 @@ different update for the same charge; a coordinator that lies, replays or simply
 hospital on files that lost ``state/bundles.db``, its record of bundles already read) can ask
 for a round again at any time. So the site keeps, for every charged round it answered, the very
 reply it sent (the encoded :class:`~alliance.protocol.envelope.Envelope`, header and nonce
-included) and the model version it answered. A task for a round already answered gets those
-same bytes again, never a new training; a task for that round on another model version is
+included; under secure aggregation, the update before masking, which every later attempt of the
+round masks afresh) and the model version it answered. A task for a round already answered gets
+those same bytes again, never a new training; a task for that round on another model version is
 refused. The record sits in the ledger's SQLite file, the anchored and durable store, because it
 must survive whatever the ledger survives: a bundle ledger or a state folder can be lost, the
 privacy accounting and what it paid for cannot.
