@@ -234,3 +234,39 @@ def test_bad_charges_are_config_errors(
         ledger.charge(event=ROUND, **kwargs)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="budget_epsilon"):
         PrivacyLedger.open(tmp_path / "m", budget_epsilon=-1.0, delta=DELTA)
+
+
+def test_a_round_releases_one_reply_recorded_durably(tmp_path: Path) -> None:
+    path = tmp_path / "l"
+    with open_ledger(path) as ledger:
+        assert ledger.release(study="s", round=1) is None
+        with pytest.raises(PrivacyError, match="without a charge"):
+            ledger.record_release(study="s", round=1, model_version=0, reply=b"update")
+        ledger.charge(study="s", round=1, event=ROUND)
+        first = ledger.record_release(study="s", round=1, model_version=0, reply=b"update")
+        # The same bytes again change nothing; other bytes for the round are a second release.
+        again = ledger.record_release(study="s", round=1, model_version=0, reply=b"update")
+        assert again == first
+        with pytest.raises(PrivacyError, match="already released a reply"):
+            ledger.record_release(study="s", round=1, model_version=0, reply=b"another")
+    with open_ledger(path) as reopened:
+        stored = reopened.release(study="s", round=1)
+        assert stored == first
+        assert stored is not None
+        assert (stored.reply, stored.model_version) == (b"update", 0)
+        assert reopened.release(study="s", round=2) is None
+
+
+def test_a_schema_1_ledger_gains_the_record_of_releases(tmp_path: Path) -> None:
+    path = tmp_path / "l"
+    with open_ledger(path) as ledger:
+        ledger.charge(study="s", round=1, event=ROUND)
+    with sqlite3.connect(path) as raw:  # as version 1 wrote it
+        raw.execute("DROP TABLE releases")
+        raw.execute("PRAGMA user_version = 1")
+    with open_ledger(path) as upgraded:
+        assert [c.round for c in upgraded.entries()] == [1]
+        upgraded.record_release(study="s", round=1, model_version=0, reply=b"update")
+        assert upgraded.release(study="s", round=1) is not None
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2

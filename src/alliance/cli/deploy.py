@@ -98,11 +98,14 @@ def site_budget(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Show the privacy budget: ε spent per study, the hospital's total, and what is left."""
+    from alliance.privacy.anchor import default_anchor_path, refuse_if_anchored
     from alliance.site.runner import SiteConfig
 
     with errors():
         cfg = SiteConfig.load(config)
         if not cfg.ledger_path.exists():
+            # A lost ledger whose anchor remains is damage to report, not an unspent budget.
+            refuse_if_anchored(cfg.ledger_path, default_anchor_path(cfg.ledger_path))
             console.print(
                 f"no privacy ledger yet at {cfg.ledger_path}: no study has spent any of the "
                 f"budget (ε = {cfg.budget_epsilon:g}, δ = {cfg.budget_delta:g})"

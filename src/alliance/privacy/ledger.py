@@ -41,12 +41,16 @@ The hospital's δ is fixed when the ledger is created, and opening it with anoth
 error; budget changes (from ``site.toml``) are recorded with their time, for the privacy
 officer's audit.
 
-Idempotence
------------
+Idempotence and releases
+------------------------
 Charging the same ``(study, round)`` twice with the same event charges once (a site restarted
 mid-round records it again harmlessly); a *different* event for an already charged round is a
 :class:`~alliance.core.errors.PrivacyError`, since the round's data was already released under
-the first.
+the first. A charge pays for one release only: the reply a round released is recorded with
+:meth:`PrivacyLedger.record_release` before it leaves the site, and a round asked for again is
+answered with those bytes (:meth:`PrivacyLedger.release`), never trained again; see
+:mod:`alliance.privacy.releases`. Schema 2 added that table; a schema-1 ledger gains it when
+opened.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ from alliance.privacy.anchor import (
     refuse_if_anchored,
     verify_or_write_anchor,
 )
+from alliance.privacy.releases import RELEASES_SCHEMA, Release, find_release, record_release
 
 __all__ = [
     "BUSY_TIMEOUT_S",
@@ -85,7 +90,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Version of the ledger's tables, kept in ``PRAGMA user_version``."""
 
 BUSY_TIMEOUT_S = 60.0
@@ -116,6 +121,7 @@ CREATE TABLE budgets (
     set_at TEXT NOT NULL
 ) STRICT;
 """
+_SCHEMA += RELEASES_SCHEMA
 
 _SELECT_CHARGES = (
     "SELECT study, round, kind, sample_rate, noise_multiplier, steps, charged_at FROM charges"
@@ -418,6 +424,25 @@ class PrivacyLedger:
             raise BudgetExceeded(self._refusal(study, span, event, result.spent, result.after))
         return result
 
+    def record_release(
+        self, *, study: str, round: int, model_version: int, reply: bytes
+    ) -> Release:
+        """Durably record ``reply`` as the one release of a charged round, before it is sent.
+
+        Raises
+        ------
+        PrivacyError
+            The round was not charged, or a different reply was released for it already.
+        """
+        with self._write() as db:
+            return record_release(
+                db, study=study, round_=round, model_version=model_version, reply=reply
+            )
+
+    def release(self, *, study: str, round: int) -> Release | None:
+        """What ``(study, round)`` released, or ``None`` if nothing left the site for it."""
+        return self._read(lambda db: find_release(db, study, round))
+
     def would_exceed(self, events: Iterable[SampledGaussian]) -> bool:
         """Whether charging ``events`` on top of everything spent would exceed the budget."""
         after = epsilon([*self._read(_all_events), *events], delta=self._delta)
@@ -522,6 +547,9 @@ def _initialise(
                 "INSERT INTO meta (key, value) VALUES (?, ?)",
                 [("ledger_id", uuid.uuid4().hex), ("created_at", _now()), ("delta", repr(delta))],
             )
+        elif version < SCHEMA_VERSION:
+            conn.execute(RELEASES_SCHEMA)  # schema 1 -> 2: the record of releases
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         elif version > SCHEMA_VERSION:
             raise ProtocolError(
                 f"{path} was written by a newer Guardian Alliance (ledger schema {version}, this "

@@ -11,6 +11,14 @@ counts — or, under secure aggregation, takes part in the masking stages
 take the hospital past its privacy budget is declined with a
 :class:`~alliance.protocol.messages.Refusal` that says only "budget". Nothing else leaves the
 site.
+
+A coordinator may lie, replay or repeat, so a study round trained with DP-SGD is released once:
+a task outside the study's privacy plan (a round beyond its ``rounds``, a model version that
+round cannot have) is declined with the reason "policy"; the reply of a round is recorded in the
+privacy ledger before it is returned (:mod:`alliance.privacy.releases`), and a task for a round
+already answered gets that very reply again (under secure aggregation: the same update, masked
+afresh for the new attempt), never a second training; a task for it on another model version is
+declined.
 """
 
 from __future__ import annotations
@@ -23,12 +31,12 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset
 
-from alliance.core.errors import BudgetExceeded, FederationError, ProtocolError
+from alliance.core.errors import BudgetExceeded, FederationError, PrivacyError, ProtocolError
 from alliance.evaluation.ranking import rank_dataset, topk_counts
 from alliance.models.training import get_weights, set_weights
 from alliance.privacy.ledger import PrivacyLedger
 from alliance.privacy.noise import SecureGaussian
-from alliance.protocol.codec import MessageSigner, SignatureVerifier
+from alliance.protocol.codec import MessageSigner, SignatureVerifier, decode, encode
 from alliance.protocol.envelope import COORDINATOR, Envelope, Header, MessageKind
 from alliance.protocol.messages import (
     ModelUpdate,
@@ -147,12 +155,14 @@ class Site:
         task = TrainTask.from_envelope(env)
         try:
             if task.secagg.enabled:
+                self._released(task)  # refuses a task out of plan before any key leaves
                 return [m.to_envelope() for m in self.secure.begin(task, lambda: self._train(task))]
             return [self.train_round(task).to_envelope()]
-        except BudgetExceeded as exc:
+        except PrivacyError as exc:
             logger.warning("site %s declined round %d: %s", self.id, task.header.round, exc)
             self.declined[(task.header.study, task.header.round)] = str(exc)
-            return [Refusal(self._reply_header(task, MessageKind.REFUSAL), "budget").to_envelope()]
+            reason = "budget" if isinstance(exc, BudgetExceeded) else "policy"
+            return [Refusal(self._reply_header(task, MessageKind.REFUSAL), reason).to_envelope()]
 
     def _reply_header(self, task: TrainTask, kind: MessageKind) -> Header:
         return Header(
@@ -167,16 +177,83 @@ class Site:
     def train_round(self, task: TrainTask) -> ModelUpdate:
         """Evaluate the task's model on the held-out cases, train, and return the update.
 
+        A round of a DP study that this site already answered returns the recorded update
+        unchanged (same header and nonce) instead of training again.
+
         Raises
         ------
         BudgetExceeded
             The round would take the hospital past its privacy budget (nothing was trained).
+        PrivacyError
+            The task is outside the study's privacy plan, or re-asks an answered round on
+            another model version (nothing was trained).
         """
-        local, metrics = self._train(task)
+        released = self._released(task)
+        if released is not None:
+            return released
+        return self._release(task, *self._train_afresh(task))
+
+    def _released(self, task: TrainTask) -> ModelUpdate | None:
+        """The update this charged round already released, or ``None`` if it released none.
+
+        Raises
+        ------
+        PrivacyError
+            The task is outside the study's privacy plan, or asks for a round this site
+            answered on another model version.
+        """
+        if self.ledger is None or not task.privacy.patient_level:
+            return None
+        study, round_, version = task.header.study, task.header.round, task.model_version
+        if not 1 <= round_ <= task.privacy.rounds or version > round_ - 1:
+            raise PrivacyError(
+                f"study {study!r} round {round_} on model version {version} is outside the "
+                f"study's privacy plan (rounds 1–{task.privacy.rounds}, round r trains a model "
+                "version below r); declined, nothing was trained or charged"
+            )
+        release = self.ledger.release(study=study, round=round_)
+        if release is None:
+            return None
+        if release.model_version != version:
+            raise PrivacyError(
+                f"study {study!r} round {round_} was already answered on model version "
+                f"{release.model_version} ({release.released_at}); a task for it on version "
+                f"{version} is declined, since each round's data is released once"
+            )
+        logger.info(
+            "site %s: round %d of %s answered before; same reply again", self.id, round_, study
+        )
+        return ModelUpdate.from_envelope(decode(release.reply))
+
+    def _release(
+        self, task: TrainTask, local: LocalUpdate, metrics: dict[str, float]
+    ) -> ModelUpdate:
+        """The round's update, recorded in the ledger first when the round was charged."""
         header = self._reply_header(task, MessageKind.MODEL_UPDATE)
-        return ModelUpdate(header, task.model_version, local.num_examples, local.delta, metrics)
+        update = ModelUpdate(header, task.model_version, local.num_examples, local.delta, metrics)
+        if local.event is not None and self.ledger is not None:
+            self.ledger.record_release(
+                study=task.header.study,
+                round=task.header.round,
+                model_version=task.model_version,
+                reply=encode(update.to_envelope()),
+            )
+        return update
 
     def _train(self, task: TrainTask) -> tuple[LocalUpdate, dict[str, float]]:
+        """The round's update for secure aggregation: the one already released, else trained
+        now (and recorded before any masked form of it leaves the site)."""
+        released = self._released(task)
+        if released is None:
+            local, metrics = self._train_afresh(task)
+            self._release(task, local, metrics)
+            return local, metrics
+        # Charged and recorded when it was trained: no event to charge now (event=None).
+        metrics = dict(released.metrics)
+        loss = metrics.get("train_loss", 0.0)
+        return LocalUpdate(dict(released.delta), released.num_examples, loss, None), metrics
+
+    def _train_afresh(self, task: TrainTask) -> tuple[LocalUpdate, dict[str, float]]:
         """Evaluate, then train one round under the task's privacy plan."""
         reference = get_weights(self.model)
         check_same_shapes(

@@ -6,7 +6,8 @@ applies the hospital's own policy before any patient record is touched:
 
 1. the study file's sha256 (fetched from the coordinator, hashed here) must be in
    ``[policy] approved_studies`` — a study cannot change after the hospital approved it;
-2. the task's training plan must be the one the approved study states;
+2. the task's training plan must be the one the approved study states, and its round one of the
+   study's rounds, on a model version below the round's number;
 3. at least ``[policy] min_cohort`` local cases must load;
 4. the study's privacy plan (DP, secure aggregation) must be the approved one, and its rounds
    still ahead must fit the hospital's own privacy budget (``[privacy] budget_epsilon`` and
@@ -487,6 +488,15 @@ class SiteRunner:
         return self._check_plan(study, task)
 
     def _check_plan(self, study: _Study, task: TrainTask) -> _Study | None:
+        round_, version, rounds = task.header.round, task.model_version, study.spec.rounds
+        if not 1 <= round_ <= rounds or version >= round_:
+            self._refuse(
+                task.header.study,
+                f"round {round_} on model version {version} is outside the approved study "
+                f"(rounds 1–{rounds}; round r trains a model version below r)",
+                once=False,
+            )
+            return None
         approved = replace(study.spec.plan, proximal_mu=0.0)
         asked = replace(task.plan, proximal_mu=0.0)
         mu = study.spec.strategy_options.get("mu", 0.01)
