@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tomllib
 import unicodedata
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +41,7 @@ from alliance.cli.bundles import (
     write_operator_bundle,
     write_site_bundle,
 )
+from alliance.core.config import parse_toml
 from alliance.core.errors import ConfigError
 from alliance.crypto import (
     PASSPHRASE_ENV,
@@ -90,13 +90,12 @@ def _site_id(value: Any, where: str) -> str:
 
 def _read_toml(path: Path, what: str) -> dict[str, Any]:
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{what} {path} does not exist; check the path") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{what} {path} is not valid TOML: {exc}") from None
+    return parse_toml(text, where=f"{what} {path}")
 
 
 def _coordinator(raw: dict[str, Any], path: Path, default_port: int | None) -> tuple[str, int]:

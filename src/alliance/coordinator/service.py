@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from alliance.algorithms.strategies import make_strategy
 from alliance.coordinator.rounds import Coordinator, Receipt
+from alliance.coordinator.study_check import load_study
 from alliance.core.errors import AllianceError, ConfigError, FederationError
 from alliance.core.faults import crash_point
 from alliance.crypto.pki import Role, TrustStore
@@ -289,7 +290,12 @@ class CoordinatorService:
     def _start_next_study(self) -> _Running | None:
         records = self.store.studies()
         if self._finished is None:
-            done = [r for r in records if r.status is StudyStatus.FINISHED]
+            done = [
+                r
+                for r in records
+                if r.status in (StudyStatus.FINISHED, StudyStatus.CANCELLED) and r.finished_at
+            ]
+            done.sort(key=lambda r: r.finished_at or 0.0)
             if done:
                 self._finish(done[-1].study_id)
         running = [r for r in records if r.status is StudyStatus.RUNNING]
@@ -529,7 +535,7 @@ class CoordinatorService:
 
     def submit_study(self, operator: str, spec: str) -> dict[str, Any]:
         """Queue a study file submitted by ``operator``."""
-        parsed = StudySpec.parse(spec)
+        parsed = load_study(spec)
         with self._lock:
             if self.store.study(parsed.study_id) is not None:
                 raise ConfigError(
@@ -545,6 +551,41 @@ class CoordinatorService:
             )
             self._changed.notify_all()
         return self.study_status(parsed.study_id)
+
+    def cancel_study(self, operator: str, study_id: str) -> dict[str, Any]:
+        """Cancel a queued or running study: the next queued one may start, and every hospital
+        that took part is told the study ended when it next polls (or by its next bundle).
+
+        Raises
+        ------
+        NotFoundError
+            No such study.
+        FederationError
+            The study has already ended (finished, failed or cancelled).
+        """
+        with self._changed:
+            record = self._record(study_id)
+            if record.status not in (StudyStatus.QUEUED, StudyStatus.RUNNING):
+                raise FederationError(
+                    f"study {study_id!r} is {record.status.value}; only a queued or running "
+                    "study can be cancelled"
+                )
+            reason = f"cancelled by {operator}"
+            run = self._running
+            if run is not None and run.spec.study_id == study_id:
+                run.coordinator.cancel(reason)
+            else:
+                self.store.set_study_status(study_id, StudyStatus.CANCELLED, error=reason)
+                self.store.add_event(
+                    StoredEvent(study_id, self.clock(), "study_cancelled", f"study {reason}")
+                )
+            self.audit.append(
+                "study_cancelled", study=study_id, by=operator, was=record.status.value
+            )
+            if record.status is StudyStatus.RUNNING:
+                self._finish(study_id)  # participants are told the study ended
+            self._changed.notify_all()
+        return self.study_status(study_id)
 
     def _record(self, study_id: str) -> StudyRecord:
         record = self.store.study(study_id)
