@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -176,7 +177,8 @@ def study_submit(
     with errors():
         if not study.is_file():
             raise ConfigError(f"{study}: no such study file")
-        status = _client(config).submit(study)
+        with closing(_client(config)) as client:
+            status = client.submit(study)
         console.print(
             f"submitted study [bold]{escape(status['study'])}[/] ({escape(status['hash'])}): "
             f"{escape(status['status'])}; "
@@ -191,7 +193,8 @@ def study_cancel(
 ) -> None:
     """Cancel a queued or running study (operator); the next queued study may then start."""
     with errors():
-        status = _client(config).cancel(study_id)
+        with closing(_client(config)) as client:
+            status = client.cancel(study_id)
         console.print(
             f"cancelled study [bold]{escape(status['study'])}[/]; hospitals that took part are "
             "told it ended when they next poll"
@@ -205,8 +208,7 @@ def study_status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """A study's rounds and accuracy, or the list of studies."""
-    with errors():
-        client = _client(config)
+    with errors(), closing(_client(config)) as client:
         if study_id is None:
             rows = client.studies()
             if as_json:
@@ -287,8 +289,7 @@ def study_logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing.")] = False,
 ) -> None:
     """A study's log: rounds opened and closed, rejected messages, waits for sites."""
-    with errors():
-        client = _client(config)
+    with errors(), closing(_client(config)) as client:
         after = 0
         while True:
             for line in client.logs(study_id, after=after):

@@ -281,7 +281,9 @@ class CoordinatorService:
 
     def _finish(self, study_id: str) -> None:
         rounds = self.store.rounds(study_id)
-        version = int(rounds[-1].summary["model_version"]) if rounds else 0
+        # A cancelled study may end with its round open: its summary is still empty.
+        last = rounds[-1] if rounds else None
+        version = 0 if last is None else int(last.summary.get("model_version", last.model_version))
         self._finished = (study_id, version, {s for r in rounds for s in r.participants})
         self._ended_sent = set()
         self._running = None
@@ -305,9 +307,10 @@ class CoordinatorService:
         record = (running or queued)[0]
         try:
             self._running = self._load(record)
-        except (AllianceError, TypeError, ValueError) as exc:
+        except (AllianceError, TypeError, ValueError, RuntimeError, MemoryError) as exc:
             # TypeError, ValueError: [model] or [strategy] options of the wrong type, which only
-            # building the model or strategy meets (`dim = 1.5`, `sources = 5`).
+            # building the model or strategy meets; RuntimeError, MemoryError: a model that does
+            # not fit in memory. Either way the study fails and the queue moves on.
             error = str(exc)
             if not isinstance(exc, AllianceError):
                 error = f"its [model] or [strategy] options do not fit: {exc}"
