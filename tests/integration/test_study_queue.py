@@ -13,8 +13,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
+from tests.unit.study_cases import CASES
 from typer.testing import CliRunner
 
 from alliance.cli.app import app
@@ -246,6 +248,37 @@ def test_study_cancel_over_https_for_operators_only(federation: Federation, http
     assert code == 2, out
     assert "is not a study id" in out
     assert "Traceback" not in out
+
+
+def test_bad_study_files_are_refused_by_post_and_by_submit(
+    federation: Federation, https: str
+) -> None:
+    """Each bad value of the table: ``POST /v1/studies`` answers 400 naming the field and its
+    range; ``alliance study submit`` exits 2 with the same words; nothing is queued."""
+    f = federation
+    operator = f.party("operator")
+    context = client_context(
+        certificate=operator / "party.crt", key=operator / "party.key", ca=f.root / "ca" / "ca.crt"
+    )
+    tried = 0
+    with httpx.Client(base_url=https, verify=context, timeout=30) as client:
+        for case in CASES:
+            text, words = case.values
+            assert isinstance(text, str)
+            assert isinstance(words, str)
+            answer = client.post("/v1/studies", json={"spec": text})
+            assert answer.status_code == 400, (case.id, answer.text)
+            assert answer.json()["error"] == "ConfigError"
+            assert words in answer.json()["detail"], (case.id, answer.text)
+            file = f.root / "study.toml"
+            file.write_text(text, encoding="utf-8")
+            code, out = cli(f, "operator", "submit", str(file))
+            assert code == 2, (case.id, out)
+            assert " ".join(words.split()) in out, (case.id, out)
+            assert "Traceback" not in out
+            tried += 1
+    assert tried == len(CASES)
+    assert f.service.list_studies() == []
 
 
 def test_study_status_prints_a_title_of_markup_as_is(federation: Federation, https: str) -> None:
