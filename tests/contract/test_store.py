@@ -270,6 +270,18 @@ def test_study_status_stamps_finished_at(store: CoordinatorStore) -> None:
         store.set_study_status("nope", StudyStatus.RUNNING)
 
 
+def test_a_cancelled_study_has_ended(store: CoordinatorStore) -> None:
+    store.add_study(study("s1"))
+    store.set_study_status("s1", StudyStatus.RUNNING)
+    store.set_study_status("s1", StudyStatus.CANCELLED, error="cancelled by operator")
+    cancelled = store.study("s1")
+    assert cancelled is not None
+    assert cancelled.status is StudyStatus.CANCELLED
+    assert cancelled.finished_at is not None
+    assert cancelled.error == "cancelled by operator"
+    assert [r.status for r in store.studies()] == [StudyStatus.CANCELLED]
+
+
 # ---------------------------------------------------------------------------------------------
 # model versions
 

@@ -52,3 +52,17 @@ def test_study_hash_of_a_deeply_nested_study_file(tmp_path: Path) -> None:
     result = runner.invoke(app, ["study", "hash", str(path)])
     assert result.exit_code == 2, result.output
     assert "nested too deeply" in result.output
+
+
+@pytest.mark.parametrize(
+    ("command", "words"),
+    [
+        (["consortium", "init"], "[coordinator] and one [[site]] each"),
+        (["data", "check"], "only its [data] table"),
+        (["study"], "puts in [policy] approved_studies"),
+    ],
+)
+def test_help_shows_table_names_in_brackets(command: list[str], words: str) -> None:
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert words in " ".join(result.output.split())

@@ -230,7 +230,9 @@ CrlDays = Annotated[int, typer.Option(min=1, help="Days the new CRL is valid; re
 @app.command()
 def init(
     name: Annotated[str, typer.Argument(help="Consortium name, e.g. 'rare-disease-west'.")],
-    sites: Annotated[Path, typer.Option(help="sites.toml: [coordinator] and one [[site]] each.")],
+    sites: Annotated[
+        Path, typer.Option(help="sites.toml: \\[coordinator] and one \\[\\[site]] each.")
+    ],
     out: Annotated[Path, typer.Option(help="Folder to write the consortium into.")],
     valid_days: Days = 825,
     ca_valid_days: Annotated[int, typer.Option(min=1, help="Days the root CA is valid.")] = 3650,

@@ -58,7 +58,7 @@ def _catalogue(sources: str) -> DiseaseCatalogue:
 @app.command("check")
 def check(
     config: Annotated[
-        Path, typer.Option("--config", help="The site config (only its [data] table is read).")
+        Path, typer.Option("--config", help="The site config (only its \\[data] table is read).")
     ],
     html: Annotated[
         Path | None, typer.Option("--html", help="Also write the report as an HTML page here.")
@@ -163,7 +163,7 @@ def _cells(*values: object) -> list[str]:
 @app.command("map")
 def map_codes(
     config: Annotated[
-        Path, typer.Option("--config", help="The site config (only its [data] table is read).")
+        Path, typer.Option("--config", help="The site config (only its \\[data] table is read).")
     ],
     out: Annotated[
         Path | None,

@@ -147,7 +147,7 @@ def site_budget(
 
 @study_app.command("hash")
 def study_hash(study: Annotated[Path, typer.Argument(help="The study.toml file.")]) -> None:
-    """Print the hash a hospital puts in [policy] approved_studies after approving a study."""
+    """Print the hash a hospital puts in \\[policy] approved_studies after approving a study."""
     from alliance.coordinator.study_check import load_study
     from alliance.core.errors import ConfigError
 

@@ -80,8 +80,9 @@ MAX_MIN_PHENOTYPES = 1000
 
 class PhenotypeRankerKind:
     """The rare-disease ranker (``kind = "phenotype-ranker"``), options ``dim`` (1 to
-    :data:`MAX_DIM`), ``sources`` (``["OMIM"]``, ``"ORPHA"``) and ``min_phenotypes`` (1 to
-    :data:`MAX_MIN_PHENOTYPES`): built from the shipped HPO release and its disease annotations."""
+    :data:`MAX_DIM`), ``sources`` (a list among OMIM and ORPHA, default ``["OMIM"]``) and
+    ``min_phenotypes`` (1 to :data:`MAX_MIN_PHENOTYPES`): built from the shipped HPO release and
+    its disease annotations; at most :data:`MAX_PARAMETERS` learned parameters."""
 
     kind = "phenotype-ranker"
 

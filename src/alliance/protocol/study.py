@@ -35,6 +35,14 @@ hash a hospital puts in its policy. Example::
     staleness_exponent = 0.5
     max_staleness = 10
 
+Every field is checked with bounds, so that a study that cannot run gets no hash a hospital could
+approve: ``id`` (and each site id) is matched whole against 1-63 lowercase letters, digits or
+'-'; ``title`` is one line of at most :data:`MAX_TITLE` characters; ``rounds`` is 1 to
+:data:`MAX_ROUNDS`; ``seed`` 0 to :data:`MAX_SEED`; ``quorum`` 1 to the invited sites;
+``round_timeout_s`` a finite number in (0, :data:`MAX_TIMEOUT_S`]. The ``[model]`` and
+``[strategy]`` options are checked by :func:`alliance.coordinator.study_check.load_study`, which
+``alliance study hash``, ``alliance study submit`` and the coordinator all call.
+
 ``[privacy]`` and ``[secure_aggregation]`` are described in :mod:`alliance.protocol.privacy`,
 ``[aggregation]`` in :mod:`alliance.protocol.aggregation` (asynchronous aggregation cannot be
 combined with secure aggregation).
