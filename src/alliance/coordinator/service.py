@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,7 +49,7 @@ from alliance.core.errors import AllianceError, ConfigError, FederationError
 from alliance.core.faults import crash_point
 from alliance.crypto.pki import Role, TrustStore
 from alliance.crypto.verifier import MessageVerifier
-from alliance.models.tasks import StudyModel, make_study_model
+from alliance.models.tasks import StudyModel, check_model_options, make_study_model
 from alliance.models.training import get_weights
 from alliance.privacy.accountant import SampledGaussian, epsilon
 from alliance.protocol.codec import MessageSigner, decode_signed, encode_signed
@@ -99,6 +99,9 @@ class CoordinatorService:
         The coordinator's audit log.
     model_kind
         Builds a study's model kind from its ``[model]`` table (default: the registry).
+    model_check
+        Checks a submitted study's ``[model]`` table without building the model (default: the
+        registry's bounds); goes with ``model_kind``.
     clock
         Time source.
     offline
@@ -114,6 +117,7 @@ class CoordinatorService:
         trust: TrustStore,
         audit: AuditLog,
         model_kind: Callable[[dict[str, Any]], StudyModel] = make_study_model,
+        model_check: Callable[[Mapping[str, Any]], None] = check_model_options,
         clock: Callable[[], float] = time.time,
         offline: OfflineSites | None = None,
     ) -> None:
@@ -124,6 +128,7 @@ class CoordinatorService:
         self.trust = trust
         self.audit = audit
         self.model_kind = model_kind
+        self.model_check = model_check
         self.clock = clock
         self._verify = MessageVerifier(trust, role=Role.SITE)
         self._lock = threading.RLock()
@@ -538,7 +543,7 @@ class CoordinatorService:
 
     def submit_study(self, operator: str, spec: str) -> dict[str, Any]:
         """Queue a study file submitted by ``operator``."""
-        parsed = load_study(spec)
+        parsed = load_study(spec, model_check=self.model_check)
         with self._lock:
             if self.store.study(parsed.study_id) is not None:
                 raise ConfigError(

@@ -10,6 +10,9 @@ could never run.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 from alliance.algorithms.strategies import make_strategy
 from alliance.core.errors import ConfigError
 from alliance.models.tasks import check_model_options
@@ -18,8 +21,23 @@ from alliance.protocol.study import StudySpec
 __all__ = ["load_study"]
 
 
-def load_study(text: str, *, where: str = "study file") -> StudySpec:
+def load_study(
+    text: str,
+    *,
+    where: str = "study file",
+    model_check: Callable[[Mapping[str, Any]], None] = check_model_options,
+) -> StudySpec:
     """Parse a study file and check its model and strategy options.
+
+    Parameters
+    ----------
+    text
+        The study file's text.
+    where
+        What to call it in errors (its path).
+    model_check
+        Validates the ``[model]`` table without building the model (default: the bounds of the
+        registered model kinds).
 
     Raises
     ------
@@ -28,7 +46,7 @@ def load_study(text: str, *, where: str = "study file") -> StudySpec:
     """
     spec = StudySpec.parse(text, where=where)
     try:
-        check_model_options(spec.model)
+        model_check(spec.model)
         make_strategy(spec.strategy["name"], **spec.strategy_options)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
