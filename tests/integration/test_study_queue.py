@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
+from tests.cli_logging import kept_logging  # noqa: F401 - the fixture
 from tests.unit.study_cases import CASES
 from typer.testing import CliRunner
 
@@ -36,6 +37,7 @@ from alliance.transport.https_link import HttpSiteLink
 
 FEDERATION = "guardian"
 runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("kept_logging")
 
 
 def study(study_id: str, *, dim: int = 8, title: str = "") -> str:

@@ -10,11 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tests.cli_logging import kept_logging  # noqa: F401 - the fixture
 from typer.testing import CliRunner
 
 from alliance.cli.app import app
 
 runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("kept_logging")
 DEEP = "x = " + "[" * 5000 + "]" * 5000 + "\n"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tests.cli_logging import kept_logging  # noqa: F401 - the fixture
 from tests.unit.study_cases import CASES, study_text
 from typer.testing import CliRunner
 
@@ -19,6 +20,7 @@ from alliance.core.errors import ConfigError
 from alliance.protocol.study import StudySpec, is_study_id
 
 runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("kept_logging")
 
 
 def test_the_valid_study_is_accepted(tmp_path: Path) -> None:
