@@ -303,6 +303,18 @@ def test_an_id_with_a_nul_character_is_never_stored_and_never_found(
     assert [u.site for u in store.updates("s1", 1)] == ["site-00"]
 
 
+def test_a_cancelled_study_has_ended(store: CoordinatorStore) -> None:
+    store.add_study(study("s1"))
+    store.set_study_status("s1", StudyStatus.RUNNING)
+    store.set_study_status("s1", StudyStatus.CANCELLED, error="cancelled by operator")
+    cancelled = store.study("s1")
+    assert cancelled is not None
+    assert cancelled.status is StudyStatus.CANCELLED
+    assert cancelled.finished_at is not None
+    assert cancelled.error == "cancelled by operator"
+    assert [r.status for r in store.studies()] == [StudyStatus.CANCELLED]
+
+
 # ---------------------------------------------------------------------------------------------
 # model versions
 

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from alliance.coordinator.service import CoordinatorService
-from alliance.core.errors import AllianceError, ProtocolError
+from alliance.core.errors import AllianceError, ConfigError, ProtocolError
 from alliance.crypto import CertificateAuthority, Role, Signer, TrustStore
 from alliance.crypto.tls import client_context, server_context
 from alliance.crypto.verifier import MessageVerifier
@@ -297,6 +297,12 @@ class ContractModelKind:
 
     kind = "contract"
 
+    @staticmethod
+    def check(table: Mapping[str, Any]) -> None:
+        """The contract model takes no options."""
+        if dict(table) != {"kind": "contract"}:
+            raise ConfigError(f"[model] the contract model takes no options, got {dict(table)}")
+
     def build(self, seed: int) -> nn.Module:
         return _ContractModel()
 
@@ -462,6 +468,7 @@ class HttpsHarness(TransportHarness):
             trust=deployment.trust,
             audit=AuditLog(state / "audit.log", actor=COORDINATOR),
             model_kind=lambda table: ContractModelKind(),  # type: ignore[arg-type,return-value]
+            model_check=ContractModelKind.check,
         )
         self.service.submit_study("operator", STUDY_TOML)
         for site in SITES:  # each site has polled once, so the round opens for all three

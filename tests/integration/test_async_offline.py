@@ -10,6 +10,7 @@ reports such a run, and the coordinator service opens the next version without w
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +169,12 @@ class _TinyModel:
 
     kind = "tiny"
 
+    @staticmethod
+    def check(table: Mapping[str, object]) -> None:
+        """The tiny model takes no options."""
+        if dict(table) != {"kind": "tiny"}:
+            raise ConfigError(f"[model] the tiny model takes no options, got {dict(table)}")
+
     def build(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
         return nn.Linear(3, 2)
@@ -197,6 +204,7 @@ def test_the_service_opens_the_next_version_at_once_and_counts_a_late_update(
         trust=TrustStore(ca.certificate),
         audit=AuditLog(tmp_path / "audit.log", actor=COORDINATOR),
         model_kind=lambda table: _TinyModel(),  # type: ignore[arg-type,return-value]
+        model_check=_TinyModel.check,
         clock=lambda: now[0],
     )
     service.submit_study(

@@ -292,7 +292,7 @@ def test_init_refuses_an_existing_consortium(out: Path, sites_file: Path) -> Non
         ("[coordinator]\nhost = 'h'\n[[site]]\nid = 'operator'\n", "site[0].id 'operator'"),
         ("[coordinator]\nhost = 'h'\n[[site]]\nid = 'a'\nnmae = 'x'\n", "unknown field 'nmae'"),
         ("[coordinator]\nhost = 'h'\n[[site]]\nid = 'a'\nname = \"x\\ny\"\n", "site[0].name"),
-        ("[coordinator\n", "is not valid TOML"),
+        ("[coordinator\n", ": not valid TOML"),
     ],
 )
 def test_bad_sites_file_exits_2_naming_the_field(tmp_path: Path, text: str, message: str) -> None:

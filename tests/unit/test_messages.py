@@ -187,15 +187,17 @@ def test_training_plan_rejects_missing_and_extra_fields() -> None:
 @pytest.mark.parametrize("value", [-0.01, math.nan, math.inf, -math.inf, "0.1", None, True])
 @pytest.mark.parametrize("key", ["learning_rate", "proximal_mu", "weight_decay"])
 def test_training_plan_rejects_bad_rates(key: str, value: Any) -> None:
-    with pytest.raises(ProtocolError, match=f"{key!r} must be a finite number >= 0"):
+    with pytest.raises(ProtocolError, match=rf"{key!r} must be a finite number in \[0, "):
         TrainingPlan.from_json(plan_json(**{key: value}))
 
 
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        ({"local_epochs": 0}, "local_epochs >= 1"),
-        ({"batch_size": 0}, "batch_size >= 1"),
+        ({"local_epochs": 0}, r"'local_epochs' must be an integer in \[1, 1000\], got 0"),
+        ({"local_epochs": 10**6}, r"'local_epochs' must be an integer in \[1, 1000\]"),
+        ({"batch_size": 0}, r"'batch_size' must be an integer in \[1, "),
+        ({"learning_rate": 1e9}, r"'learning_rate' must be a finite number in \[0, 100\]"),
         ({"batch_size": 1.5}, "'batch_size' must be an integer"),
         ({"seed": True}, "'seed' must be an integer"),
     ],

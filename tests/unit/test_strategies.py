@@ -198,5 +198,5 @@ def test_make_strategy_unknown_name_lists_known_names() -> None:
 
 
 def test_make_strategy_unknown_option() -> None:
-    with pytest.raises(ConfigError, match=r"strategy 'fedprox': .*bogus"):
+    with pytest.raises(ConfigError, match=r"\[strategy\] fedprox: .*bogus"):
         make_strategy("fedprox", bogus=1)

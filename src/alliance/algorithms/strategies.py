@@ -153,6 +153,22 @@ def _check_options(strategy: Any, *names: str) -> None:
             raise ConfigError(f"[strategy] {name} of {strategy.name} must be > 0, got {value!r}")
         if value < 0:
             raise ConfigError(f"[strategy] {name} of {strategy.name} must be >= 0, got {value!r}")
+        top, inclusive = _OPTION_MAXIMA[name]
+        if value > top or (value == top and not inclusive):
+            bound = f"<= {top:g}" if inclusive else f"< {top:g}"
+            raise ConfigError(
+                f"[strategy] {name} of {strategy.name} must be {bound}, got {value!r}"
+            )
+
+
+#: Upper bound of each option and whether it is allowed itself (Adam's betas stay below 1).
+_OPTION_MAXIMA = {
+    "server_lr": (100.0, True),
+    "mu": (1000.0, True),
+    "beta1": (1.0, False),
+    "beta2": (1.0, False),
+    "tau": (1.0, True),
+}
 
 
 @dataclass
@@ -281,8 +297,10 @@ def make_strategy(name: str | StrategyName, **options: Any) -> Strategy:
         key = StrategyName(name) if isinstance(name, str) else name
     except ValueError:
         known = ", ".join(s.value for s in StrategyName)
-        raise ConfigError(f"unknown strategy {name!r}; choose one of: {known}") from None
+        raise ConfigError(
+            f"[strategy] name: unknown strategy {name!r}; choose one of: {known}"
+        ) from None
     try:
         return STRATEGIES[key](**options)
     except TypeError as exc:
-        raise ConfigError(f"strategy {key.value!r}: {exc}") from None
+        raise ConfigError(f"[strategy] {key.value}: {exc}") from None

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -176,7 +177,7 @@ def demo(
         paths = write_demo_outputs(result, out)
     _print_demo(result.metrics)
     for name, path in paths.items():
-        console.print(f"  {name:<8} {path}")
+        console.print(f"  {name:<8} {escape(str(path))}")
 
 
 def _epsilons(text: str) -> tuple[float, ...]:
@@ -264,7 +265,7 @@ def _print_site_files(m: dict[str, Any]) -> None:
     console.print(
         f"Each hospital kept its cases in its own format ({formats} formats, local codes at "
         f"{local}); the sites read {read} cases back through the adapters, {rejected} rejected. "
-        f"Check one: alliance data check --config {folder}/<hospital>/data.toml",
+        f"Check one: alliance data check --config {escape(str(folder))}/<hospital>/data.toml",
         highlight=False,
     )
 
@@ -307,7 +308,7 @@ def _print_privacy(m: dict[str, Any]) -> None:
 def _print_demo(m: dict[str, Any]) -> None:
     warnings = m["run"].get("warnings") or []
     for line in warnings[:5]:
-        err.print(f"[yellow]warning:[/] {line}", highlight=False)
+        err.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
     if m["run"].get("n_warnings", 0) > 5:
         err.print(f"[yellow]… {m['run']['n_warnings']} input issues in all; see metrics.json[/]")
     names = {s["id"]: s["name"] for s in m["sites"]}
@@ -406,7 +407,7 @@ def evaluate(
         )
         return
     for line in issues[:20]:
-        err.print(f"[yellow]warning:[/] {line}", highlight=False)
+        err.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
     if len(issues) > 20:
         err.print(f"[yellow]… and {len(issues) - 20} more issues[/] (use --json to see all)")
     console.print(
@@ -448,7 +449,13 @@ def diagnose(
         support = ", ".join(f"{onto.name(t)}" for t in c.supporting[:4]) + (
             " …" if len(c.supporting) > 4 else ""
         )
-        table.add_row(str(c.rank), c.disease_id, c.name, f"{c.probability:.3f}", support or "—")
+        table.add_row(
+            str(c.rank),
+            escape(c.disease_id),
+            escape(c.name),
+            f"{c.probability:.3f}",
+            escape(support) or "—",
+        )
     console.print(table)
 
 
@@ -486,15 +493,18 @@ def cohort_synth(
         for index, c in enumerate(cohorts):
             if site_formats:
                 files = write_site_files(c, out / c.hospital.id, index=index, ontology=onto)
-                console.print(f"{c.hospital.id:<12} {files.description}")
+                console.print(f"{c.hospital.id:<12} {escape(files.description)}")
             else:
                 write_jsonl(c.train, out / f"{c.hospital.id}.train.jsonl")
                 write_jsonl(c.test, out / f"{c.hospital.id}.test.jsonl")
     total = sum(len(c.train) + len(c.test) for c in cohorts)
-    console.print(f"wrote {total} synthetic cases for {len(cohorts)} hospitals to {out}/")
+    console.print(
+        f"wrote {total} synthetic cases for {len(cohorts)} hospitals to {escape(str(out))}/"
+    )
     if site_formats:
         console.print(
-            f"check one hospital's files: alliance data check --config {out}/<hospital>/data.toml"
+            f"check one hospital's files: alliance data check --config "
+            f"{escape(str(out))}/<hospital>/data.toml"
         )
 
 

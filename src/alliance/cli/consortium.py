@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tomllib
 import unicodedata
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +46,7 @@ from alliance.cli.bundles import (
     write_operator_bundle,
     write_site_bundle,
 )
+from alliance.core.config import parse_toml
 from alliance.core.errors import ConfigError
 from alliance.crypto import (
     PASSPHRASE_ENV,
@@ -95,13 +95,12 @@ def _site_id(value: Any, where: str) -> str:
 
 def _read_toml(path: Path, what: str) -> dict[str, Any]:
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{what} {path} does not exist; check the path") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{what} {path} is not valid TOML: {exc}") from None
+    return parse_toml(text, where=f"{what} {path}")
 
 
 def _coordinator(raw: dict[str, Any], path: Path, default_port: int | None) -> tuple[str, int]:
@@ -247,7 +246,9 @@ CrlDays = Annotated[int, typer.Option(min=1, help="Days the new CRL is valid; re
 @app.command()
 def init(
     name: Annotated[str, typer.Argument(help="Consortium name, e.g. 'rare-disease-west'.")],
-    sites: Annotated[Path, typer.Option(help="sites.toml: [coordinator] and one [[site]] each.")],
+    sites: Annotated[
+        Path, typer.Option(help="sites.toml: \\[coordinator] and one \\[\\[site]] each.")
+    ],
     out: Annotated[Path, typer.Option(help="Folder to write the consortium into.")],
     valid_days: Days = 825,
     ca_valid_days: Annotated[int, typer.Option(min=1, help="Days the root CA is valid.")] = 3650,

@@ -86,18 +86,21 @@ def _audit_imports(audit: AuditLog, results: list[Imported]) -> None:
 
 def _print_exports(exported: list[Exported], source: Path, target: Path) -> None:
     if not exported:
-        console.print(f"nothing to export: {source} holds no bundle")
+        console.print(f"nothing to export: {escape(str(source))} holds no bundle")
         return
     table = Table("For", "Study", "Round", "Stage", "Bytes", "Bundle")
     table.columns[-1].overflow = "fold"
     for e in exported:
         h = e.header
         table.add_row(
-            h.recipient, h.study, str(h.round), h.stage, f"{e.size:,}", escape(e.target.name)
+            *map(escape, (h.recipient, h.study, str(h.round), h.stage)),
+            f"{e.size:,}",
+            escape(e.target.name),
         )
     console.print(table)
     console.print(
-        f"{len(exported)} bundle(s) written to {target}; copies kept in {source / 'sent'}"
+        f"{len(exported)} bundle(s) written to {escape(str(target))}; copies kept in "
+        f"{escape(str(source / 'sent'))}"
     )
 
 
@@ -112,17 +115,17 @@ def _print_imports(results: list[Imported], inbox: Path) -> None:
         colour = {"imported": "green", "refused": "red"}.get(r.outcome.value, "yellow")
         table.add_row(
             f"[{colour}]{r.outcome.value}[/]",
-            "" if h is None else h.sender,
-            "" if h is None else h.study,
+            "" if h is None else escape(h.sender),
+            "" if h is None else escape(h.study),
             "" if h is None else str(h.round),
-            "" if h is None else h.stage,
+            "" if h is None else escape(h.stage),
             escape(r.source.name),
             escape(r.reason),
         )
     console.print(table)
     counts = {o: sum(r.outcome is o for r in results) for o in ImportOutcome}
     console.print(
-        f"{counts[ImportOutcome.IMPORTED]} imported into {inbox}, "
+        f"{counts[ImportOutcome.IMPORTED]} imported into {escape(str(inbox))}, "
         f"{counts[ImportOutcome.ALREADY]} already imported, "
         f"{counts[ImportOutcome.REFUSED]} refused"
     )

@@ -58,7 +58,7 @@ def _catalogue(sources: str) -> DiseaseCatalogue:
 @app.command("check")
 def check(
     config: Annotated[
-        Path, typer.Option("--config", help="The site config (only its [data] table is read).")
+        Path, typer.Option("--config", help="The site config (only its \\[data] table is read).")
     ],
     html: Annotated[
         Path | None, typer.Option("--html", help="Also write the report as an HTML page here.")
@@ -95,7 +95,7 @@ def check(
         for report in reports.values():
             _print_report(report)
         if html is not None:
-            console.print(f"HTML report written to {html}")
+            console.print(f"HTML report written to {escape(str(html))}")
     if any(r.loaded == 0 for r in reports.values()):
         raise typer.Exit(2)
 
@@ -163,7 +163,7 @@ def _cells(*values: object) -> list[str]:
 @app.command("map")
 def map_codes(
     config: Annotated[
-        Path, typer.Option("--config", help="The site config (only its [data] table is read).")
+        Path, typer.Option("--config", help="The site config (only its \\[data] table is read).")
     ],
     out: Annotated[
         Path | None,
@@ -245,7 +245,8 @@ def map_codes(
         err.print(f"… and {len(rows) - 50} more; --out writes them all")
     if out is not None:
         console.print(
-            f"wrote {len(rows)} rows to {out}: fill in 'target' (HP:, OMIM: or ORPHA: id) and add "
+            f"wrote {len(rows)} rows to {escape(str(out))}: fill in 'target' (HP:, OMIM: or "
+            "ORPHA: id) and add "
             "the rows to the mapping table named by \\[data] mapping",
             highlight=False,
         )

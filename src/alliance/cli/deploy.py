@@ -4,17 +4,19 @@
 - ``alliance site run --config site.toml``
 - ``alliance site budget --config site.toml`` (the hospital's privacy spending, per study)
 - ``alliance site|coordinator export|import`` for hospitals on files (:mod:`alliance.cli.courier`)
-- ``alliance study hash|submit|status|logs`` (submit/status/logs with ``--config operator.toml``)
+- ``alliance study hash|submit|status|logs|cancel`` (all but hash with ``--config operator.toml``)
 """
 
 from __future__ import annotations
 
 import json
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from alliance.cli.common import console, errors, state
@@ -40,9 +42,9 @@ def coordinator_serve(config: ConfigOption = Path("coordinator.toml")) -> None:
 
         def ready(port: int) -> None:
             console.print(
-                f"coordinator of [bold]{cfg.federation}[/] listening on "
-                f"https://{cfg.host}:{port} (mutual TLS 1.3); store {_masked(cfg.store_url)}; "
-                f"audit log {cfg.audit}"
+                f"coordinator of [bold]{escape(cfg.federation)}[/] listening on "
+                f"https://{escape(cfg.host)}:{port} (mutual TLS 1.3); store "
+                f"{escape(_masked(cfg.store_url))}; audit log {escape(str(cfg.audit))}"
             )
 
         serve(cfg, ready=ready)
@@ -79,15 +81,16 @@ def site_run(
             else f"files (inbox {cfg.files.inbox}, outbox {cfg.files.outbox})"
         )
         console.print(
-            f"site [bold]{info['site']}[/] of {info['federation']} → {link}; "
-            f"cases {info['train']}; {info['approved_studies']} approved studies; "
-            f"min cohort {info['min_cohort']}; audit log {cfg.state_dir / 'audit.log'}"
+            f"site [bold]{escape(info['site'])}[/] of {escape(info['federation'])} → "
+            f"{escape(link)}; cases {escape(str(info['train']))}; {info['approved_studies']} "
+            f"approved studies; min cohort {info['min_cohort']}; audit log "
+            f"{escape(str(cfg.state_dir / 'audit.log'))}"
         )
         runner.run(max_studies=studies, until_idle=until_idle)
         if until_idle and cfg.files is not None:
             pending = sorted(cfg.files.outbox.glob("*.gabn"))
             console.print(
-                f"inbox done; {len(pending)} bundle(s) in {cfg.files.outbox} for "
+                f"inbox done; {len(pending)} bundle(s) in {escape(str(cfg.files.outbox))} for "
                 "`alliance site export --to <courier folder>`"
             )
 
@@ -107,7 +110,8 @@ def site_budget(
             # A lost ledger whose anchor remains is damage to report, not an unspent budget.
             refuse_if_anchored(cfg.ledger_path, default_anchor_path(cfg.ledger_path))
             console.print(
-                f"no privacy ledger yet at {cfg.ledger_path}: no study has spent any of the "
+                f"no privacy ledger yet at {escape(str(cfg.ledger_path))}: no study has spent "
+                "any of the "
                 f"budget (ε = {cfg.budget_epsilon:g}, δ = {cfg.budget_delta:g})"
             )
             return
@@ -131,31 +135,31 @@ def site_budget(
             )
         )
         return
-    table = Table(title=f"Privacy budget of {cfg.site} (δ = {cfg.budget_delta:g})")
+    table = Table(title=f"Privacy budget of {escape(cfg.site)} (δ = {cfg.budget_delta:g})")
     for col in ("Study", "Rounds", "ε spent"):
         table.add_column(col, justify="left" if col == "Study" else "right")
     for st in studies:
-        table.add_row(st.study, str(st.rounds), f"{st.epsilon.epsilon:.3f}")
+        table.add_row(escape(st.study), str(st.rounds), f"{st.epsilon.epsilon:.3f}")
     table.add_row("[bold]all studies (composed)[/]", "", f"[bold]{total.epsilon:.3f}[/]")
     console.print(table)
     console.print(
         f"budget ε = {cfg.budget_epsilon:g}; remaining ε = {remaining:.3f}"
-        + (f" [yellow]({total.note})[/]" if total.note else "")
+        + (f" [yellow]({escape(total.note)})[/]" if total.note else "")
     )
 
 
 @study_app.command("hash")
 def study_hash(study: Annotated[Path, typer.Argument(help="The study.toml file.")]) -> None:
-    """Print the hash a hospital puts in [policy] approved_studies after approving a study."""
+    """Print the hash a hospital puts in \\[policy] approved_studies after approving a study."""
+    from alliance.coordinator.study_check import load_study
     from alliance.core.errors import ConfigError
-    from alliance.protocol.study import StudySpec
 
     with errors():
         try:
             text = study.read_text(encoding="utf-8")
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{study}: cannot be read: {exc}") from None
-        spec = StudySpec.parse(text, where=str(study))
+        spec = load_study(text, where=str(study))
         console.print(spec.hash, highlight=False)
 
 
@@ -176,10 +180,27 @@ def study_submit(
     with errors():
         if not study.is_file():
             raise ConfigError(f"{study}: no such study file")
-        status = _client(config).submit(study)
+        with closing(_client(config)) as client:
+            status = client.submit(study)
         console.print(
-            f"submitted study [bold]{status['study']}[/] ({status['hash']}): {status['status']}; "
+            f"submitted study [bold]{escape(status['study'])}[/] ({escape(status['hash'])}): "
+            f"{escape(status['status'])}; "
             "hospitals must list this hash in \\[policy] approved_studies"
+        )
+
+
+@study_app.command("cancel")
+def study_cancel(
+    study_id: Annotated[str, typer.Argument(help="Study id.")],
+    config: ConfigOption = Path("operator.toml"),
+) -> None:
+    """Cancel a queued or running study (operator); the next queued study may then start."""
+    with errors():
+        with closing(_client(config)) as client:
+            status = client.cancel(study_id)
+        console.print(
+            f"cancelled study [bold]{escape(status['study'])}[/]; hospitals that took part are "
+            "told it ended when they next poll"
         )
 
 
@@ -190,8 +211,7 @@ def study_status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """A study's rounds and accuracy, or the list of studies."""
-    with errors():
-        client = _client(config)
+    with errors(), closing(_client(config)) as client:
         if study_id is None:
             rows = client.studies()
             if as_json:
@@ -199,7 +219,7 @@ def study_status(
                 return
             table = Table("Study", "Status", "Hash")
             for r in rows:
-                table.add_row(r["study"], r["status"], r["hash"][:23] + "…")
+                table.add_row(escape(r["study"]), escape(r["status"]), escape(r["hash"][:23]) + "…")
             console.print(table)
             return
         status = client.status(study_id)
@@ -211,12 +231,13 @@ def study_status(
 
 def _print_status(status: dict[str, Any]) -> None:
     console.print(
-        f"[bold]{status['study']}[/] — {status['title']}: {status['status']}, "
+        f"[bold]{escape(status['study'])}[/] — {escape(status['title'])}: "
+        f"{escape(status['status'])}, "
         f"{status['rounds_closed']}/{status['rounds_total']} rounds; "
         f"{status['rejections']} rejected messages"
     )
     if status.get("error"):
-        console.print(f"[red]error:[/] {status['error']}")
+        console.print(f"[red]error:[/] {escape(status['error'])}")
     privacy = status.get("privacy") or {}
     parts = []
     if privacy.get("patient_level") == "dp-sgd":
@@ -231,14 +252,14 @@ def _print_status(status: dict[str, Any]) -> None:
     if privacy.get("secure_aggregation"):
         parts.append("secure aggregation (the coordinator sees only sums)")
     if parts:
-        console.print("privacy: " + "; ".join(parts))
+        console.print("privacy: " + escape("; ".join(parts)))
     open_round = status.get("open_round")
     if open_round:
         waiting = sorted(set(open_round["participants"]) - set(open_round["answered"]))
         console.print(
             f"round {open_round['round']} open: {len(open_round['answered'])}/"
             f"{len(open_round['participants'])} answered"
-            + (f"; waiting for {', '.join(waiting)}" if waiting else "")
+            + (f"; waiting for {escape(', '.join(waiting))}" if waiting else "")
         )
     table = Table("Round", "Model", "Sites", "Cases", "Train loss", "Top-1", "Top-10")
     for r in status["history"]:
@@ -271,14 +292,16 @@ def study_logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing.")] = False,
 ) -> None:
     """A study's log: rounds opened and closed, rejected messages, waits for sites."""
-    with errors():
-        client = _client(config)
+    with errors(), closing(_client(config)) as client:
         after = 0
         while True:
             for line in client.logs(study_id, after=after):
                 after = line["seq"]
                 stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(line["at"]))
-                console.print(f"{stamp}  {line['kind']:<16} {line['message']}", highlight=False)
+                console.print(
+                    f"{stamp}  {escape(line['kind']):<16} {escape(line['message'])}",
+                    highlight=False,
+                )
             if not follow:
                 return
             time.sleep(2)

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alliance.coordinator.study_check import load_study
 from alliance.core.config import TomlFile
+from alliance.core.errors import ConfigError
 from alliance.crypto.tls import client_context
-from alliance.protocol.study import StudySpec
+from alliance.protocol.study import is_study_id
 from alliance.transport.http import HttpClient, RetryPolicy
 
 __all__ = ["OperatorConfig", "StudyClient"]
@@ -68,7 +70,7 @@ class StudyClient:
     def submit(self, study_file: Path) -> dict[str, Any]:
         """Submit a study file (validated here first); returns its status."""
         text = study_file.read_text(encoding="utf-8")
-        StudySpec.parse(text, where=str(study_file))
+        load_study(text, where=str(study_file))
         result: dict[str, Any] = self.http.request(
             "POST", "/v1/studies", json={"spec": text}
         ).json()
@@ -76,7 +78,12 @@ class StudyClient:
 
     def status(self, study_id: str) -> dict[str, Any]:
         """A study's status and per-round metrics."""
-        result: dict[str, Any] = self.http.request("GET", f"/v1/studies/{study_id}").json()
+        result: dict[str, Any] = self.http.request("GET", _path(study_id)).json()
+        return result
+
+    def cancel(self, study_id: str) -> dict[str, Any]:
+        """Cancel a queued or running study; returns its status."""
+        result: dict[str, Any] = self.http.request("POST", _path(study_id, "cancel")).json()
         return result
 
     def studies(self) -> list[dict[str, Any]]:
@@ -87,6 +94,16 @@ class StudyClient:
     def logs(self, study_id: str, *, after: int = 0) -> list[dict[str, Any]]:
         """A study's log lines after ``after``."""
         result: list[dict[str, Any]] = self.http.request(
-            "GET", f"/v1/studies/{study_id}/logs", params={"after": after}
+            "GET", _path(study_id, "logs"), params={"after": after}
         ).json()
         return result
+
+
+def _path(study_id: str, *rest: str) -> str:
+    """``/v1/studies/<id>/...``, for a well-formed study id only (nothing else reaches a URL)."""
+    if not is_study_id(study_id):
+        raise ConfigError(
+            f"{study_id!r} is not a study id (1-63 lowercase letters, digits or '-'); "
+            "`alliance study status` lists the studies"
+        )
+    return "/".join(("/v1/studies", study_id, *rest))

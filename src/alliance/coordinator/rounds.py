@@ -797,6 +797,16 @@ class Coordinator:
             for site in self.sites:
                 self.mailbox.publish(self.end_for(site).to_envelope())
 
+    def cancel(self, reason: str) -> None:
+        """Mark the study cancelled (its open round takes no more updates) and, with a mailbox,
+        tell every site that it ended."""
+        self.store.set_study_status(self.study, StudyStatus.CANCELLED, error=reason)
+        self._open = False
+        self._event("study_cancelled", f"study cancelled at model version {self.version}: {reason}")
+        if self.mailbox is not None:
+            for site in self.sites:
+                self.mailbox.publish(self.end_for(site).to_envelope())
+
     def _event(self, kind: str, message: str) -> None:
         self.store.add_event(StoredEvent(self.study, self.clock(), kind, message))
         logger.info("study %s: %s", self.study, message)

@@ -37,19 +37,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alliance.algorithms.strategies import make_strategy
 from alliance.coordinator.rounds import Coordinator, Receipt
+from alliance.coordinator.study_check import load_study
 from alliance.coordinator.visibility import site_log, site_status
 from alliance.core.errors import AllianceError, ConfigError, FederationError
 from alliance.core.faults import crash_point
 from alliance.crypto.pki import Role, TrustStore
 from alliance.crypto.verifier import MessageVerifier
-from alliance.models.tasks import StudyModel, make_study_model
+from alliance.models.tasks import StudyModel, check_model_options, make_study_model
 from alliance.models.training import get_weights
 from alliance.privacy.accountant import SampledGaussian, epsilon
 from alliance.protocol.codec import MessageSigner, decode_signed, encode_signed
@@ -100,6 +101,9 @@ class CoordinatorService:
         The coordinator's audit log.
     model_kind
         Builds a study's model kind from its ``[model]`` table (default: the registry).
+    model_check
+        Checks a submitted study's ``[model]`` table without building the model (default: the
+        registry's bounds); goes with ``model_kind``.
     clock
         Time source.
     offline
@@ -115,6 +119,7 @@ class CoordinatorService:
         trust: TrustStore,
         audit: AuditLog,
         model_kind: Callable[[dict[str, Any]], StudyModel] = make_study_model,
+        model_check: Callable[[Mapping[str, Any]], None] = check_model_options,
         clock: Callable[[], float] = time.time,
         offline: OfflineSites | None = None,
     ) -> None:
@@ -125,6 +130,7 @@ class CoordinatorService:
         self.trust = trust
         self.audit = audit
         self.model_kind = model_kind
+        self.model_check = model_check
         self.clock = clock
         self._verify = MessageVerifier(trust, role=Role.SITE)
         self._lock = threading.RLock()
@@ -283,7 +289,9 @@ class CoordinatorService:
 
     def _finish(self, study_id: str) -> None:
         rounds = self.store.rounds(study_id)
-        version = int(rounds[-1].summary["model_version"]) if rounds else 0
+        # A cancelled study may end with its round open: its summary is still empty.
+        last = rounds[-1] if rounds else None
+        version = 0 if last is None else int(last.summary.get("model_version", last.model_version))
         self._finished = (study_id, version, {s for r in rounds for s in r.participants})
         self._ended_sent = set()
         self._running = None
@@ -292,7 +300,12 @@ class CoordinatorService:
     def _start_next_study(self) -> _Running | None:
         records = self.store.studies()
         if self._finished is None:
-            done = [r for r in records if r.status is StudyStatus.FINISHED]
+            done = [
+                r
+                for r in records
+                if r.status in (StudyStatus.FINISHED, StudyStatus.CANCELLED) and r.finished_at
+            ]
+            done.sort(key=lambda r: r.finished_at or 0.0)
             if done:
                 self._finish(done[-1].study_id)
         running = [r for r in records if r.status is StudyStatus.RUNNING]
@@ -302,9 +315,10 @@ class CoordinatorService:
         record = (running or queued)[0]
         try:
             self._running = self._load(record)
-        except (AllianceError, TypeError, ValueError) as exc:
+        except (AllianceError, TypeError, ValueError, RuntimeError, MemoryError) as exc:
             # TypeError, ValueError: [model] or [strategy] options of the wrong type, which only
-            # building the model or strategy meets (`dim = 1.5`, `sources = 5`).
+            # building the model or strategy meets; RuntimeError, MemoryError: a model that does
+            # not fit in memory. Either way the study fails and the queue moves on.
             error = str(exc)
             if not isinstance(exc, AllianceError):
                 error = f"its [model] or [strategy] options do not fit: {exc}"
@@ -534,7 +548,7 @@ class CoordinatorService:
 
     def submit_study(self, operator: str, spec: str) -> dict[str, Any]:
         """Queue a study file submitted by ``operator``."""
-        parsed = StudySpec.parse(spec)
+        parsed = load_study(spec, model_check=self.model_check)
         with self._lock:
             if self.store.study(parsed.study_id) is not None:
                 raise ConfigError(
@@ -550,6 +564,41 @@ class CoordinatorService:
             )
             self._changed.notify_all()
         return self.study_status(parsed.study_id)
+
+    def cancel_study(self, operator: str, study_id: str) -> dict[str, Any]:
+        """Cancel a queued or running study: the next queued one may start, and every hospital
+        that took part is told the study ended when it next polls (or by its next bundle).
+
+        Raises
+        ------
+        NotFoundError
+            No such study.
+        FederationError
+            The study has already ended (finished, failed or cancelled).
+        """
+        with self._changed:
+            record = self._record(study_id)
+            if record.status not in (StudyStatus.QUEUED, StudyStatus.RUNNING):
+                raise FederationError(
+                    f"study {study_id!r} is {record.status.value}; only a queued or running "
+                    "study can be cancelled"
+                )
+            reason = f"cancelled by {operator}"
+            run = self._running
+            if run is not None and run.spec.study_id == study_id:
+                run.coordinator.cancel(reason)
+            else:
+                self.store.set_study_status(study_id, StudyStatus.CANCELLED, error=reason)
+                self.store.add_event(
+                    StoredEvent(study_id, self.clock(), "study_cancelled", f"study {reason}")
+                )
+            self.audit.append(
+                "study_cancelled", study=study_id, by=operator, was=record.status.value
+            )
+            if record.status is StudyStatus.RUNNING:
+                self._finish(study_id)  # participants are told the study ended
+            self._changed.notify_all()
+        return self.study_status(study_id)
 
     def _record(self, study_id: str) -> StudyRecord:
         record = self.store.study(study_id)

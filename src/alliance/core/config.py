@@ -16,7 +16,26 @@ from typing import Any
 
 from alliance.core.errors import ConfigError
 
-__all__ = ["TomlFile"]
+__all__ = ["TomlFile", "parse_toml"]
+
+
+def parse_toml(text: str, *, where: str) -> dict[str, Any]:
+    """Parse TOML text; every way it can fail is a :class:`ConfigError` naming ``where``.
+
+    Raises
+    ------
+    ConfigError
+        Not TOML, or arrays and inline tables nested deeper than the parser can recurse.
+    """
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses once per level of nesting
+        raise ConfigError(
+            f"{where}: arrays or inline tables are nested too deeply to be read; "
+            "a configuration needs only a few levels"
+        ) from None
 
 
 class TomlFile:
@@ -30,10 +49,7 @@ class TomlFile:
             raise ConfigError(f"{self.path}: no such file") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{self.path}: cannot be read: {exc}") from None
-        try:
-            self.data: Mapping[str, Any] = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{self.path}: not valid TOML: {exc}") from None
+        self.data: Mapping[str, Any] = parse_toml(text, where=str(self.path))
 
     def _where(self, table: str | None, key: str) -> str:
         return f"{self.path}: " + (f"[{table}] {key}" if table else key)

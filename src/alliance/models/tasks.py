@@ -26,7 +26,17 @@ from alliance.data.ontology import DiseaseSource, load_ontology
 from alliance.models.features import PhenotypeFeatures
 from alliance.models.ranker import CaseDataset, PhenotypeRanker
 
-__all__ = ["MODEL_KINDS", "LoadedCases", "PhenotypeRankerKind", "StudyModel", "make_study_model"]
+__all__ = [
+    "MAX_DIM",
+    "MAX_MIN_PHENOTYPES",
+    "MAX_PARAMETERS",
+    "MODEL_KINDS",
+    "LoadedCases",
+    "PhenotypeRankerKind",
+    "StudyModel",
+    "check_model_options",
+    "make_study_model",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -58,27 +68,73 @@ class StudyModel(Protocol):
         ...
 
 
+#: Most learned parameters a study's model may have: 64 Mi float32 values, 256 MiB, so that the
+#: coordinator, every site and every stored update hold it comfortably in memory.
+MAX_PARAMETERS = 2**26
+#: Widest ranker embedding: with the shipped HPO release and every disease source (about 12,500
+#: terms and 12,800 diseases) a width of 1024 stays under :data:`MAX_PARAMETERS`.
+MAX_DIM = 1024
+#: ``min_phenotypes`` above this leaves no disease of the shipped catalogue.
+MAX_MIN_PHENOTYPES = 1000
+
+
 class PhenotypeRankerKind:
-    """The rare-disease ranker (``kind = "phenotype-ranker"``), options ``dim``, ``sources``,
-    ``min_phenotypes``: built from the shipped HPO release and its disease annotations."""
+    """The rare-disease ranker (``kind = "phenotype-ranker"``), options ``dim`` (1 to
+    :data:`MAX_DIM`), ``sources`` (a list among OMIM and ORPHA, default ``["OMIM"]``) and
+    ``min_phenotypes`` (1 to :data:`MAX_MIN_PHENOTYPES`): built from the shipped HPO release and
+    its disease annotations; at most :data:`MAX_PARAMETERS` learned parameters."""
 
     kind = "phenotype-ranker"
 
     def __init__(
         self, *, dim: int = 32, sources: tuple[str, ...] = ("OMIM",), min_phenotypes: int = 3
     ) -> None:
-        try:
-            chosen = tuple(DiseaseSource(s) for s in sources)
-        except ValueError:
-            known = ", ".join(s.value for s in DiseaseSource)
-            raise ConfigError(f"[model] sources must be among {known}, got {sources}") from None
-        if dim < 1 or min_phenotypes < 1:
-            raise ConfigError("[model] dim and min_phenotypes must be >= 1")
+        chosen = self.check(dim=dim, sources=sources, min_phenotypes=min_phenotypes)
         self.dim = dim
         ontology = load_ontology()
         self.features = PhenotypeFeatures(
             ontology, ontology.catalogue(chosen, min_phenotypes=min_phenotypes)
         )
+        f = self.features
+        parameters = (3 * f.n_terms + f.n_diseases) * dim + f.n_diseases + 2
+        if parameters > MAX_PARAMETERS:
+            raise ConfigError(
+                f"[model] dim = {dim} gives {parameters:,} parameters with this catalogue, more "
+                f"than the {MAX_PARAMETERS:,} a study model may have; use a smaller dim"
+            )
+
+    @staticmethod
+    def check(
+        *, dim: Any = 32, sources: Any = ("OMIM",), min_phenotypes: Any = 3
+    ) -> tuple[DiseaseSource, ...]:
+        """Validate the options without building anything; returns the disease sources.
+
+        Raises
+        ------
+        ConfigError
+            Naming the option and what it accepts.
+        """
+        for key, value, top in (
+            ("dim", dim, MAX_DIM),
+            ("min_phenotypes", min_phenotypes, MAX_MIN_PHENOTYPES),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
+                raise ConfigError(f"[model] {key} must be an integer in [1, {top}], got {value!r}")
+        known = ", ".join(s.value for s in DiseaseSource)
+        if (
+            not isinstance(sources, list | tuple)
+            or not sources
+            or not all(isinstance(s, str) for s in sources)
+        ):
+            raise ConfigError(
+                f"[model] sources must be a non-empty list among {known}, got {sources!r}"
+            )
+        try:
+            return tuple(DiseaseSource(s) for s in sources)
+        except ValueError:
+            raise ConfigError(
+                f"[model] sources must be among {known}, got {list(sources)}"
+            ) from None
 
     def build(self, seed: int) -> nn.Module:
         """A ranker whose learned parameters are drawn from ``seed``."""
@@ -103,19 +159,40 @@ class PhenotypeRankerKind:
 MODEL_KINDS: dict[str, Callable[..., StudyModel]] = {"phenotype-ranker": PhenotypeRankerKind}
 
 
+def check_model_options(options: Mapping[str, Any]) -> None:
+    """Validate a study's ``[model]`` table without building the model (fast: no ontology).
+
+    Raises
+    ------
+    ConfigError
+        For an unknown kind or option, or an option out of its bounds.
+    """
+    opts = dict(options)
+    kind = opts.pop("kind", "phenotype-ranker")
+    factory = MODEL_KINDS.get(kind) if isinstance(kind, str) else None
+    if factory is None:
+        raise ConfigError(f"[model] kind {kind!r} is unknown; choose one of {sorted(MODEL_KINDS)}")
+    check = getattr(factory, "check", None)
+    if check is None:
+        return
+    try:
+        check(**opts)
+    except TypeError as exc:
+        raise ConfigError(f"[model] {kind}: {exc}") from None
+
+
 def make_study_model(options: Mapping[str, Any]) -> StudyModel:
     """Build the model kind a study's ``[model]`` table names, with its options.
 
     Raises
     ------
     ConfigError
-        For an unknown kind or option.
+        For an unknown kind or option, or one out of its bounds (see :func:`check_model_options`).
     """
+    check_model_options(options)
     opts = dict(options)
     kind = opts.pop("kind", "phenotype-ranker")
-    factory = MODEL_KINDS.get(kind)
-    if factory is None:
-        raise ConfigError(f"[model] kind {kind!r} is unknown; choose one of {sorted(MODEL_KINDS)}")
+    factory = MODEL_KINDS[kind]
     if "sources" in opts:
         opts["sources"] = tuple(opts["sources"])
     try:

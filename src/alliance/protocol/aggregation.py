@@ -43,6 +43,10 @@ __all__ = ["AggregationMode", "AggregationPlan", "default_buffer", "staleness_di
 
 _TABLE = "[aggregation]"
 _KEYS = ("mode", "buffer", "staleness_exponent", "max_staleness")
+#: Upper bounds, so that a study that cannot run is refused before anyone approves it.
+MAX_BUFFER = 10_000
+MAX_STALENESS = 10_000
+MAX_STALENESS_EXPONENT = 10.0
 
 
 class AggregationMode(enum.Enum):
@@ -82,20 +86,28 @@ class AggregationPlan:
     def __post_init__(self) -> None:
         if not isinstance(self.mode, AggregationMode):
             raise ConfigError(f"{_TABLE} mode must be an AggregationMode, got {self.mode!r}")
-        if self.buffer is not None and not _is_int(self.buffer, minimum=1):
+        if self.buffer is not None and not _is_int(self.buffer, minimum=1, maximum=MAX_BUFFER):
             raise ConfigError(
-                f"{_TABLE} buffer must be an integer >= 1 (updates per model version), got "
+                f"{_TABLE} buffer must be an integer >= 1 and <= {MAX_BUFFER} (updates per model "
+                f"version), got "
                 f"{self.buffer!r}; leave it out for half of the invited sites"
             )
         a = self.staleness_exponent
-        if isinstance(a, bool) or not isinstance(a, int | float) or not math.isfinite(a) or a < 0:
+        if (
+            isinstance(a, bool)
+            or not isinstance(a, int | float)
+            or not math.isfinite(a)
+            or not 0 <= a <= MAX_STALENESS_EXPONENT
+        ):
             raise ConfigError(
-                f"{_TABLE} staleness_exponent must be a number >= 0, got {a!r}; 0.5 (the "
-                "default) halves an update 3 versions old, 0 counts stale updates in full"
+                f"{_TABLE} staleness_exponent must be a number >= 0, got {a!r}, and at most "
+                f"{MAX_STALENESS_EXPONENT:g}; 0.5 (the default) halves an update 3 versions old, "
+                "0 counts stale updates in full"
             )
-        if not _is_int(self.max_staleness, minimum=0):
+        if not _is_int(self.max_staleness, minimum=0, maximum=MAX_STALENESS):
             raise ConfigError(
-                f"{_TABLE} max_staleness must be an integer >= 0 (model versions), got "
+                f"{_TABLE} max_staleness must be an integer >= 0 and <= {MAX_STALENESS} (model "
+                "versions), got "
                 f"{self.max_staleness!r}; set it above the courier's delay in versions"
             )
 
@@ -169,5 +181,5 @@ def staleness_discount(*, staleness: int, exponent: float) -> float:
     return float((1.0 + staleness) ** -exponent)
 
 
-def _is_int(value: Any, *, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+def _is_int(value: Any, *, minimum: int, maximum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and minimum <= value <= maximum

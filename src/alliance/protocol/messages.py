@@ -74,17 +74,26 @@ class TrainingPlan:
             raise ProtocolError(
                 f"training plan must have exactly the fields {sorted(cls.__dataclass_fields__)}"
             )
-        ints = ("local_epochs", "batch_size", "seed")
-        for key in ints:
-            if not isinstance(raw[key], int) or isinstance(raw[key], bool):
-                raise ProtocolError(f"training plan field {key!r} must be an integer")
-        for key in ("learning_rate", "proximal_mu", "weight_decay"):
+        for key, (low, high) in _PLAN_INTS.items():
             value = raw[key]
-            if not _is_number(value) or not math.isfinite(value) or value < 0:
-                raise ProtocolError(f"training plan field {key!r} must be a finite number >= 0")
-        if raw["local_epochs"] < 1 or raw["batch_size"] < 1:
-            raise ProtocolError("training plan needs local_epochs >= 1 and batch_size >= 1")
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ProtocolError(
+                    f"training plan field {key!r} must be an integer in [{low}, {high}], "
+                    f"got {value!r}"
+                )
+        for key, top in _PLAN_NUMBERS.items():
+            number = raw[key]
+            if not _is_number(number) or not math.isfinite(number) or not 0 <= number <= top:
+                raise ProtocolError(
+                    f"training plan field {key!r} must be a finite number in [0, {top:g}], "
+                    f"got {number!r}"
+                )
         return cls(**raw)
+
+
+#: Bounds of a training plan, so that neither a study file nor a task asks for absurd work.
+_PLAN_INTS = {"local_epochs": (1, 1000), "batch_size": (1, 1_000_000), "seed": (0, 2**63 - 1)}
+_PLAN_NUMBERS = {"learning_rate": 100.0, "proximal_mu": 1000.0, "weight_decay": 100.0}
 
 
 def check_same_shapes(arrays: Arrays, reference: Arrays, *, what: str) -> None:

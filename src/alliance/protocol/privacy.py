@@ -209,9 +209,12 @@ class SecAggPlan:
         if (
             not isinstance(self.max_weight, int)
             or isinstance(self.max_weight, bool)
-            or self.max_weight < 1
+            or not 1 <= self.max_weight <= MAX_WEIGHT
         ):
-            raise ConfigError("[secure_aggregation] max_weight must be an integer >= 1")
+            raise ConfigError(
+                f"[secure_aggregation] max_weight must be an integer in [1, {MAX_WEIGHT}], "
+                f"got {self.max_weight!r}"
+            )
         _positive(self.clip_range, "clip_range", table="secure_aggregation")
         _positive(self.stage_timeout_s, "stage_timeout_s", table="secure_aggregation")
 
@@ -275,14 +278,31 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+#: Upper bounds of the numbers of both tables: beyond them a study cannot run sensibly.
+MAXIMA = {
+    "target_epsilon": 100.0,
+    "noise_multiplier": 1000.0,
+    "client_noise_multiplier": 1000.0,
+    "max_grad_norm": 1e6,
+    "client_clip": 1e6,
+    "clip_range": 1e6,
+    "stage_timeout_s": 7 * 24 * 3600.0,
+}
+MAX_WEIGHT = 2**20
+
+
 def _positive(value: Any, key: str, *, allow_zero: bool = False, table: str = "privacy") -> None:
     if value is None:
         return
+    top = MAXIMA[key]
     if (
         not _is_number(value)
         or not math.isfinite(value)
         or value < 0
         or (value == 0 and not allow_zero)
+        or value > top
     ):
         bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"[{table}] {key} must be a finite number {bound}, got {value!r}")
+        raise ConfigError(
+            f"[{table}] {key} must be a finite number {bound} and <= {top:g}, got {value!r}"
+        )

@@ -35,6 +35,14 @@ hash a hospital puts in its policy. Example::
     staleness_exponent = 0.5
     max_staleness = 10
 
+Every field is checked with bounds, so that a study that cannot run gets no hash a hospital could
+approve: ``id`` (and each site id) is matched whole against 1-63 lowercase letters, digits or
+'-'; ``title`` is one line of at most :data:`MAX_TITLE` characters; ``rounds`` is 1 to
+:data:`MAX_ROUNDS`; ``seed`` 0 to :data:`MAX_SEED`; ``quorum`` 1 to the invited sites;
+``round_timeout_s`` a finite number in (0, :data:`MAX_TIMEOUT_S`]. The ``[model]`` and
+``[strategy]`` options are checked by :func:`alliance.coordinator.study_check.load_study`, which
+``alliance study hash``, ``alliance study submit`` and the coordinator all call.
+
 ``[privacy]`` and ``[secure_aggregation]`` are described in :mod:`alliance.protocol.privacy`,
 ``[aggregation]`` in :mod:`alliance.protocol.aggregation` (asynchronous aggregation cannot be
 combined with secure aggregation).
@@ -43,23 +51,48 @@ combined with secure aggregation).
 from __future__ import annotations
 
 import hashlib
+import math
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from alliance.core.config import parse_toml
 from alliance.core.errors import ConfigError
 from alliance.protocol.aggregation import AggregationPlan
 from alliance.protocol.messages import TrainingPlan
 from alliance.protocol.privacy import PrivacyPlan, SecAggPlan
 
-__all__ = ["ALL_SITES", "StudySpec", "spec_hash"]
+__all__ = [
+    "ALL_SITES",
+    "MAX_ROUNDS",
+    "MAX_SEED",
+    "MAX_SITES",
+    "MAX_TIMEOUT_S",
+    "MAX_TITLE",
+    "StudySpec",
+    "is_study_id",
+    "spec_hash",
+]
 
 #: ``sites = "all"``: every site of the consortium, including hospitals that join later.
 ALL_SITES = "all"
-_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+#: Bounds of ``[study]``: a study that cannot run must never get a hash an ethics board approves.
+MAX_ROUNDS = 10_000
+MAX_SEED = 2**63 - 1  # torch and numpy seed from a 64-bit integer
+MAX_SITES = 10_000
+MAX_TIMEOUT_S = 7 * 24 * 3600.0  # a week: a courier to a hospital on files, and back
+MAX_TITLE = 300
+# Matched whole (fullmatch): with `$`, "x\n" would pass and reach a URL.
+_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _STUDY_KEYS = {"id", "title", "rounds", "seed", "sites", "quorum", "round_timeout_s"}
+
+
+def is_study_id(value: object) -> bool:
+    """Whether ``value`` is a study (or site) id: 1-63 lowercase letters, digits or '-', not
+    starting with '-', and nothing else (no trailing newline)."""
+    return isinstance(value, str) and _ID.fullmatch(value) is not None
 
 
 def spec_hash(text: str) -> str:
@@ -138,33 +171,35 @@ class StudySpec:
         ConfigError
             Naming the field that is missing or wrong and what it accepts.
         """
-        try:
-            raw = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{where}: not valid TOML: {exc}") from None
-        except RecursionError:  # tomllib recurses once per level of nesting
-            raise ConfigError(f"{where}: arrays or inline tables nested too deeply") from None
+        raw = parse_toml(text, where=where)
         study = _table(raw, "study", where) or {}
         unknown = set(study) - _STUDY_KEYS
         if unknown:
             raise ConfigError(f"{where}: [study] has unknown keys {sorted(unknown)}")
         study_id = study.get("id")
-        if not isinstance(study_id, str) or not _ID.match(study_id):
+        if not isinstance(study_id, str) or not is_study_id(study_id):
             raise ConfigError(
-                f"{where}: [study] id must be 1-63 lowercase letters, digits or '-', "
-                f"got {study_id!r}"
+                f"{where}: [study] id must be 1-63 lowercase letters, digits or '-' (not "
+                f"starting with '-'), got {study_id!r}"
             )
-        rounds = _int(study, "rounds", where, default=None, minimum=1)
-        seed = _int(study, "seed", where, default=0, minimum=0)
+        title = _title(study.get("title", study_id), where)
+        rounds = _int(study, "rounds", where, default=None, minimum=1, maximum=MAX_ROUNDS)
+        seed = _int(study, "seed", where, default=0, minimum=0, maximum=MAX_SEED)
         sites = _sites(study.get("sites", ALL_SITES), where)
-        quorum = _int(study, "quorum", where, default=len(sites) if sites else 1, minimum=1)
+        quorum = _int(
+            study,
+            "quorum",
+            where,
+            default=len(sites) if sites else 1,
+            minimum=1,
+            maximum=MAX_SITES,
+        )
         if sites is not None and quorum > len(sites):
             raise ConfigError(
-                f"{where}: [study] quorum {quorum} is larger than the {len(sites)} invited sites"
+                f"{where}: [study] quorum {quorum} is larger than the {len(sites)} invited sites; "
+                f"use at most {len(sites)}"
             )
-        timeout = study.get("round_timeout_s", 600)
-        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
-            raise ConfigError(f"{where}: [study] round_timeout_s must be a number > 0")
+        timeout = _timeout(study.get("round_timeout_s", 600), where)
         strategy = dict(_table(raw, "strategy", where, required=False) or {"name": "fedavg"})
         if not isinstance(strategy.get("name", "fedavg"), str):
             raise ConfigError(f"{where}: [strategy] name must be a string such as 'fedavg'")
@@ -180,6 +215,11 @@ class StudySpec:
             raise ConfigError(f"{where}: [plan] {exc}") from None
         model = dict(_table(raw, "model", where, required=False) or {})
         model.setdefault("kind", "phenotype-ranker")
+        if not isinstance(model["kind"], str):
+            raise ConfigError(
+                f"{where}: [model] kind must be a string such as 'phenotype-ranker', "
+                f"got {model['kind']!r}"
+            )
         extra = set(raw) - {
             "study",
             "strategy",
@@ -220,7 +260,7 @@ class StudySpec:
             quorum = secagg.threshold
         return cls(
             study_id=study_id,
-            title=str(study.get("title", study_id)),
+            title=title,
             rounds=rounds,
             seed=seed,
             sites=sites,
@@ -250,13 +290,48 @@ def _table(
 
 
 def _int(
-    table: Mapping[str, Any], key: str, where: str, *, default: int | None, minimum: int
+    table: Mapping[str, Any],
+    key: str,
+    where: str,
+    *,
+    default: int | None,
+    minimum: int,
+    maximum: int,
 ) -> int:
     value = table.get(key, default)
     if value is None:
         raise ConfigError(f"{where}: [study] {key} is required")
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{where}: [study] {key} must be an integer >= {minimum}, got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
+        raise ConfigError(
+            f"{where}: [study] {key} must be an integer in [{minimum}, {maximum}], got {value!r}"
+        )
+    return value
+
+
+def _timeout(value: Any, where: str) -> float:
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or not 0 < value <= MAX_TIMEOUT_S
+    ):
+        raise ConfigError(
+            f"{where}: [study] round_timeout_s must be a finite number in (0, {MAX_TIMEOUT_S:g}] "
+            f"seconds, got {value!r}"
+        )
+    return float(value)
+
+
+def _title(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_TITLE:
+        raise ConfigError(
+            f"{where}: [study] title must be a non-empty string of at most {MAX_TITLE} "
+            f"characters, got {value!r:.80}"
+        )
+    if _CONTROL.search(value):
+        raise ConfigError(
+            f"{where}: [study] title must be one line without control characters, got {value!r}"
+        )
     return value
 
 
@@ -266,10 +341,12 @@ def _sites(value: Any, where: str) -> tuple[str, ...] | None:
     if (
         not isinstance(value, list)
         or not value
-        or not all(isinstance(s, str) and _ID.match(s) for s in value)
+        or len(value) > MAX_SITES
+        or not all(is_study_id(s) for s in value)
     ):
         raise ConfigError(
-            f'{where}: [study] sites must be "all" or a non-empty list of site ids, got {value!r}'
+            f'{where}: [study] sites must be "all" or a list of 1 to {MAX_SITES} site ids '
+            f"(lowercase letters, digits or '-'), got {value!r:.200}"
         )
     if len(set(value)) != len(value):
         raise ConfigError(f"{where}: [study] sites lists a site twice")

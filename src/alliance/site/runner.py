@@ -48,7 +48,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from alliance.core.config import TomlFile
+from alliance.core.config import TomlFile, parse_toml
 from alliance.core.errors import AllianceError, ConfigError, ProtocolError
 from alliance.core.faults import crash_point
 from alliance.crypto.keyfiles import load_signing_key
@@ -89,15 +89,13 @@ class FilesFolders:
         ConfigError
             No such file, or two of them.
         """
-        import tomllib
-
         found = []
         files = sorted(self.studies.glob("*.toml")) if self.studies.is_dir() else []
         for file in files:
             text = file.read_text(encoding="utf-8")
             try:
-                declared = tomllib.loads(text).get("study", {}).get("id")
-            except tomllib.TOMLDecodeError:
+                declared = parse_toml(text, where=str(file)).get("study", {}).get("id")
+            except ConfigError:
                 continue
             if declared == study_id:
                 found.append((file, text))

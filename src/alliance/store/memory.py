@@ -43,7 +43,7 @@ __all__ = ["MemoryStore"]
 
 logger = logging.getLogger(__name__)
 
-_ENDED = (StudyStatus.FINISHED, StudyStatus.FAILED)
+_ENDED = (StudyStatus.FINISHED, StudyStatus.FAILED, StudyStatus.CANCELLED)
 
 
 @dataclass
@@ -115,7 +115,7 @@ class MemoryStore:
     def set_study_status(
         self, study_id: str, status: StudyStatus, *, error: str | None = None
     ) -> None:
-        """Move a study to ``status``; ``finished_at`` is stamped for FINISHED and FAILED and
+        """Move a study to ``status``; ``finished_at`` is stamped for an ended study and
         cleared otherwise, ``error`` replaced by the given one."""
         with self._lock:
             self._require_study(study_id)

@@ -57,7 +57,7 @@ __all__ = ["SqlStore"]
 
 logger = logging.getLogger(__name__)
 
-_ENDED = (StudyStatus.FINISHED, StudyStatus.FAILED)
+_ENDED = (StudyStatus.FINISHED, StudyStatus.FAILED, StudyStatus.CANCELLED)
 _OPEN, _CLOSED = RoundStatus.OPEN.value, RoundStatus.CLOSED.value
 
 
@@ -181,7 +181,7 @@ class SqlStore:
     def set_study_status(
         self, study_id: str, status: StudyStatus, *, error: str | None = None
     ) -> None:
-        """Move a study to ``status``; ``finished_at`` is stamped for FINISHED and FAILED and
+        """Move a study to ``status``; ``finished_at`` is stamped for an ended study and
         cleared otherwise, ``error`` replaced by the given one."""
         finished = time.time() if status in _ENDED else None
         with self._tx(write=True) as conn:

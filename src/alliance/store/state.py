@@ -51,6 +51,7 @@ class StudyStatus(enum.Enum):
     RUNNING = "running"
     FINISHED = "finished"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # by an operator (`alliance study cancel`)
 
 
 class RoundStatus(enum.Enum):

@@ -121,6 +121,10 @@ class CoordinatorEndpoints(Protocol):
         """Status and per-round metrics of a study (as ``site`` may see them, if given)."""
         ...
 
+    def cancel_study(self, operator: str, study_id: str) -> dict[str, Any]:
+        """Cancel a queued or running study; returns its status."""
+        ...
+
     def list_studies(self) -> list[dict[str, Any]]:
         """Every study, oldest first."""
         ...
@@ -371,6 +375,15 @@ def create_app(service: CoordinatorEndpoints, *, limits: RequestLimits | None = 
         name, role = await caller_and_role(request, "operator", "site")
         site = name if role == "site" else None
         return await run_in_threadpool(lambda: service.study_status(study_id, site=site))
+
+    @app.post(
+        "/v1/studies/{study_id}/cancel",
+        summary="Cancel a queued or running study (operators only)",
+        responses=_errors(400, 403, 404, 409),
+    )
+    async def cancel_study(request: Request, study_id: str) -> dict[str, Any]:
+        operator = await caller(request, "operator")
+        return await run_in_threadpool(service.cancel_study, operator, study_id)
 
     @app.get(
         "/v1/studies/{study_id}/spec",

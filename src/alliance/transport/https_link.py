@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from alliance.core.errors import ConfigError
+from alliance.core.errors import ConfigError, ProtocolError
 from alliance.protocol.codec import (
     MessageSigner,
     SignatureVerifier,
@@ -25,6 +25,7 @@ from alliance.protocol.codec import (
     encode_signed,
 )
 from alliance.protocol.envelope import Envelope
+from alliance.protocol.study import is_study_id
 from alliance.transport.http import HttpClient
 
 __all__ = ["HttpSiteLink"]
@@ -99,5 +100,17 @@ class HttpSiteLink:
         self.last_sent = (len(payload), str(answer.json().get("receipt")))
 
     def study_spec(self, study_id: str) -> str:
-        """The text of a study file as the coordinator serves it (the site hashes it itself)."""
+        """The text of a study file as the coordinator serves it (the site hashes it itself).
+
+        Raises
+        ------
+        ProtocolError
+            ``study_id`` (from a message of the coordinator) is no study id: nothing but a
+            well-formed id is put in a URL.
+        """
+        if not is_study_id(study_id):
+            raise ProtocolError(
+                f"refused a task for study {study_id!r}: not a study id (1-63 lowercase "
+                "letters, digits or '-'); the coordinator sent a malformed task"
+            )
         return self.client.request("GET", f"/v1/studies/{study_id}/spec").text
