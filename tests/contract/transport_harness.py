@@ -16,7 +16,6 @@ receiving side and return the reason it recorded.
 from __future__ import annotations
 
 import enum
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -48,9 +47,10 @@ from alliance.store.audit import AuditLog
 from alliance.store.memory import MemoryStore
 from alliance.store.state import UpdateMeta
 from alliance.transport.files import BUNDLE_SUFFIX, BundleLedger, FileMailbox, FileSiteLink, carry
-from alliance.transport.http import HttpClient, RetryPolicy, create_app, run_server
+from alliance.transport.http import HttpClient, RetryPolicy, create_app
 from alliance.transport.https_link import HttpSiteLink
 from alliance.transport.memory import InMemoryTransport
+from tests.https_server import serve_app
 from tests.integration.test_https import _bundle
 
 FEDERATION = "guardian"
@@ -407,44 +407,25 @@ def https_deployment(root: Path) -> Iterator[HttpsDeployment]:
         certificate=coord / "party.crt", key=coord / "party.key", ca=ca_crt, crl=None
     )
     endpoints = SwappableEndpoints()
-    stop, ready, ports = threading.Event(), threading.Event(), []
-
-    def on_ready(port: int) -> None:
-        ports.append(port)
-        ready.set()
-
-    thread = threading.Thread(
-        target=run_server,
-        kwargs={
-            "app": create_app(endpoints),  # type: ignore[arg-type]
-            "host": "127.0.0.1",
-            "port": 0,
-            "ssl_context": context,
-            "ready": on_ready,
-            "should_exit": stop.is_set,
-        },
-        daemon=True,
-    )
-    thread.start()
-    assert ready.wait(30), "the coordinator's HTTPS server did not start"
-    url = f"https://127.0.0.1:{ports[0]}"
-    deployment = HttpsDeployment(root, url, endpoints, TrustStore.load(ca_crt), signers)
-    for site in SITES:
-        f = folders[site]
-        deployment.clients[site] = RecordingClient(
-            url,
-            ssl_context=client_context(certificate=f / "party.crt", key=f / "party.key", ca=ca_crt),
-            # A refused request is never retried; a broken server should fail a test quickly.
-            retry=RetryPolicy(base_s=0.05, cap_s=0.2, give_up_s=5.0),
-            timeout_s=10.0,
-        )
-    try:
-        yield deployment
-    finally:
-        for client in deployment.clients.values():
-            client.close()
-        stop.set()
-        thread.join(10)
+    with serve_app(create_app(endpoints), context) as port:  # type: ignore[arg-type]
+        url = f"https://127.0.0.1:{port}"
+        deployment = HttpsDeployment(root, url, endpoints, TrustStore.load(ca_crt), signers)
+        for site in SITES:
+            f = folders[site]
+            deployment.clients[site] = RecordingClient(
+                url,
+                ssl_context=client_context(
+                    certificate=f / "party.crt", key=f / "party.key", ca=ca_crt
+                ),
+                # A refused request is never retried; a broken server should fail a test quickly.
+                retry=RetryPolicy(base_s=0.05, cap_s=0.2, give_up_s=5.0),
+                timeout_s=10.0,
+            )
+        try:
+            yield deployment
+        finally:
+            for client in deployment.clients.values():
+                client.close()
 
 
 class HttpsHarness(TransportHarness):

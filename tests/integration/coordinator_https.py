@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import socket
 import ssl
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+from tests.https_server import serve_app
 
 from alliance.coordinator.service import CoordinatorService
 from alliance.crypto import CertificateAuthority, Role, Signer, TrustStore
@@ -25,7 +25,7 @@ from alliance.crypto.tls import client_context, server_context
 from alliance.protocol.envelope import COORDINATOR
 from alliance.store.audit import AuditLog
 from alliance.store.sql import SqlStore
-from alliance.transport.http import create_app, run_server
+from alliance.transport.http import create_app
 
 FEDERATION = "guardian"
 
@@ -92,32 +92,11 @@ def serving(root: Path, **limits: Any) -> Iterator[Running]:
         ca=root / "ca" / "ca.crt",
         crl=None,
     )
-    stop = threading.Event()
-    ports: list[int] = []
-    ready = threading.Event()
-
-    def on_ready(port: int) -> None:
-        ports.append(port)
-        ready.set()
-
-    thread = threading.Thread(
-        target=run_server,
-        kwargs={
-            "app": create_app(service, **limits),
-            "host": "127.0.0.1",
-            "port": 0,
-            "ssl_context": context,
-            "ready": on_ready,
-            "should_exit": stop.is_set,
-        },
-        daemon=True,
-    )
-    thread.start()
-    assert ready.wait(30), "the coordinator did not start"
-    try:
-        yield Running(f"https://127.0.0.1:{ports[0]}", ports[0], root, service)
-    finally:
-        service.stop()
-        stop.set()
-        thread.join(15)
-        service.store.close()
+    with (
+        closing(service.store),
+        serve_app(create_app(service, **limits), context, stop_s=15) as port,
+    ):
+        try:
+            yield Running(f"https://127.0.0.1:{port}", port, root, service)
+        finally:
+            service.stop()

@@ -7,7 +7,6 @@ surfaced as a bare ``OSError`` and the site saw "500 Internal Server Error".
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from tests.https_server import serve_app
 from tests.integration.test_https import _bundle
 from tests.unit.test_audit_disk_full import fill, small_disk  # noqa: F401 - fixture
 
@@ -26,7 +26,7 @@ from alliance.protocol.envelope import COORDINATOR, Header, MessageKind
 from alliance.protocol.messages import ModelUpdate
 from alliance.store.audit import AuditLog, read_audit_log, verify_audit_log
 from alliance.store.sql import SqlStore
-from alliance.transport.http import create_app, run_server
+from alliance.transport.http import create_app
 
 
 @dataclass
@@ -57,25 +57,8 @@ def coordinator(tmp_path: Path, small_disk: Path) -> Iterator[Coordinator]:  # n
         ca=tmp_path / "ca" / "ca.crt",
         crl=None,
     )
-    stop, ready, ports = threading.Event(), threading.Event(), []
-
-    def on_ready(port: int) -> None:
-        ports.append(port)
-        ready.set()
-
-    app = create_app(service)
-    thread = threading.Thread(
-        target=run_server,
-        args=(app,),
-        kwargs={"host": "127.0.0.1", "port": 0, "ssl_context": context, "ready": on_ready}
-        | {"should_exit": stop.is_set},
-        daemon=True,
-    )
-    thread.start()
-    assert ready.wait(30), "server did not start"
-    yield Coordinator(f"https://127.0.0.1:{ports[0]}", tmp_path, audit)
-    stop.set()
-    thread.join(10)
+    with serve_app(create_app(service), context) as port:
+        yield Coordinator(f"https://127.0.0.1:{port}", tmp_path, audit)
     service.store.close()
 
 

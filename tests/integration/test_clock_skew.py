@@ -8,7 +8,6 @@ it out, valid for four times the round's timeout (here 60 s, so 240 s).
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tests.contract.transport_harness import ContractModelKind
+from tests.https_server import serve_app
 
 from alliance.coordinator.service import CoordinatorService
 from alliance.core.errors import ProtocolError
@@ -28,7 +28,7 @@ from alliance.protocol.envelope import COORDINATOR, Header, MessageKind
 from alliance.protocol.messages import ModelUpdate
 from alliance.store.audit import AuditLog
 from alliance.store.memory import MemoryStore
-from alliance.transport.http import HttpClient, RetryPolicy, create_app, run_server
+from alliance.transport.http import HttpClient, RetryPolicy, create_app
 from alliance.transport.https_link import HttpSiteLink
 
 FEDERATION = "skew"
@@ -77,30 +77,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         ca=root / "ca" / "ca.crt",
         crl=None,
     )
-    stop, ready, ports = threading.Event(), threading.Event(), []
-
-    def on_ready(port: int) -> None:
-        ports.append(port)
-        ready.set()
-
-    thread = threading.Thread(
-        target=run_server,
-        kwargs={
-            "app": create_app(service),
-            "host": "127.0.0.1",
-            "port": 0,
-            "ssl_context": context,
-            "ready": on_ready,
-            "should_exit": stop.is_set,
-        },
-        daemon=True,
-    )
-    thread.start()
-    assert ready.wait(30), "the coordinator's HTTPS server did not start"
-    site = Signer.from_files(root / "a" / "party.crt", root / "a" / "signing.key")
-    yield Served(root, f"https://127.0.0.1:{ports[0]}", trust, site)
-    stop.set()
-    thread.join(10)
+    with serve_app(create_app(service), context) as port:
+        site = Signer.from_files(root / "a" / "party.crt", root / "a" / "signing.key")
+        yield Served(root, f"https://127.0.0.1:{port}", trust, site)
 
 
 @contextmanager

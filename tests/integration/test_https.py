@@ -9,7 +9,6 @@ of the current CRL), a certificate of the wrong role, and an update signed as an
 from __future__ import annotations
 
 import ssl
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,6 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from tests.https_server import serve_app
 
 from alliance.coordinator.service import CoordinatorService
 from alliance.crypto import CertificateAuthority, Role, Signer, TrustStore
@@ -27,7 +27,7 @@ from alliance.protocol.envelope import COORDINATOR, Header, MessageKind
 from alliance.protocol.messages import ModelUpdate
 from alliance.store.audit import AuditLog, verify_audit_log
 from alliance.store.sql import SqlStore
-from alliance.transport.http import create_app, run_server
+from alliance.transport.http import create_app
 
 
 @dataclass
@@ -35,7 +35,6 @@ class Server:
     url: str
     root: Path
     ca: CertificateAuthority
-    stop: threading.Event
 
 
 def _bundle(ca: CertificateAuthority, root: Path, name: str, role: Role, **kw: object) -> Path:
@@ -81,31 +80,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     context = server_context(
         certificate=coord / "party.crt", key=coord / "party.key", ca=root / "ca" / "ca.crt", crl=crl
     )
-    stop = threading.Event()
-    ports: list[int] = []
-    ready = threading.Event()
-
-    def on_ready(port: int) -> None:
-        ports.append(port)
-        ready.set()
-
-    thread = threading.Thread(
-        target=run_server,
-        kwargs={
-            "app": create_app(service),
-            "host": "127.0.0.1",
-            "port": 0,
-            "ssl_context": context,
-            "ready": on_ready,
-            "should_exit": stop.is_set,
-        },
-        daemon=True,
-    )
-    thread.start()
-    assert ready.wait(30), "server did not start"
-    yield Server(f"https://127.0.0.1:{ports[0]}", root, ca, stop)
-    stop.set()
-    thread.join(10)
+    with serve_app(create_app(service), context) as port:
+        yield Server(f"https://127.0.0.1:{port}", root, ca)
     service.store.close()
 
 

@@ -10,12 +10,12 @@ the very same message (same nonce, same content), refuses rounds 3 to 5, and cha
 from __future__ import annotations
 
 import dataclasses
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from tests.https_server import serve_app
 from tests.integration.test_lying_coordinator_on_files import FED, Coordinator, hospital_on_files
 
 from alliance.coordinator.service import CoordinatorService
@@ -30,7 +30,7 @@ from alliance.protocol.messages import StudyEnd, TrainTask
 from alliance.site.runner import SiteConfig, SiteRunner
 from alliance.store.audit import AuditLog
 from alliance.store.sql import SqlStore
-from alliance.transport.http import create_app, run_server
+from alliance.transport.http import create_app
 from alliance.transport.https_link import HttpSiteLink
 
 pytestmark = pytest.mark.slow
@@ -68,31 +68,8 @@ def serve(service: CoordinatorService, consortium: Path) -> Iterator[int]:
         ca=own / "ca.crt",
         crl=own / "crl.pem",
     )
-    stop, ready, ports = threading.Event(), threading.Event(), []
-
-    def on_ready(port: int) -> None:
-        ports.append(port)
-        ready.set()
-
-    thread = threading.Thread(
-        target=run_server,
-        kwargs={
-            "app": create_app(service),
-            "host": "127.0.0.1",
-            "port": 0,
-            "ssl_context": context,
-            "ready": on_ready,
-            "should_exit": stop.is_set,
-        },
-        daemon=True,
-    )
-    thread.start()
-    assert ready.wait(60), "the coordinator did not start"
-    try:
-        yield ports[0]
-    finally:
-        stop.set()
-        thread.join(10)
+    with serve_app(create_app(service), context, start_s=60) as port:
+        yield port
 
 
 def test_a_lying_coordinator_online_gets_one_release_of_round_1(tmp_path: Path) -> None:

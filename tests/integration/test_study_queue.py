@@ -7,7 +7,6 @@ operator's CLI, ``alliance study cancel``.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from tests.cli_logging import kept_logging  # noqa: F401 - the fixture
+from tests.https_server import serve_app
 from tests.unit.study_cases import CASES
 from typer.testing import CliRunner
 
@@ -32,7 +32,7 @@ from alliance.protocol.study import spec_hash
 from alliance.store.audit import AuditLog
 from alliance.store.sql import SqlStore
 from alliance.store.state import StudyRecord, StudyStatus
-from alliance.transport.http import HttpClient, NotFoundError, create_app, run_server
+from alliance.transport.http import HttpClient, NotFoundError, create_app
 from alliance.transport.https_link import HttpSiteLink
 
 FEDERATION = "guardian"
@@ -194,36 +194,15 @@ def https(federation: Federation) -> Iterator[str]:
         ca=f.root / "ca" / "ca.crt",
         crl=crl,
     )
-    stop, ready, ports = threading.Event(), threading.Event(), []
-
-    def on_ready(port: int) -> None:
-        ports.append(port)
-        ready.set()
-
-    thread = threading.Thread(
-        target=run_server,
-        kwargs={
-            "app": create_app(f.service),
-            "host": "127.0.0.1",
-            "port": 0,
-            "ssl_context": context,
-            "ready": on_ready,
-            "should_exit": stop.is_set,
-        },
-        daemon=True,
-    )
-    thread.start()
-    assert ready.wait(30), "server did not start"
-    url = f"https://127.0.0.1:{ports[0]}"
-    for party in ("operator", "site-a"):
-        (f.party(party) / "operator.toml").write_text(
-            f'federation = "{FEDERATION}"\ncoordinator = "{url}"\n[tls]\n'
-            f'certificate = "party.crt"\nkey = "party.key"\nca = "../ca/ca.crt"\n',
-            encoding="utf-8",
-        )
-    yield url
-    stop.set()
-    thread.join(10)
+    with serve_app(create_app(f.service), context) as port:
+        url = f"https://127.0.0.1:{port}"
+        for party in ("operator", "site-a"):
+            (f.party(party) / "operator.toml").write_text(
+                f'federation = "{FEDERATION}"\ncoordinator = "{url}"\n[tls]\n'
+                f'certificate = "party.crt"\nkey = "party.key"\nca = "../ca/ca.crt"\n',
+                encoding="utf-8",
+            )
+        yield url
 
 
 def cli(f: Federation, party: str, *args: str) -> tuple[int, str]:
