@@ -67,6 +67,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         trust=trust,
         audit=AuditLog(root / "audit.log", actor=COORDINATOR),
         model_kind=lambda table: ContractModelKind(),  # type: ignore[arg-type,return-value]
+        model_check=ContractModelKind.check,
     )
     service.submit_study("operator", STUDY)
     service.next_message("site-a", 0)
