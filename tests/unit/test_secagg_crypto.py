@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+from Crypto.Protocol.SecretSharing import Shamir
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -178,6 +179,22 @@ def test_any_threshold_shares_reconstruct_and_fewer_do_not(n: int, data: st.Data
     if t > 1:
         with pytest.raises(IntegrityError, match="cannot reconstruct"):
             combine_shares(chosen[: t - 1], threshold=t)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    points=st.dictionaries(
+        st.integers(1, 2**16), st.binary(min_size=32, max_size=32), min_size=1, max_size=14
+    )
+)
+def test_interpolation_is_pycryptodomes_on_any_points(points: dict[int, bytes]) -> None:
+    # Any share values, not only those of a split: the same field and the same polynomial.
+    shares = [SecretShare(i, v) for i, v in points.items()]
+    chosen = sorted(points.items())
+    expected = b"".join(
+        bytes(Shamir.combine([(i, v[half : half + 16]) for i, v in chosen])) for half in (0, 16)
+    )
+    assert combine_shares(shares, threshold=len(shares)) == expected
 
 
 def test_each_half_of_the_secret_is_shared_separately() -> None:

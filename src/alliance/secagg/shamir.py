@@ -8,10 +8,19 @@ two independent halves with the same x-coordinates, and a :class:`SecretShare` c
 halves (32 bytes). x-coordinates are ``1..n``, a site's position in the sorted site list.
 
 Reconstruction (:func:`combine_shares`) interpolates exactly ``threshold`` shares (the lowest
-indices), as pycryptodome asks. A forged or corrupted share yields a wrong secret without any
-error, so every reconstruction is checked: a self-mask seed against its owner's published
-commitment ``SHA-256(label, context, owner, secret)`` (:func:`reconstruct_committed`; the seed is
-256 random bits, so the commitment hides it), a mask private key against the owner's advertised
+indices) at zero: the Lagrange coefficients depend only on the x-coordinates, so they are
+computed once per set of indices (one field inversion each) and every secret of a round that
+is reconstructed from the same holders (each dropped site's key, each survivor's seed, both
+halves) costs ``threshold`` field multiplications. The field is pycryptodome's GF(2^128)
+(polynomial 1 + x + x^2 + x^7 + x^128, a 16-byte value read big-endian with the constant
+coefficient in the lowest bit), and a test checks every result against
+:meth:`Shamir.combine`. Interpolation runs only where the secret is revealed anyway (the
+coordinator's unmasking), so it needs no constant-time arithmetic.
+
+A forged or corrupted share yields a wrong secret without any error, so every reconstruction is
+checked: a self-mask seed against its owner's published commitment
+``SHA-256(label, context, owner, secret)`` (:func:`reconstruct_committed`; the seed is 256
+random bits, so the commitment hides it), a mask private key against the owner's advertised
 public key (by the caller).
 """
 
@@ -21,6 +30,7 @@ import hashlib
 import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from Crypto.Protocol.SecretSharing import Shamir
 
@@ -44,6 +54,58 @@ COMMITMENT_SIZE = 32
 
 _HALF = SECRET_SIZE // 2
 _COMMIT_LABEL = "alliance-secagg-commit-v1"
+#: x^128 + x^7 + x^2 + x + 1, the modulus of pycryptodome's GF(2^128).
+_MODULUS = (1 << 128) | 0x87
+
+
+def _gf_mul(a: int, b: int) -> int:
+    """The product of two elements of GF(2^128) (bit i is the coefficient of x^i)."""
+    if a < b:
+        a, b = b, a
+    product = 0
+    while b:
+        if b & 1:
+            product ^= a
+        b >>= 1
+        a <<= 1
+        if a >> 128:
+            a ^= _MODULUS
+    return product
+
+
+def _gf_inverse(a: int) -> int:
+    """The inverse of a non-zero element (binary extended Euclid over GF(2)[x])."""
+    u, v, g1, g2 = a, _MODULUS, 1, 0
+    while u != 1:
+        shift = u.bit_length() - v.bit_length()
+        if shift < 0:
+            u, v, g1, g2 = v, u, g2, g1
+            shift = -shift
+        u ^= v << shift
+        g1 ^= g2 << shift
+    return g1
+
+
+@lru_cache(maxsize=512)
+def _lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
+    """The coefficients c_j with f(0) = sum c_j f(x_j) for every polynomial of degree < len(xs)."""
+    coefficients = []
+    for j, x_j in enumerate(xs):
+        numerator, denominator = 1, 1
+        for m, x_m in enumerate(xs):
+            if m != j:
+                numerator = _gf_mul(numerator, x_m)
+                denominator = _gf_mul(denominator, x_j ^ x_m)
+        coefficients.append(_gf_mul(numerator, _gf_inverse(denominator)))
+    return tuple(coefficients)
+
+
+def _interpolate(xs: tuple[int, ...], ys: list[bytes]) -> bytes:
+    """f(0) of the polynomial through the points (xs[j], ys[j]), 16-byte values."""
+    secret = 0
+    for c, y in zip(_lagrange_at_zero(xs), ys, strict=True):
+        secret ^= _gf_mul(c, int.from_bytes(y, "big"))
+    return secret.to_bytes(_HALF, "big")
 
 
 @dataclass(frozen=True)
@@ -108,9 +170,10 @@ def combine_shares(shares: Iterable[SecretShare], *, threshold: int) -> bytes:
             f"{len(by_index)} shares cannot reconstruct a secret shared with threshold {threshold}"
         )
     chosen = sorted(by_index.items())[:threshold]
-    low = Shamir.combine([(i, v[:_HALF]) for i, v in chosen])
-    high = Shamir.combine([(i, v[_HALF:]) for i, v in chosen])
-    return bytes(low) + bytes(high)
+    xs = tuple(i for i, _ in chosen)
+    low = _interpolate(xs, [v[:_HALF] for _, v in chosen])
+    high = _interpolate(xs, [v[_HALF:] for _, v in chosen])
+    return low + high
 
 
 def commit_secret(secret: bytes, *, context: RoundContext, owner: str) -> bytes:
