@@ -172,6 +172,7 @@ def test_the_driver_runs_online_rounds_past_entries_that_are_no_bundle(
         trust=pki.trust,
         audit=AuditLog(tmp_path / "audit.log", actor=COORDINATOR),
         model_kind=lambda table: _TinyModel(),  # type: ignore[arg-type,return-value]
+        model_check=_TinyModel.check,
         offline=offline,
     )
     service.submit_study(

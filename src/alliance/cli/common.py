@@ -14,7 +14,8 @@ from alliance.core.errors import AllianceError, ConfigError, DataError
 __all__ = ["console", "err", "errors", "state"]
 
 console = Console()
-err = Console(stderr=True)
+# Errors and warnings are never wrapped: a long path in them stays one path a user can copy.
+err = Console(stderr=True, soft_wrap=True)
 state = {"verbose": False}
 
 
