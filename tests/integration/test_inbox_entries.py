@@ -154,7 +154,7 @@ def test_the_driver_runs_online_rounds_past_entries_that_are_no_bundle(
 ) -> None:
     cert = tmp_path / "site-b.crt"
     cert.write_bytes(pki.site_b.signer.certificate.public_bytes(serialization.Encoding.PEM))
-    offline = OfflineSites(
+    offline = OfflineSites.from_config(
         federation=FED,
         config=FilesConfig(tmp_path / "offline", {"site-b": cert}),
         signer=pki.coordinator.signer,

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests.pushing import PushingCoordinator
 from torch import nn
 
 from alliance.core.errors import FederationError
@@ -239,7 +240,7 @@ def test_a_forged_key_advert_is_refused_by_the_coordinator_and_the_round_goes_on
 
 
 def test_a_stage_answer_sent_again_is_a_duplicate_even_after_the_stage_moved_on() -> None:
-    from alliance.coordinator.rounds import Coordinator, Receipt
+    from alliance.coordinator.rounds import Receipt
     from alliance.transport.memory import InMemoryTransport
 
     sent: list[tuple[str, str, bytes]] = []
@@ -247,7 +248,7 @@ def test_a_stage_answer_sent_again_is_a_duplicate_even_after_the_stage_moved_on(
     transport = InMemoryTransport(tap=lambda s, r, d: sent.append((s, r, d)))
     identities = sim._identities()
     assert identities is not None
-    coordinator = Coordinator(
+    coordinator = PushingCoordinator(
         federation="simulation",
         study="study",
         sites=sorted(sim.train),

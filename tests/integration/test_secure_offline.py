@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from tests.pushing import PushingCoordinator
 from tests.unit.secagg_harness import modular_sum
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from alliance.algorithms.strategies import make_strategy
-from alliance.coordinator.rounds import Coordinator
 from alliance.models.training import get_weights
 from alliance.protocol.messages import TrainingPlan
 from alliance.protocol.privacy import SecAggPlan
@@ -180,7 +180,7 @@ def test_an_aborted_attempt_burns_its_slot_and_the_retry_takes_the_next() -> Non
     assert identities is not None
     transport = InMemoryTransport()
     torch.manual_seed(0)
-    coordinator = Coordinator(
+    coordinator = PushingCoordinator(
         federation="simulation",
         study="study",
         sites=list("abcd"),
@@ -233,7 +233,7 @@ def test_an_aborted_attempt_burns_its_slot_and_the_retry_takes_the_next() -> Non
     drive(silent={"c", "d"})  # two masked inputs, threshold 3: the attempt aborts
     assert coordinator.secure_round is not None
     assert coordinator.secure_round.aborted is not None
-    coordinator.retry_secure_round()
+    coordinator.retry()
     assert slot() == (1, 2)  # slot 1 is burnt; a and b mask the same update with slot 2
     drive()
     assert coordinator.close_round().sites == tuple("abcd")

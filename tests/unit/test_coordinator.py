@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tests.pushing import PushingCoordinator
 
 from alliance.algorithms.strategies import FedAvg
 from alliance.coordinator.rounds import Coordinator, Receipt
@@ -40,7 +41,8 @@ def site_delta(site: str) -> dict[str, np.ndarray[Any, Any]]:
     return {"w": np.full((2, 2), 0.1 * k, F32), "b": np.array([k, -k], F32)}
 
 
-def make_coordinator(transport: InMemoryTransport, **kwargs: Any) -> Coordinator:
+def make_coordinator(transport: InMemoryTransport | None, **kwargs: Any) -> Any:
+    """A coordinator whose messages are pushed to ``transport`` (``None``: pull only)."""
     options: dict[str, Any] = {
         "federation": "fed",
         "study": "study",
@@ -48,10 +50,11 @@ def make_coordinator(transport: InMemoryTransport, **kwargs: Any) -> Coordinator
         "weights": initial_weights(),
         "strategy": FedAvg(),
         "plan": TrainingPlan(),
-        "mailbox": transport,
     }
     options.update(kwargs)
-    return Coordinator(**options)
+    if transport is None:
+        return Coordinator(**options)
+    return PushingCoordinator(mailbox=transport, **options)
 
 
 def update_envelope(

@@ -71,7 +71,7 @@ def certificate(pki: Pki, tmp: Path) -> Path:
 
 
 def offline_sites(pki: Pki, tmp: Path, sites: dict[str, Path]) -> OfflineSites:
-    return OfflineSites(
+    return OfflineSites.from_config(
         federation=FED,
         config=FilesConfig(tmp / "offline", sites),
         signer=pki.coordinator.signer,

@@ -691,7 +691,6 @@ def coord() -> Coordinator:
         weights=weights0(),
         strategy=FedAvg(),
         plan=TrainingPlan(),
-        mailbox=None,
     )
     assert coordinator.start_round() == 1
     return coordinator

@@ -110,38 +110,68 @@ def task_version(key: str, study: str) -> int | None:
 
 
 class OfflineSites:
-    """The coordinator's mailbox for the hospitals of ``[files]``.
+    """The coordinator's mailbox for the hospitals on files, in the service and the simulation.
 
     Parameters
     ----------
     federation
         The consortium.
-    config
-        ``[files]`` of ``coordinator.toml``.
+    root
+        The folder of ``to-<site>/`` outboxes, the ``inbox/`` and ``state/bundles.db``.
+    site_keys
+        Each hospital's certificate-bound Ed25519 public key (bundles are sealed to it).
     signer, key
         The coordinator's signing identity and its Ed25519 private key.
-    trust
-        The consortium's CA and CRL: each hospital's certificate is checked against it.
-
-    Raises
-    ------
-    ConfigError
-        A listed certificate is not the named hospital's, not a site's, or not valid.
+    verify
+        Checks the hospitals' signatures (consortium CA, site role).
+    ttl_s
+        How long a bundle stays valid on its way.
     """
 
     def __init__(
         self,
         *,
         federation: str,
+        root: Path,
+        site_keys: Mapping[str, ed25519.Ed25519PublicKey],
+        signer: Signer,
+        key: ed25519.Ed25519PrivateKey,
+        verify: MessageVerifier,
+        ttl_s: float = 14 * 86_400.0,
+    ) -> None:
+        self.federation = federation
+        self._key = key
+        self._verify = verify
+        self.ledger = BundleLedger(root / "state" / "bundles.db")
+        self._published: set[tuple[str, str]] = set()
+        self.mailbox = FileMailbox(
+            federation=federation,
+            root=root,
+            signer=signer,
+            key=key,
+            site_keys=site_keys,
+            verify=verify,
+            ledger=self.ledger,
+            ttl_s=ttl_s,
+        )
+
+    @classmethod
+    def from_config(
+        cls,
+        *,
+        federation: str,
         config: FilesConfig,
         signer: Signer,
         key: ed25519.Ed25519PrivateKey,
         trust: TrustStore,
-    ) -> None:
-        self.federation = federation
-        self.config = config
-        self._key = key
-        self._verify = MessageVerifier(trust, role=Role.SITE)
+    ) -> OfflineSites:
+        """The hospitals of ``[files]``, each certificate checked against the CA and CRL.
+
+        Raises
+        ------
+        ConfigError
+            A listed certificate is not the named hospital's, not a site's, or not valid.
+        """
         keys: dict[str, ed25519.Ed25519PublicKey] = {}
         for site, path in config.sites.items():
             try:
@@ -157,16 +187,13 @@ class OfflineSites:
                     f"this coordinator serves {federation!r}"
                 )
             keys[site] = identity.signing_key
-        self.ledger = BundleLedger(config.dir / "state" / "bundles.db")
-        self._published: set[tuple[str, str]] = set()
-        self.mailbox = FileMailbox(
+        return cls(
             federation=federation,
             root=config.dir,
+            site_keys=keys,
             signer=signer,
             key=key,
-            site_keys=keys,
-            verify=self._verify,
-            ledger=self.ledger,
+            verify=MessageVerifier(trust, role=Role.SITE),
             ttl_s=config.ttl_s,
         )
 

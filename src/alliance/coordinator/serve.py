@@ -144,7 +144,7 @@ def open_offline_sites(
     """The hospitals on files of ``config`` (``None`` without a ``[files]`` table)."""
     if config.files is None:
         return None
-    return OfflineSites(
+    return OfflineSites.from_config(
         federation=config.federation,
         config=config.files,
         signer=signer or Signer.from_files(config.certificate, config.signing_key),

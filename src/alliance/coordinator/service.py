@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alliance.algorithms.strategies import make_strategy
+from alliance.coordinator.driver import RoundDriver, Schedule, Step
 from alliance.coordinator.rounds import Coordinator, Receipt
 from alliance.coordinator.study_check import load_study
 from alliance.coordinator.visibility import site_log, site_status
@@ -80,7 +81,7 @@ UPLOAD_MARGIN = 1 << 20
 class _Running:
     spec: StudySpec
     coordinator: Coordinator
-    started: float
+    driver: RoundDriver
     upload_limit: int
 
 
@@ -187,105 +188,23 @@ class CoordinatorService:
             run = self._running or self._start_next_study()
             if self.offline is not None:
                 self._read_bundles(run)
-            self._advance(run)
+            if run is not None:
+                step = run.driver.step(self.clock())
+                if step is Step.FINISHED:
+                    self._finish(run.spec.study_id)
+                elif step not in (Step.IDLE, Step.WAITING):
+                    self._changed.notify_all()
             if self.offline is not None:
                 self._write_bundles()
 
-    def _advance(self, run: _Running | None) -> None:
-        """One step of the running study (see :meth:`tick`)."""
-        with self._lock:
-            if run is None:
-                return
-            coord, spec, now = run.coordinator, run.spec, self.clock()
-            if coord.is_open and coord.secure_round is not None:
-                self._advance_secure(run, now)
-            if coord.is_open:
-                self._maybe_close(run, now)
-            if coord.is_open:
-                return
-            if len(coord.history) >= spec.rounds:
-                coord.finish()
-                self.audit.append(
-                    "study_finished", study=spec.study_id, model_version=coord.version
-                )
-                self._finish(spec.study_id)
-                return
-            self._maybe_open(run, now)
+    def _report(self, event: str, details: dict[str, Any]) -> None:
+        self.audit.append(event, **details)
 
-    def _advance_secure(self, run: _Running, now: float) -> None:
-        """Move the open secure round through its stages; retry an aborted attempt."""
-        coord = run.coordinator
-        secure = coord.secure_round
-        assert secure is not None
-        if secure.aborted is not None:
-            reachable = set(self._alive(now))
-            alive = [s for s in coord.participants if s in reachable and s not in coord.refusals]
-            self.audit.append(
-                "secure_round_retried", study=run.spec.study_id, round=coord.round, sites=alive
-            )
-            coord.retry_secure_round(alive, deadline=now + run.spec.round_timeout_s)
-            self._changed.notify_all()
-            return
-        if coord.advance(now=now):
-            self._changed.notify_all()
-
-    def _maybe_close(self, run: _Running, now: float) -> None:
-        coord = run.coordinator
-        current = self.store.current_round(run.spec.study_id)
-        deadline = None if current is None else current.deadline
-        if coord.secure_round is not None and not coord.complete:
-            return  # a secure round's stages keep their own deadlines
-        if not coord.complete and (deadline is None or now < deadline):
-            return
-        try:
-            record = coord.close_round()
-        except FederationError as exc:
-            missing = sorted(set(coord.participants) - coord.answered() - set(coord.refusals))
-            coord.store.set_deadline(run.spec.study_id, coord.round, now + run.spec.round_timeout_s)
-            self._log(run, "round_waiting", f"{exc}; still waiting for {', '.join(missing)}")
-            return
-        self.audit.append(
-            "round_closed",
-            study=run.spec.study_id,
-            round=record.round,
-            model_version=record.model_version,
-            sites=list(record.sites),
-            cases=record.num_examples,
-        )
-        self._changed.notify_all()
-
-    def _maybe_open(self, run: _Running, now: float) -> None:
-        coord, spec = run.coordinator, run.spec
-        alive = self._alive(now)
-        if spec.sites is None:
-            for site in alive:
-                coord.invite(site)
-        ready = [s for s in alive if s in coord.sites]
-        everyone = spec.sites is None or len(ready) == len(coord.sites)
-        waited = now - run.started >= spec.round_timeout_s or coord.round > 0
-        # Asynchronous rounds wait for nobody after the first: the next version opens at once.
-        asynchronous = coord.aggregation.is_async
-        needed = coord.aggregation.buffer_for(len(coord.sites)) if asynchronous else spec.quorum
-        go_on = asynchronous and coord.round > 0
-        if not go_on and (len(ready) < needed or not (everyone or waited)):
-            return
-        if asynchronous:
-            ready = list(coord.sites)  # every invited site may answer whenever it can
-        round_ = coord.start_round(participants=ready, deadline=now + spec.round_timeout_s)
-        self.audit.append(
-            "round_opened",
-            study=spec.study_id,
-            round=round_,
-            model_version=coord.version,
-            participants=ready,
-        )
-        self._changed.notify_all()
-
-    def _alive(self, now: float) -> list[str]:
+    def _alive(self, now: float) -> set[str]:
         """Sites that may be given a place in a round: those that polled recently, and the
         hospitals on files, which the courier reaches whenever it comes."""
         polled = {s for s, t in self._seen.items() if now - t <= ALIVE_S}
-        return sorted(polled | (self.offline.sites if self.offline is not None else set()))
+        return polled | (self.offline.sites if self.offline is not None else set())
 
     def _finish(self, study_id: str) -> None:
         rounds = self.store.rounds(study_id)
@@ -361,11 +280,21 @@ class CoordinatorService:
         if spec.secagg.enabled:
             # A masked vector is one unsigned integer per parameter (uint32 or uint64).
             size = max(size, sum(int(w.size) for w in weights.values()) * 8)
-        return _Running(spec, coordinator, self.clock(), size + UPLOAD_MARGIN)
+        asynchronous = spec.aggregation.is_async
+        schedule = Schedule(
+            rounds=spec.rounds,
+            round_timeout_s=spec.round_timeout_s,
+            open_quorum=spec.aggregation.buffer_for(len(sites)) if asynchronous else spec.quorum,
+            listed=spec.sites is not None,
+            asynchronous=asynchronous,
+        )
+        driver = RoundDriver(
+            coordinator, schedule, alive=self._alive, started=self.clock(), report=self._report
+        )
+        return _Running(spec, coordinator, driver, size + UPLOAD_MARGIN)
 
     def _log(self, run: _Running, kind: str, message: str) -> None:
-        self.store.add_event(StoredEvent(run.spec.study_id, self.clock(), kind, message))
-        logger.info("%s: %s", run.spec.study_id, message)
+        run.coordinator.log_event(kind, message)
 
     # --- what the HTTP API calls ----------------------------------------------------------------
     def max_upload_bytes(self) -> int:

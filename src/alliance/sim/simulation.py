@@ -59,8 +59,10 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from alliance.algorithms.strategies import Strategy, StrategyName, make_strategy
+from alliance.coordinator.driver import RoundDriver, Schedule, Step
+from alliance.coordinator.offline import OfflineSites, message_key
 from alliance.coordinator.rounds import Coordinator, RoundRecord
-from alliance.core.errors import ConfigError, FederationError
+from alliance.core.errors import AllianceError, ConfigError, FederationError
 from alliance.crypto.authority import CertificateAuthority
 from alliance.crypto.pki import Role, TrustStore
 from alliance.crypto.signing import Signer
@@ -68,23 +70,19 @@ from alliance.crypto.verifier import MessageVerifier
 from alliance.models.training import get_weights, set_weights
 from alliance.privacy.ledger import PrivacyLedger
 from alliance.protocol.aggregation import AggregationPlan
-from alliance.protocol.bundles import peek_header
+from alliance.protocol.bundles import OpenedBundle, peek_header
 from alliance.protocol.envelope import COORDINATOR, Envelope, MessageKind
 from alliance.protocol.messages import TrainingPlan
 from alliance.protocol.privacy import PrivacyPlan, SecAggPlan
 from alliance.site.agent import Site
 from alliance.transport.base import SiteLink
-from alliance.transport.files import (
-    BUNDLE_SUFFIX,
-    BundleLedger,
-    FileMailbox,
-    FileSiteLink,
-    RoutedMailbox,
-    carry,
-)
+from alliance.transport.files import BUNDLE_SUFFIX, BundleLedger, FileSiteLink, carry
 from alliance.transport.memory import InMemoryTransport
 
 __all__ = ["Simulation", "SimulationResult", "SiteData", "as_dataset"]
+
+#: A simulated round's deadline, on the simulation's virtual clock (seconds).
+ROUND_TIMEOUT_S = 600.0
 
 SiteData = Dataset[Any] | tuple[torch.Tensor, torch.Tensor]
 
@@ -294,13 +292,13 @@ class Simulation:
             weights=get_weights(global_model),
             strategy=self.strategy,
             plan=self.plan,
-            mailbox=transport if files is None else RoutedMailbox(transport, files.mailbox),
             privacy=self.privacy,
             secagg=self.secagg,
             quorum=self.quorum,
             peers=None if identities is None else identities.sites,
             aggregation=self.aggregation,
             offline=self.offline,
+            clock=lambda: 0.0,
         )
         ledgers: dict[str, PrivacyLedger] = {}
         sites = []
@@ -332,27 +330,9 @@ class Simulation:
                     peers=None if identities is None else identities.sites,
                 )
             )
-        links: dict[str, SiteLink] = {
-            site.id: transport if files is None else files.link_for(site.id, transport)
-            for site in sites
-        }
+        network = _Network(coordinator, sites, transport, files, self)
         try:
-            for _ in range(self.rounds):
-                coordinator.start_round()
-                if self.aggregation.is_async:
-                    self._drive_async(coordinator, sites, links, files)
-                else:
-                    self._drive(coordinator, sites, links, files)
-                record = coordinator.close_round()
-                if self.on_round is not None:
-                    self.on_round(record)
-            coordinator.finish()
-            if files is not None:
-                files.to_sites()
-            for site in sites:
-                site.step()
-            if files is not None:
-                files.settle()
+            network.run()
             epsilon = {name: ledger.spent().epsilon for name, ledger in ledgers.items()}
         finally:
             for ledger in ledgers.values():
@@ -368,55 +348,128 @@ class Simulation:
             epsilon=epsilon,
         )
 
-    def _drive(
+
+class _Network:
+    """The simulated network: the coordinator's round driver on a virtual clock, and the
+    transports pumping what the coordinator hands out to the sites and their answers back.
+
+    The clock stands still while messages move, and jumps to the driver's next deadline when
+    none does (a site that vanished is then left out at that stage, as at a real deadline). A
+    ``drop(site, round, stage)`` makes the site vanish for the rest of that round.
+    """
+
+    def __init__(
         self,
         coordinator: Coordinator,
         sites: list[Site],
-        links: Mapping[str, SiteLink],
+        transport: InMemoryTransport,
         files: _FilesChannel | None,
+        sim: Simulation,
     ) -> None:
-        """Deliver messages until the open round can close (every stage of a secure round)."""
-        for _ in range(16):
-            if files is not None:
-                files.to_sites()
-            self._deliver(sites, links)
-            if files is not None:
-                files.to_coordinator()
-            coordinator.receive()
-            secure = coordinator.secure_round
-            if coordinator.complete or (secure is not None and secure.aborted is not None):
-                return  # close_round reports an aborted secure round
-            # Every site that could answer has: the silent ones are dropped at this stage.
-            coordinator.advance(force=True)
-        raise FederationError(f"round {coordinator.round} did not complete")
+        self.coordinator = coordinator
+        self.sites = sites
+        self.transport = transport
+        self.files = files
+        self.sim = sim
+        self.now = 0.0
+        #: Sites that vanished in the open round.
+        self.gone: set[str] = set()
+        self._handed: set[tuple[str, str]] = set()
+        asynchronous = sim.aggregation.is_async
+        self.driver = RoundDriver(
+            coordinator,
+            Schedule(
+                rounds=sim.rounds,
+                round_timeout_s=ROUND_TIMEOUT_S,
+                open_quorum=1,
+                asynchronous=asynchronous,
+            ),
+            alive=lambda _now: {s.id for s in sites} - self.gone,
+            started=0.0,
+            report=self._report,
+        )
 
-    def _drive_async(
-        self,
-        coordinator: Coordinator,
-        sites: list[Site],
-        links: Mapping[str, SiteLink],
-        files: _FilesChannel | None,
-    ) -> None:
-        """One model version of an asynchronous study: every site answers what it holds, and
-        the courier brings back the offline replies that have been on the road long enough.
-        The round then closes with what arrived (its buffer, or its deadline)."""
-        if files is not None:
-            files.to_sites()
-        self._deliver(sites, links)
-        if files is not None:
-            open_round, delay = coordinator.round, self.courier_delay
-            files.to_coordinator(due=lambda answered: open_round - answered >= delay)
-        coordinator.receive()
+    def _report(self, event: str, details: dict[str, Any]) -> None:
+        if event == "round_closed":
+            self.gone = set()
+            if self.sim.on_round is not None:
+                self.sim.on_round(self.coordinator.history[-1])
 
-    def _deliver(self, sites: list[Site], links: Mapping[str, SiteLink]) -> None:
+    def run(self) -> None:
+        """Drive every round, then tell every site that the study ended."""
+        stalled = False
+        while not self.driver.finished:
+            step = self.driver.step(self.now)
+            moved = self._exchange()
+            if moved or step not in (Step.IDLE, Step.WAITING):
+                stalled = False
+                continue
+            deadline = self.driver.next_deadline()
+            if stalled or deadline is None or deadline <= self.now:
+                raise FederationError(
+                    self.driver.waiting or f"round {self.coordinator.round} did not complete"
+                )
+            stalled = step is Step.WAITING
+            self.now = deadline
+        for site in self.sites:
+            self._hand(self.coordinator.end_for(site.id).to_envelope())
+        self._exchange()
+        if self.files is not None:
+            self.files.settle()
+
+    def _hand(self, envelope: Envelope) -> None:
+        """Send a coordinator message to its site once (the coordinator offers it until it is
+        answered, as a long-poll would)."""
+        site = envelope.header.recipient
+        if self.files is not None and site in self.files.sites:
+            self.files.offline.publish(envelope)
+            return
+        key = (site, message_key(envelope))
+        if key not in self._handed:
+            self._handed.add(key)
+            self.transport.publish(envelope)
+
+    def _exchange(self) -> bool:
+        """Hand out what the coordinator offers, let each site answer, count the answers;
+        whether any answer arrived."""
+        for site in self.sites:
+            envelope = self.coordinator.outgoing(site.id)
+            if envelope is not None:
+                self._hand(envelope)
+        if self.files is not None:
+            self.files.to_sites()
+        self._deliver()
+        arrived = 0
+        if self.files is not None:
+            open_round, delay = self.coordinator.round, self.sim.courier_delay
+            due = (
+                (lambda answered: open_round - answered >= delay)
+                if self.sim.aggregation.is_async
+                else None
+            )
+            self.files.to_coordinator(due=due)
+            arrived += self.files.count(self._accept)
+        for envelope in self.transport.collect():
+            arrived += 1
+            self._accept(envelope)
+        return arrived > 0
+
+    def _accept(self, envelope: Envelope) -> None:
+        # A refused message is recorded in the coordinator's rejections, as in the service.
+        with contextlib.suppress(AllianceError):
+            self.coordinator.accept(envelope)
+
+    def _deliver(self) -> None:
         """Each site handles every message waiting for it and sends its replies."""
-        for site in sites:
-            link = links[site.id]
-            while True:
-                env = link.fetch(site.id)
-                if env is None:
-                    break
-                if self.drop is not None and self.drop(site.id, env.header.round, _stage(env)):
+        drop = self.sim.drop
+        for site in self.sites:
+            link = site.link
+            assert link is not None
+            while (env := link.fetch(site.id)) is not None:
+                if site.id in self.gone:
+                    continue
+                if drop is not None and drop(site.id, env.header.round, _stage(env)):
+                    self.gone.add(site.id)
                     continue
                 for reply in site.handle(env):
                     link.submit(reply)
@@ -435,24 +488,22 @@ class _Identities:
 
 
 class _FilesChannel:
-    """The offline sites' folders and the courier that carries bundles between them."""
+    """The offline sites' folders, the coordinator's side of them (the service's
+    :class:`~alliance.coordinator.offline.OfflineSites`), and the courier between them."""
 
     def __init__(
         self, federation: str, root: Path, sites: list[str], identities: _Identities
     ) -> None:
         self.root = root
-        self.sites = sites
-        self._identities = identities
+        self.sites = frozenset(sites)
         self._ledgers = {name: BundleLedger(root / name / "state" / "bundles.db") for name in sites}
-        self._ledgers[COORDINATOR] = BundleLedger(root / "coordinator" / "state" / "bundles.db")
-        self.mailbox = FileMailbox(
+        self.offline = OfflineSites(
             federation=federation,
             root=root / "coordinator",
+            site_keys={n: identities.keys[n].public_key() for n in sites},
             signer=identities.coordinator,
             key=identities.coordinator_key,
-            site_keys={n: identities.keys[n].public_key() for n in sites},
             verify=identities.sites,
-            ledger=self._ledgers[COORDINATOR],
         )
         self.links = {
             name: FileSiteLink(
@@ -475,19 +526,31 @@ class _FilesChannel:
 
     def to_sites(self) -> None:
         """The courier takes the coordinator's bundles to each offline site."""
-        for name in self.sites:
-            for file in carry(self.mailbox.outbox(name), self.root / name / "inbox"):
+        for name in sorted(self.sites):
+            for file in carry(self.offline.outbox(name), self.root / name / "inbox"):
                 self.bytes_sent[COORDINATOR] += file.stat().st_size
 
     def to_coordinator(self, *, due: Callable[[int], bool] | None = None) -> None:
         """... and brings their replies back: all of them, or those answering a round for
         which ``due(round)`` holds (the others stay in the courier's bag)."""
-        for name in self.sites:
+        for name in sorted(self.sites):
             source = self.root / name / "outbox"
             if due is not None:
                 source = self._unpack(name, due)
-            for file in carry(source, self.mailbox.inbox):
+            for file in carry(source, self.offline.inbox):
                 self.bytes_sent[name] += file.stat().st_size
+
+    def count(self, accept: Callable[[Envelope], None]) -> int:
+        """Open every bundle the courier brought and hand its message to ``accept``; how many."""
+        opened = 0
+
+        def handle(bundle: OpenedBundle, _name: str, _size: int) -> None:
+            nonlocal opened
+            opened += 1
+            accept(bundle.envelope)
+
+        self.offline.collect(handle)
+        return opened
 
     def _unpack(self, site: str, due: Callable[[int], bool]) -> Path:
         """Collect ``site``'s outbox into the courier's bag; a folder of the bundles now due."""
@@ -509,6 +572,7 @@ class _FilesChannel:
     def close(self) -> None:
         for ledger in self._ledgers.values():
             ledger.close()
+        self.offline.close()
 
 
 def _stage(env: Envelope) -> str:
