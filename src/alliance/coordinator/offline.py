@@ -26,6 +26,7 @@ reads them there and counts each message through the same path as an HTTPS uploa
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,9 +42,13 @@ from alliance.crypto.signing import Signer
 from alliance.crypto.verifier import MessageVerifier
 from alliance.protocol.bundles import DEFAULT_MAX_BUNDLE_BYTES, OpenedBundle, open_bundle
 from alliance.protocol.envelope import COORDINATOR, Envelope, MessageKind
+from alliance.store.audit import AuditLog
 from alliance.transport.files import BundleLedger, FileMailbox, Rejection
+from alliance.transport.http import PermissionDenied
 
 __all__ = ["FilesConfig", "OfflineSites", "message_key", "task_version"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -275,6 +280,53 @@ class OfflineSites:
         before = len(self.mailbox.rejections)
         self.mailbox.collect_bundles(handle)
         return self.mailbox.rejections[before:]
+
+    def read(self, count: Callable[[str, Envelope, int, str], None], audit: AuditLog) -> None:
+        """Hand every message imported into the inbox to ``count(site, envelope, size, file)``
+        (the checks of an HTTPS upload); every bundle read or refused is an audit line."""
+
+        def handle(bundle: OpenedBundle, name: str, size: int) -> None:
+            h = bundle.header
+            audit.append(
+                "bundle_read",
+                site=h.sender,
+                study=h.study,
+                round=h.round,
+                stage=h.stage,
+                file=name,
+                bytes=size,
+                sha256=bundle.digest,
+            )
+            if h.sender not in self.sites:
+                # A hospital online over HTTPS cannot also hand in files: one path per site.
+                reason = f"{h.sender} is not in [files.sites]; it must send over HTTPS"
+                audit.append("update_rejected", site=h.sender, bytes=size, reason=reason)
+                raise PermissionDenied(reason)
+            count(h.sender, bundle.envelope, size, name)
+
+        for rejection in self.collect(handle):
+            logger.warning("bundle %s not counted: %s", rejection.file, rejection.reason)
+            audit.append("bundle_rejected", file=Path(rejection.file).name, reason=rejection.reason)
+
+    def write(self, envelope_for: Callable[[str], Envelope | None], audit: AuditLog) -> None:
+        """Write what ``envelope_for(site)`` says each hospital should receive next, once."""
+        for site in sorted(self.sites):
+            envelope = envelope_for(site)
+            if envelope is None:
+                continue
+            written = self.publish(envelope)
+            if written is not None:
+                h = envelope.header
+                size, name = written
+                audit.append(
+                    "bundle_written",
+                    site=site,
+                    study=h.study,
+                    round=h.round,
+                    stage=str(envelope.body.get("stage", h.kind.value)),
+                    file=name,
+                    bytes=size,
+                )
 
     def open_one(self, data: bytes) -> OpenedBundle:
         """Check one bundle from a hospital as the service will (for ``coordinator import``)."""

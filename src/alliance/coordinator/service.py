@@ -2,34 +2,23 @@
 
 :class:`CoordinatorService` is what the HTTP server (:mod:`alliance.transport.http`) calls. It
 keeps no state of its own that a restart would lose: studies, model versions, rounds and updates
-are in the :class:`~alliance.store.state.CoordinatorStore`, and the round loop is the same
-:class:`~alliance.coordinator.rounds.Coordinator` the simulation runs. A driver thread calls
-:meth:`CoordinatorService.tick`, which:
-
-- starts the oldest queued study when none is running (building its model from the study's
-  ``[model]`` and seed, exactly as every site will);
-- opens a round when enough invited sites are alive (polled recently): for the first round of a
-  study with a site list, all of them, or the quorum once ``round_timeout_s`` has passed;
-- closes it as soon as every participant answered, or at its deadline if the quorum did (else the
-  deadline moves and the log says who is missing);
-- finishes the study after its last round; each participant is then told so when it next polls.
-
-A study with ``[aggregation] mode = "async"`` changes these steps: the first round opens for
-every invited site once all are alive, or ``buffer`` of them after ``round_timeout_s``; a round
-closes as soon as ``buffer`` updates are in (possibly late ones, discounted by their staleness)
-or at its deadline with at least one; and the next one opens at once, waiting for nobody.
+are in the :class:`~alliance.store.state.CoordinatorStore`. A driver thread calls
+:meth:`CoordinatorService.tick`, which starts the oldest queued study when none is running
+(building its model from the study's ``[model]`` and seed, exactly as every site will) and steps
+its :class:`~alliance.coordinator.driver.RoundDriver` — the same driver the simulation runs —
+with the service's clock: rounds open for the sites alive (polled recently), close when complete
+or at their deadline, and the study finishes after its last round; each participant is then told
+so when it next polls.
 
 Sites are identified by their TLS client certificate; every message they get is signed by the
 coordinator, and every update must be signed by the site at the other end of the socket. Each
 step is written to the hash-chained audit log.
 
 Hospitals that allow no network connection (``[files]`` of ``coordinator.toml``, see
-:mod:`alliance.coordinator.offline`) are always counted as reachable. At every tick the service
-reads the bundles imported into its files inbox and counts each message through the very checks
-an HTTPS upload passes, then writes what each such hospital should receive next (task, stage,
-study end) as a bundle, once. Every bundle written, read or refused is an audit line. In an
-asynchronous study a restarted service reads from the bundle ledger which task each such
-hospital holds, so it is handed no second task while its reply is on the road.
+:mod:`alliance.coordinator.offline`) are always counted as alive. At every tick the service reads
+the bundles imported into its files inbox and counts each message through the very checks an
+HTTPS upload passes, then writes what each such hospital should receive next (task, stage, study
+end) as a bundle, once. Every bundle written, read or refused is an audit line.
 """
 
 from __future__ import annotations
@@ -38,27 +27,21 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alliance.algorithms.strategies import make_strategy
-from alliance.coordinator.driver import RoundDriver, Schedule, Step
-from alliance.coordinator.rounds import Coordinator, Receipt
+from alliance.coordinator.driver import Step
+from alliance.coordinator.rounds import Receipt
+from alliance.coordinator.running import UPLOAD_MARGIN, RunningStudy
+from alliance.coordinator.status import describe_privacy, list_studies, study_logs, study_status
 from alliance.coordinator.study_check import load_study
-from alliance.coordinator.visibility import site_log, site_status
 from alliance.core.errors import AllianceError, ConfigError, FederationError
 from alliance.core.faults import crash_point
 from alliance.crypto.pki import Role, TrustStore
 from alliance.crypto.verifier import MessageVerifier
 from alliance.models.tasks import StudyModel, check_model_options, make_study_model
-from alliance.models.training import get_weights
-from alliance.privacy.accountant import SampledGaussian, epsilon
 from alliance.protocol.codec import MessageSigner, decode_signed, encode_signed
 from alliance.protocol.envelope import COORDINATOR, Envelope, Header, MessageKind
 from alliance.protocol.messages import StudyEnd
-from alliance.protocol.privacy import PrivacyPlan, SecAggPlan
-from alliance.protocol.study import StudySpec
 from alliance.store.audit import AuditLog
 from alliance.store.state import CoordinatorStore, StoredEvent, StudyRecord, StudyStatus
 from alliance.transport.http import NotFoundError, PermissionDenied
@@ -66,23 +49,12 @@ from alliance.transport.longpoll import ChangeNotifier
 
 if TYPE_CHECKING:
     from alliance.coordinator.offline import OfflineSites
-    from alliance.protocol.bundles import OpenedBundle
 
 __all__ = ["CoordinatorService", "describe_privacy"]
 
 logger = logging.getLogger(__name__)
 #: A site that has not polled for this long is not offered a place in a new round.
 ALIVE_S = 90.0
-#: Bytes allowed in an update beyond the model's own size (header, metrics, signature).
-UPLOAD_MARGIN = 1 << 20
-
-
-@dataclass
-class _Running:
-    spec: StudySpec
-    coordinator: Coordinator
-    driver: RoundDriver
-    upload_limit: int
 
 
 class CoordinatorService:
@@ -139,7 +111,7 @@ class CoordinatorService:
         #: What long-polls wait on (asyncio or threads): every change of state is announced.
         self.changes = self._changed
         self._seen: dict[str, float] = {}
-        self._running: _Running | None = None
+        self._running: RunningStudy | None = None
         # The last finished study, whose participants are told so when they next poll.
         self._finished: tuple[str, int, set[str]] | None = None
         self._ended_sent: set[str] = set()
@@ -216,7 +188,7 @@ class CoordinatorService:
         self._running = None
         self._changed.notify_all()
 
-    def _start_next_study(self) -> _Running | None:
+    def _start_next_study(self) -> RunningStudy | None:
         records = self.store.studies()
         if self._finished is None:
             done = [
@@ -250,50 +222,20 @@ class CoordinatorService:
             self.audit.append("study_started", study=record.study_id, hash=record.spec_hash)
         return self._running
 
-    def _load(self, record: StudyRecord) -> _Running:
-        spec = StudySpec.parse(record.spec, where=f"study {record.study_id}")
-        model = self.model_kind(dict(spec.model)).build(spec.seed)
-        weights = get_weights(model)
-        strategy = make_strategy(spec.strategy["name"], **spec.strategy_options)
-        previous = self.store.rounds(spec.study_id)
-        sites = spec.sites or tuple(sorted({s for r in previous for s in r.participants}))
-        coordinator = Coordinator(
+    def _load(self, record: StudyRecord) -> RunningStudy:
+        return RunningStudy.load(
+            record,
             federation=self.federation,
-            study=spec.study_id,
-            sites=sites,
-            weights=weights,
-            strategy=strategy,
-            plan=spec.plan,
-            quorum=spec.quorum,
             store=self.store,
             clock=self.clock,
-            open_invitation=spec.sites is None,
-            privacy=spec.privacy,
-            secagg=spec.secagg,
+            model_kind=self.model_kind,
             peers=self._verify,
-            aggregation=spec.aggregation,
-            offline=self.offline.sites if self.offline is not None else (),
+            offline=self.offline,
+            alive=self._alive,
+            report=self._report,
         )
-        if self.offline is not None:
-            coordinator.restore_issued_tasks(self.offline.issued_tasks(spec.study_id))
-        size = sum(int(w.nbytes) for w in weights.values())
-        if spec.secagg.enabled:
-            # A masked vector is one unsigned integer per parameter (uint32 or uint64).
-            size = max(size, sum(int(w.size) for w in weights.values()) * 8)
-        asynchronous = spec.aggregation.is_async
-        schedule = Schedule(
-            rounds=spec.rounds,
-            round_timeout_s=spec.round_timeout_s,
-            open_quorum=spec.aggregation.buffer_for(len(sites)) if asynchronous else spec.quorum,
-            listed=spec.sites is not None,
-            asynchronous=asynchronous,
-        )
-        driver = RoundDriver(
-            coordinator, schedule, alive=self._alive, started=self.clock(), report=self._report
-        )
-        return _Running(spec, coordinator, driver, size + UPLOAD_MARGIN)
 
-    def _log(self, run: _Running, kind: str, message: str) -> None:
+    def _log(self, run: RunningStudy, kind: str, message: str) -> None:
         run.coordinator.log_event(kind, message)
 
     # --- what the HTTP API calls ----------------------------------------------------------------
@@ -302,7 +244,7 @@ class CoordinatorService:
         run = self._current()
         return UPLOAD_MARGIN if run is None else run.upload_limit
 
-    def _current(self) -> _Running | None:
+    def _current(self) -> RunningStudy | None:
         """The running study, loaded from the store first if this process has not yet."""
         with self._lock:
             return self._running or self._start_next_study()
@@ -356,56 +298,19 @@ class CoordinatorService:
         return None
 
     # --- hospitals on files ------------------------------------------------------------------
-    def _read_bundles(self, run: _Running | None) -> None:
+    def _read_bundles(self, run: RunningStudy | None) -> None:
         """Count every message imported into the files inbox, as if uploaded over HTTPS."""
         assert self.offline is not None
-        offline = self.offline
 
-        def count(bundle: OpenedBundle, name: str, size: int) -> None:
-            h = bundle.header
-            self.audit.append(
-                "bundle_read",
-                site=h.sender,
-                study=h.study,
-                round=h.round,
-                stage=h.stage,
-                file=name,
-                bytes=size,
-                sha256=bundle.digest,
-            )
-            if h.sender not in offline.sites:
-                # A hospital online over HTTPS cannot also hand in files: one path per site.
-                reason = f"{h.sender} is not in [files.sites]; it must send over HTTPS"
-                self.audit.append("update_rejected", site=h.sender, bytes=size, reason=reason)
-                raise PermissionDenied(reason)
-            self._count(run, h.sender, bundle.envelope, size, via=name)
+        def count(site: str, envelope: Envelope, size: int, name: str) -> None:
+            self._count(run, site, envelope, size, via=name)
 
-        for rejection in offline.collect(count):
-            logger.warning("bundle %s not counted: %s", rejection.file, rejection.reason)
-            self.audit.append(
-                "bundle_rejected", file=Path(rejection.file).name, reason=rejection.reason
-            )
+        self.offline.read(count, self.audit)
 
     def _write_bundles(self) -> None:
         """Write what each hospital on files should receive next, once."""
         assert self.offline is not None
-        for site in sorted(self.offline.sites):
-            envelope = self._envelope_for(site)
-            if envelope is None:
-                continue
-            written = self.offline.publish(envelope)
-            if written is not None:
-                h = envelope.header
-                size, name = written
-                self.audit.append(
-                    "bundle_written",
-                    site=site,
-                    study=h.study,
-                    round=h.round,
-                    stage=str(envelope.body.get("stage", h.kind.value)),
-                    file=name,
-                    bytes=size,
-                )
+        self.offline.write(self._envelope_for, self.audit)
 
     def submit_update(self, site: str, data: bytes) -> str:
         """Verify a signed update from ``site`` and count it (once)."""
@@ -433,7 +338,7 @@ class CoordinatorService:
         return self._count(run, site, signed.envelope, len(data))
 
     def _count(
-        self, run: _Running | None, site: str, envelope: Envelope, size: int, via: str = ""
+        self, run: RunningStudy | None, site: str, envelope: Envelope, size: int, via: str = ""
     ) -> str:
         """Count one verified message from ``site`` in the running study (once)."""
         if run is None:
@@ -537,45 +442,15 @@ class CoordinatorService:
 
     def list_studies(self) -> list[dict[str, Any]]:
         """Every study's id, status and hash."""
-        return [
-            {"study": r.study_id, "status": r.status.value, "hash": r.spec_hash}
-            for r in self.store.studies()
-        ]
+        return list_studies(self.store)
 
     def study_status(self, study_id: str, *, site: str | None = None) -> dict[str, Any]:
-        """Status, rounds and per-round metrics of a study; a ``site`` sees only the
-        consortium's aggregates and its own figures (:func:`site_status`)."""
+        """Status, rounds and per-round metrics of a study (:func:`study_status`); a ``site``
+        sees only the consortium's aggregates and its own figures."""
         record = self._record(study_id)
-        rounds = self.store.rounds(study_id)
-        spec = StudySpec.parse(record.spec, where=f"study {study_id}")
-        current = rounds[-1] if rounds else None
-        answered = (
-            [u.site for u in self.store.updates(study_id, current.round)]
-            if current is not None and current.status.value == "open"
-            else []
-        )
-        status = {
-            "study": study_id,
-            "title": spec.title,
-            "status": record.status.value,
-            "hash": record.spec_hash,
-            "submitted_by": record.submitted_by,
-            "error": record.error,
-            "rounds_total": spec.rounds,
-            "rounds_closed": sum(r.status.value == "closed" for r in rounds),
-            "open_round": None
-            if current is None or current.status.value != "open"
-            else {
-                "round": current.round,
-                "participants": list(current.participants),
-                "answered": answered,
-                "deadline": current.deadline,
-            },
-            "history": [dict(r.summary) for r in rounds if r.status.value == "closed"],
-            "rejections": len(self.store.rejections(study_id)),
-            "privacy": describe_privacy(spec.privacy, spec.secagg, spec.rounds),
-        }
-        return status if site is None else site_status(status, site)
+        run = self._running
+        live = run.driver if run is not None and run.spec.study_id == study_id else None
+        return study_status(self.store, record, live=live, site=site)
 
     def study_spec(self, study_id: str) -> str:
         """The study file exactly as submitted."""
@@ -585,41 +460,6 @@ class CoordinatorService:
         self, study_id: str, after: int, *, site: str | None = None
     ) -> list[dict[str, Any]]:
         """Log lines (rounds, rejections) after sequence number ``after``; a ``site`` gets
-        the consortium's lines and its own only (:func:`site_log`)."""
+        the consortium's lines and its own only."""
         self._record(study_id)
-        lines = [
-            {"seq": seq, "at": e.at, "kind": e.kind, "message": e.message}
-            for seq, e in self.store.events(study_id, after=after)
-        ]
-        return lines if site is None else site_log(lines, site)
-
-
-def describe_privacy(privacy: PrivacyPlan, secagg: SecAggPlan, rounds: int) -> dict[str, Any]:
-    """What a study promises, for its status: the mechanisms and the consortium-level ε.
-
-    Patient-level ε is each hospital's, in its own ledger (it depends on its size). The
-    client-level guarantee is the consortium's: every round releases the sum of at least
-    ``threshold`` clipped updates with Gaussian noise of std ``σ_c · C_c`` in all, i.e. one
-    Gaussian mechanism per round with full participation (q = 1), composed over the rounds.
-    """
-    out: dict[str, Any] = {
-        "patient_level": privacy.mechanism,
-        "target_epsilon": privacy.target_epsilon,
-        "noise_multiplier": privacy.noise_multiplier,
-        "delta": privacy.delta,
-        "secure_aggregation": secagg.enabled,
-        "client_level_epsilon": None,
-    }
-    if privacy.client_level:
-        assert privacy.client_noise_multiplier is not None
-        sigma = privacy.client_noise_multiplier
-        # σ = 0 is no guarantee at all: reported as None, never as a number.
-        out["client_level_epsilon"] = (
-            None
-            if sigma == 0
-            else epsilon(
-                [SampledGaussian(sample_rate=1.0, noise_multiplier=sigma, steps=rounds)],
-                delta=privacy.delta,
-            ).epsilon
-        )
-    return out
+        return study_logs(self.store, study_id, after, site=site)
