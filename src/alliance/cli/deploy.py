@@ -255,17 +255,14 @@ def _print_status(status: dict[str, Any]) -> None:
         console.print("privacy: " + escape("; ".join(parts)))
     open_round = status.get("open_round")
     if open_round:
-        waiting = sorted(set(open_round["participants"]) - set(open_round["answered"]))
-        console.print(
-            f"round {open_round['round']} open: {len(open_round['answered'])}/"
-            f"{len(open_round['participants'])} answered"
-            + (f"; waiting for {escape(', '.join(waiting))}" if waiting else "")
-        )
-    table = Table("Round", "Model", "Sites", "Cases", "Train loss", "Top-1", "Top-10")
+        _print_open_round(open_round)
+    # The hospitals' top-k in a round measure the version they received, not the one it made.
+    table = Table("Round", "Trained", "Made", "Sites", "Cases", "Train loss", "Top-1", "Top-10")
     for r in status["history"]:
         top = _topk(r.get("site_metrics", {}))
         table.add_row(
             str(r["round"]),
+            f"v{r.get('evaluated_version', r['model_version'] - 1)}",
             f"v{r['model_version']}",
             str(len(r["sites"])),
             str(r["num_examples"]),
@@ -274,6 +271,32 @@ def _print_status(status: dict[str, Any]) -> None:
             top.get("top10", "–"),
         )
     console.print(table)
+    if status["history"]:
+        console.print(
+            "Top-k: the version each round trained (sent to the hospitals), on their held-out "
+            "cases; the final version is measured when the hospitals receive it"
+        )
+
+
+def _print_open_round(open_round: dict[str, Any]) -> None:
+    """The open round: who answered, who refused and why, who is awaited, what holds it."""
+    refused: dict[str, str] = open_round.get("refused") or {}
+    answered = open_round.get("answered", [])
+    participants = open_round.get("participants", [])
+    waiting = sorted(set(participants) - set(answered) - set(refused))
+    line = f"round {open_round['round']} open: {len(answered)}/{len(participants)} answered"
+    if open_round.get("participant_count") is not None:  # a hospital's own view
+        line = (
+            f"round {open_round['round']} open: {open_round['answered_count']}/"
+            f"{open_round['participant_count']} answered"
+        )
+    if refused:
+        line += "; refused: " + ", ".join(f"{s} ({why})" for s, why in sorted(refused.items()))
+    if waiting:
+        line += f"; waiting for {', '.join(waiting)}"
+    console.print(escape(line))
+    if open_round.get("holding"):
+        console.print(escape(f"held: {open_round['holding']}"))
 
 
 def _topk(site_metrics: dict[str, dict[str, float]]) -> dict[str, str]:
