@@ -4,6 +4,8 @@ step and evaluation train it federated and report the task's metrics, as sums, o
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from torch import nn
@@ -13,6 +15,7 @@ from alliance.core.errors import ConfigError
 from alliance.evaluation.regression import RegressionEvaluation, regression_from_sums
 from alliance.models.steps import LossStep
 from alliance.protocol import MessageKind, TrainingPlan, decode
+from alliance.protocol.privacy import SecAggPlan
 from alliance.sim import Simulation
 
 Data = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -73,3 +76,30 @@ def test_a_custom_step_trains_regression_and_reports_its_metrics() -> None:
         metrics = env.body["metrics"]
         assert set(metrics) == {"eval_values", "eval_sse", "eval_sae", "train_loss"}
         assert metrics["eval_values"] == len(test[env.header.sender][1])
+
+
+def test_under_secure_aggregation_the_sums_stay_at_the_sites_and_say_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    train, test = _sites(0), _sites(1)
+    x = torch.cat([x for x, _ in test.values()])
+    y = torch.cat([y for _, y in test.values()])
+    with caplog.at_level(logging.WARNING, logger="alliance.site.agent"):
+        result = Simulation(
+            model_fn=lambda: nn.Linear(3, 1),
+            sites=train,
+            test=test,
+            rounds=3,
+            plan=TrainingPlan(local_epochs=2, batch_size=16, learning_rate=0.05),
+            train_step=LossStep(loss=nn.functional.mse_loss),
+            eval_step=RegressionEvaluation(),
+            secagg=SecAggPlan(enabled=True),
+        ).run()
+    assert "['eval_sae', 'eval_sse', 'eval_values'] stay at the site" in caplog.text
+    with torch.no_grad():
+        torch.manual_seed(0)
+        before = float(nn.functional.mse_loss(nn.Linear(3, 1)(x), y))
+        assert float(nn.functional.mse_loss(result.model(x), y)) < before / 4
+    summed = list(result.history[-1].site_metrics.values())
+    assert regression_from_sums(summed).n == 0
+    assert result.history[-1].evaluation()["n"] == 0
