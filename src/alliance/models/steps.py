@@ -185,7 +185,7 @@ def check_class_scores(
         ):
             return
         got = (
-            f"on {len(targets)} cases the model's outputs have shape {tuple(outputs.shape)} "
+            f"on a batch of its cases the model's outputs have shape {tuple(outputs.shape)} "
             f"and the targets are {targets.dtype} of shape {tuple(targets.shape)}"
         )
     else:
@@ -207,6 +207,11 @@ class ClassifierStep:
     It refuses, in :meth:`check`, a model whose output is not a score per class (a 1-output
     regression head, say) and targets that are not class indices (floats), which cross-entropy
     would otherwise train to nothing or fail on deep inside torch.
+
+    Parameters
+    ----------
+    optimiser
+        Adam (default, the sites' loop before the hook existed) or SGD.
     """
 
     optimiser: Optimiser = Optimiser.ADAM
@@ -230,7 +235,8 @@ class ClassifierStep:
         settings: StepSettings,
         collate_fn: Collate,
     ) -> LocalResult:
-        """Check the model, then run :func:`~alliance.models.training.train_locally`."""
+        """Check the model (again: the site checks first, a direct caller may not), then run
+        :func:`~alliance.models.training.train_locally`."""
         self.check(model, dataset, collate_fn=collate_fn)
         return train_locally(
             model,
