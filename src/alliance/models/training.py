@@ -3,14 +3,20 @@
 Works for any PyTorch module and any map-style dataset of ``(inputs, target)`` items: inputs
 that are a tuple are passed to the model as positional arguments, a mapping as keyword
 arguments, anything else as one argument. The loss is cross-entropy unless another is given.
-FedProx's proximal term is added when ``proximal_mu`` > 0. Shuffling uses an explicit
-generator, so the same seed gives the same model.
+FedProx's proximal term is added when ``proximal_mu`` > 0. The optimiser is Adam unless
+another :class:`Optimiser` is chosen. Shuffling uses an explicit generator, so the same seed
+gives the same model.
+
+This is the loop behind the sites' default training step
+(:class:`~alliance.models.steps.ClassifierStep`); a study whose task it does not fit passes its
+own :class:`~alliance.models.steps.TrainStep`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -19,9 +25,32 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["LocalResult", "LossFn", "call_model", "get_weights", "set_weights", "train_locally"]
+__all__ = [
+    "LocalResult",
+    "LossFn",
+    "Optimiser",
+    "call_model",
+    "get_weights",
+    "set_weights",
+    "train_locally",
+]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Optimiser(Enum):
+    """The local optimiser of :func:`train_locally` (a fresh one every round)."""
+
+    ADAM = "adam"
+    SGD = "sgd"
+
+    def build(
+        self, params: list[nn.Parameter], *, learning_rate: float, weight_decay: float
+    ) -> torch.optim.Optimizer:
+        """A fresh optimiser of this kind over ``params``."""
+        if self is Optimiser.SGD:
+            return torch.optim.SGD(params, lr=learning_rate, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=learning_rate, weight_decay=weight_decay)
 
 
 @dataclass(frozen=True)
@@ -69,8 +98,9 @@ def train_locally(
     proximal_mu: float = 0.0,
     collate_fn: Callable[[list[Any]], Any] | None = None,
     loss_fn: LossFn | None = None,
+    optimiser: Optimiser = Optimiser.ADAM,
 ) -> LocalResult:
-    """Train ``model`` in place with Adam for ``epochs`` passes over ``dataset``.
+    """Train ``model`` in place for ``epochs`` passes over ``dataset`` (Adam by default).
 
     Parameters
     ----------
@@ -88,6 +118,8 @@ def train_locally(
         Batch builder for the DataLoader.
     loss_fn
         ``loss(outputs, targets)``; cross-entropy by default.
+    optimiser
+        The local optimiser; Adam by default.
 
     Returns
     -------
@@ -104,7 +136,7 @@ def train_locally(
     )
     params = [p for p in model.parameters() if p.requires_grad]
     start = [p.detach().clone() for p in params] if proximal_mu > 0 else []
-    opt = torch.optim.Adam(params, lr=learning_rate, weight_decay=weight_decay)
+    opt = optimiser.build(params, learning_rate=learning_rate, weight_decay=weight_decay)
     model.train()
     total, steps = 0.0, 0
     for _ in range(epochs):

@@ -67,6 +67,7 @@ from alliance.crypto.authority import CertificateAuthority
 from alliance.crypto.pki import Role, TrustStore
 from alliance.crypto.signing import Signer
 from alliance.crypto.verifier import MessageVerifier
+from alliance.models.steps import EvalStep, TrainStep
 from alliance.models.training import get_weights, set_weights
 from alliance.privacy.ledger import PrivacyLedger
 from alliance.protocol.aggregation import AggregationPlan
@@ -161,6 +162,14 @@ class Simulation:
     courier_delay
         Asynchronous rounds: model versions between an offline site's task and the courier
         bringing its answer back (the answer's staleness); 0 brings it within the same version.
+    train_step
+        How each site trains a round (:class:`~alliance.models.steps.TrainStep`); the default,
+        cross-entropy with Adam, refuses a model that is not a classifier. Under DP-SGD only
+        the step's loss is used.
+    eval_step
+        What each site reports on its ``test`` data (:class:`~alliance.models.steps.EvalStep`;
+        default top-k counts, e.g. :class:`~alliance.evaluation.regression.RegressionEvaluation`
+        for regression).
     """
 
     def __init__(
@@ -189,6 +198,8 @@ class Simulation:
         files_dir: Path | None = None,
         aggregation: AggregationPlan | None = None,
         courier_delay: int = 3,
+        train_step: TrainStep | None = None,
+        eval_step: EvalStep | None = None,
     ) -> None:
         if rounds < 1:
             raise ConfigError(f"rounds must be >= 1, got {rounds}")
@@ -239,6 +250,8 @@ class Simulation:
         self.files_dir = files_dir
         self.aggregation = aggregation or AggregationPlan()
         self.courier_delay = courier_delay
+        self.train_step = train_step
+        self.eval_step = eval_step
 
     def _model(self) -> nn.Module:
         torch.manual_seed(self.seed)
@@ -328,6 +341,8 @@ class Simulation:
                     ledger=ledgers.get(name),
                     signer=None if identities is None else identities.signers[name],
                     peers=None if identities is None else identities.sites,
+                    train_step=self.train_step,
+                    eval_step=self.eval_step,
                 )
             )
         network = _Network(coordinator, sites, transport, files, self)

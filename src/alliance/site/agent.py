@@ -2,11 +2,12 @@
 
 The site always initiates: it polls its :class:`~alliance.transport.base.SiteLink` for the next
 message. For a :class:`~alliance.protocol.messages.TrainTask` addressed to it within its
-federation it (1) loads the global weights, (2) evaluates them on its held-out cases and keeps
-only aggregate counts, (3) trains locally with the task's plan under the study's privacy plan
-(:mod:`alliance.site.privatize`: DP-SGD charged to the hospital's ledger, client-level clipping
-and noise), and (4) submits the parameter delta, its number of training examples and those
-counts — or, under secure aggregation, takes part in the masking stages
+federation it (1) loads the global weights, (2) evaluates them on its held-out cases with its
+evaluation step and keeps only aggregate counts (top-k by default), (3) trains locally with its
+training step (:mod:`alliance.models.steps`; cross-entropy and Adam by default), the task's plan
+and the study's privacy plan (:mod:`alliance.site.privatize`: DP-SGD charged to the hospital's
+ledger, client-level clipping and noise), and (4) submits the parameter delta, its number of
+training examples and those counts — or, under secure aggregation, takes part in the masking stages
 (:mod:`alliance.site.secure`) so that the coordinator only ever sees the sum. A task that would
 take the hospital past its privacy budget is declined with a
 :class:`~alliance.protocol.messages.Refusal` that says only "budget". Nothing else leaves the
@@ -31,8 +32,15 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset
 
-from alliance.core.errors import BudgetExceeded, FederationError, PrivacyError, ProtocolError
-from alliance.evaluation.ranking import rank_dataset, topk_counts
+from alliance.core.errors import (
+    BudgetExceeded,
+    ConfigError,
+    FederationError,
+    PrivacyError,
+    ProtocolError,
+)
+from alliance.evaluation.ranking import TopKEvaluation
+from alliance.models.steps import ClassifierStep, EvalStep, TrainStep
 from alliance.models.training import get_weights, set_weights
 from alliance.privacy.ledger import PrivacyLedger
 from alliance.privacy.noise import SecureGaussian
@@ -46,6 +54,7 @@ from alliance.protocol.messages import (
     TrainTask,
     check_same_shapes,
 )
+from alliance.protocol.secure_update import COUNT_METRICS
 from alliance.site.privatize import LocalUpdate, train_under_plan
 from alliance.site.secure import SecureRounds
 from alliance.transport.base import SiteLink
@@ -80,6 +89,14 @@ class Site:
         studies with secure aggregation: key advertisements are signed and verified).
     noise
         Source of privacy noise (default: a fresh CSPRNG; a fixed key only in tests).
+    train_step
+        How a round trains (default :class:`~alliance.models.steps.ClassifierStep`:
+        cross-entropy and Adam, which refuses a model that is not a classifier). Under DP-SGD
+        only its loss is used (:meth:`~alliance.models.steps.TrainStep.private_loss`).
+    eval_step
+        What the site reports on ``test`` (default
+        :class:`~alliance.evaluation.ranking.TopKEvaluation`: top-k counts). Under secure
+        aggregation only the top-k counts travel.
     """
 
     def __init__(
@@ -96,6 +113,8 @@ class Site:
         signer: MessageSigner | None = None,
         peers: SignatureVerifier | None = None,
         noise: SecureGaussian | None = None,
+        train_step: TrainStep | None = None,
+        eval_step: EvalStep | None = None,
     ) -> None:
         if len(train) == 0:  # type: ignore[arg-type]
             raise FederationError(
@@ -112,6 +131,8 @@ class Site:
         self.final_version: int | None = None
         self.ledger = ledger
         self.noise = noise or SecureGaussian()
+        self.train_step: TrainStep = train_step or ClassifierStep()
+        self.eval_step: EvalStep = eval_step or TopKEvaluation()
         self.secure = SecureRounds(site_id, signer=signer, peers=peers)
         #: Rounds this site declined, ``(study, round) → reason`` (kept at the site).
         self.declined: dict[tuple[str, int], str] = {}
@@ -247,6 +268,14 @@ class Site:
         if released is None:
             local, metrics = self._train_afresh(task)
             self._release(task, local, metrics)
+            lost = sorted(set(metrics) - {*COUNT_METRICS, "train_loss"})
+            if lost:
+                logger.warning(
+                    "site %s: under secure aggregation only top-k counts and the training loss "
+                    "are summed; metrics %s stay at the site",
+                    self.id,
+                    lost,
+                )
             return local, metrics
         # Charged and recorded when it was trained: no event to charge now (event=None).
         metrics = dict(released.metrics)
@@ -254,16 +283,31 @@ class Site:
         return LocalUpdate(dict(released.delta), released.num_examples, loss, None), metrics
 
     def _train_afresh(self, task: TrainTask) -> tuple[LocalUpdate, dict[str, float]]:
-        """Evaluate, then train one round under the task's privacy plan."""
+        """Evaluate, then train one round under the task's privacy plan.
+
+        Raises
+        ------
+        ConfigError
+            The evaluation or training step cannot handle this model or these cases (nothing
+            was charged); the message names the site and round.
+        """
         reference = get_weights(self.model)
         check_same_shapes(
             task.weights, reference, what=f"task for site {self.id} round {task.header.round}"
         )
         set_weights(self.model, task.weights)
+        try:
+            return self._evaluate_and_train(task)
+        except ConfigError as exc:
+            raise ConfigError(
+                f"site {self.id!r}, round {task.header.round} of study {task.header.study!r}: {exc}"
+            ) from exc
+
+    def _evaluate_and_train(self, task: TrainTask) -> tuple[LocalUpdate, dict[str, float]]:
         metrics: dict[str, float] = {}
         if self.test is not None and len(self.test) > 0:  # type: ignore[arg-type]
             metrics.update(
-                topk_counts(rank_dataset(self.model, self.test, collate_fn=self.collate_fn))
+                self.eval_step.evaluate(self.model, self.test, collate_fn=self.collate_fn)
             )
         secure = task.secagg.enabled
         local = train_under_plan(
@@ -279,6 +323,7 @@ class Site:
             secure_threshold=task.secagg.threshold_for(len(task.cohort)) if secure else None,
             collate_fn=self.collate_fn,
             noise=self.noise,
+            step=self.train_step,
         )
         metrics["train_loss"] = local.train_loss
         return local, metrics

@@ -14,6 +14,11 @@ from a cryptographically secure source) and the round is one event
    only "refused: budget";
 3. the round is charged before training starts, so a crash can never release an uncharged update.
 
+The round's training is the study's :class:`~alliance.models.steps.TrainStep` (the default:
+cross-entropy with Adam). It checks first that it can train the model, before anything is
+charged; under DP-SGD the site's own mechanism trains, with the step's loss
+(:meth:`~alliance.models.steps.TrainStep.private_loss`).
+
 Client-level DP (``client_clip``) then clips the whole update to that L2 norm and adds Gaussian
 noise: the full ``σ_c · C_c`` without secure aggregation, or ``σ_c · C_c / √t`` per site under
 secure aggregation with threshold ``t`` — the sum of at least ``t`` surviving sites then carries
@@ -33,7 +38,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from alliance.core.errors import ConfigError
-from alliance.models.training import get_weights, train_locally
+from alliance.models.steps import ClassifierStep, StepSettings, TrainStep
+from alliance.models.training import get_weights
 from alliance.privacy.accountant import SampledGaussian, calibrate_noise
 from alliance.privacy.dpsgd import DPSGDConfig, train_privately
 from alliance.privacy.ledger import PrivacyLedger
@@ -91,8 +97,12 @@ def train_under_plan(
     secure_threshold: int | None,
     collate_fn: Callable[[list[Any]], Any] | None = None,
     noise: SecureGaussian | None = None,
+    step: TrainStep | None = None,
 ) -> LocalUpdate:
     """Train ``model`` (already holding ``start``) for one round and return the update.
+
+    ``step`` trains the round (default :class:`~alliance.models.steps.ClassifierStep`); under
+    DP-SGD only its loss is used.
 
     Raises
     ------
@@ -100,12 +110,16 @@ def train_under_plan(
         The study's remaining rounds would take the hospital past its privacy budget; nothing
         was read or trained.
     ConfigError
-        The plan asks for DP-SGD but the site has no ledger to account it in.
+        The plan asks for DP-SGD but the site has no ledger to account it in, or the step
+        cannot train this model (or cannot train it with DP-SGD); nothing was charged.
     """
     n = len(dataset)  # type: ignore[arg-type]
     event: SampledGaussian | None = None
     noise = noise or SecureGaussian()
+    step = step or ClassifierStep()
+    step.check(model, dataset, collate_fn=collate_fn)
     if privacy.patient_level:
+        loss_fn = step.private_loss()
         if ledger is None:
             raise ConfigError(
                 "this study trains with DP-SGD but the site has no privacy ledger; set "
@@ -127,22 +141,20 @@ def train_under_plan(
             weight_decay=plan.weight_decay,
             seed=seed,
             collate_fn=collate_fn,
+            loss_fn=loss_fn,
             noise=noise,
         )
         loss = result.mean_loss
     else:
-        local = train_locally(
-            model,
-            dataset,
+        settings = StepSettings(
             epochs=plan.local_epochs,
             batch_size=plan.batch_size,
             learning_rate=plan.learning_rate,
             weight_decay=plan.weight_decay,
             proximal_mu=plan.proximal_mu,
             seed=seed,
-            collate_fn=collate_fn,
         )
-        loss = local.mean_loss
+        loss = step.train(model, dataset, settings=settings, collate_fn=collate_fn).mean_loss
     after = get_weights(model)
     delta = {k: after[k] - np.asarray(start[k], dtype=np.float32) for k in after}
     clipped = False
