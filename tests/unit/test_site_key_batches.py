@@ -20,8 +20,9 @@ from alliance.crypto.pki import Role, TrustStore
 from alliance.crypto.signing import Signer
 from alliance.crypto.verifier import MessageVerifier
 from alliance.protocol.envelope import COORDINATOR, Header, MessageKind
-from alliance.protocol.messages import SecAggMessage, TrainingPlan, TrainTask
+from alliance.protocol.messages import TrainingPlan, TrainTask
 from alliance.protocol.privacy import PrivacyPlan, SecAggPlan
+from alliance.protocol.secagg_messages import SecAggMessage
 from alliance.secagg import RoundContext
 from alliance.site.privatize import LocalUpdate
 from alliance.site.secure import SecureRounds
