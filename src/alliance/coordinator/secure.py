@@ -21,7 +21,13 @@ their cached privatised update, so a retry costs no privacy).
 
 The coordinator holds only what :mod:`alliance.secagg` lets it: public keys, sealed shares it
 cannot open, masked vectors, and finally the sum. No attempt state is stored durably; a restarted
-coordinator starts a new attempt.
+coordinator starts a new attempt. Every message is one of
+:mod:`alliance.protocol.secagg_messages`, one type per stage and direction.
+
+**Per-round keys** (``key_batch = 1``, the default) are a key batch of one slot bound to the
+attempt itself (:class:`~alliance.secagg.KeyBatchSetup`): every attempt sets one up, so the
+stages above are a set-up attempt of the one code path below, with the messages of
+:mod:`alliance.secagg` unchanged.
 
 **Key batches** (``[secure_aggregation] key_batch = R > 1``, :mod:`alliance.secagg.batched`). An
 attempt either sets up a new batch of ``R`` key slots and uses its first slot, or uses the next

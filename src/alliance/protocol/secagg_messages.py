@@ -39,14 +39,15 @@ answer) is for :mod:`alliance.secagg` to judge.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, NamedTuple, Self, TypeVar
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple, Self
 
 import numpy.typing as npt
 
 from alliance.core.errors import ProtocolError
 from alliance.protocol.envelope import Envelope, Header, MessageKind
+from alliance.protocol.secagg_payload import PayloadReader
 from alliance.secagg import (
     MAX_KEY_BATCH,
     KeyAdvert,
@@ -54,7 +55,6 @@ from alliance.secagg import (
     UnmaskResponse,
 )
 from alliance.secagg.messages import MAX_SIGNATURE_SIZE
-from alliance.secagg.sealing import MAX_SEALED_SIZE
 
 __all__ = [
     "MAX_CERTIFICATE_SIZE",
@@ -74,8 +74,6 @@ __all__ = [
 
 #: Largest certificate (DER) a site may send with its adverts.
 MAX_CERTIFICATE_SIZE = 16384
-
-_T = TypeVar("_T")
 
 
 class SecAggStage(enum.StrEnum):
@@ -152,13 +150,13 @@ class SecAggMessage:
                 f"secure aggregation message from {sender}: expected stage {cls.stage!r}, got "
                 f"{kind.stage!r}"
             )
-        fields = _Fields(kind.stage, sender, body["payload"])
+        fields = PayloadReader(kind.stage, sender, body["payload"], env.arrays)
         attempt = body["attempt"]
         if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 0:
             raise fields.error("attempt", f"must be an integer >= 0, got {attempt!r}")
         if kind is not MaskedInput and env.arrays:
             raise fields.error("arrays", f"are not allowed, got {sorted(env.arrays)}")
-        return kind._read(env.header, attempt, fields, env.arrays)
+        return kind._read(env.header, attempt, fields)
 
     def _payload(self) -> dict[str, Any]:
         raise NotImplementedError  # every stage's message writes its own payload
@@ -167,9 +165,7 @@ class SecAggMessage:
         return {}
 
     @classmethod
-    def _read(
-        cls, header: Header, attempt: int, fields: _Fields, arrays: Mapping[str, npt.NDArray[Any]]
-    ) -> Self:
+    def _read(cls, header: Header, attempt: int, fields: PayloadReader) -> Self:
         raise NotImplementedError  # every stage's message reads its own payload
 
 
@@ -203,9 +199,7 @@ class KeyAdverts(SecAggMessage):
         return {"adverts": [a.to_json() for a in self.adverts], "certificate": certificate}
 
     @classmethod
-    def _read(
-        cls, header: Header, attempt: int, fields: _Fields, arrays: Mapping[str, npt.NDArray[Any]]
-    ) -> Self:
+    def _read(cls, header: Header, attempt: int, fields: PayloadReader) -> Self:
         form = fields.form({"advert", "certificate"}, {"adverts", "certificate"})
         certificate = fields.hex(fields["certificate"], "certificate", MAX_CERTIFICATE_SIZE)
         if "advert" in form:
@@ -238,9 +232,7 @@ class SealedShares(SecAggMessage):
         return {"ciphertexts": hexed[0] if len(hexed) == 1 else hexed}
 
     @classmethod
-    def _read(
-        cls, header: Header, attempt: int, fields: _Fields, arrays: Mapping[str, npt.NDArray[Any]]
-    ) -> Self:
+    def _read(cls, header: Header, attempt: int, fields: PayloadReader) -> Self:
         fields.form({"ciphertexts"})
         raw = fields["ciphertexts"]
         if isinstance(raw, dict):
@@ -273,13 +265,11 @@ class MaskedInput(SecAggMessage):
         return {"masked": self.vector}
 
     @classmethod
-    def _read(
-        cls, header: Header, attempt: int, fields: _Fields, arrays: Mapping[str, npt.NDArray[Any]]
-    ) -> Self:
+    def _read(cls, header: Header, attempt: int, fields: PayloadReader) -> Self:
         fields.form(set())
-        vector = arrays.get("masked")
-        if vector is None or set(arrays) != {"masked"}:
-            raise fields.error("arrays", f"must be exactly ['masked'], got {sorted(arrays)}")
+        vector = fields.arrays.get("masked")
+        if vector is None or set(fields.arrays) != {"masked"}:
+            raise fields.error("arrays", f"must be exactly ['masked'], got {sorted(fields.arrays)}")
         if vector.dtype.kind != "u" or vector.ndim != 1:
             raise fields.error(
                 "masked",
@@ -305,9 +295,7 @@ class Confirmation(SecAggMessage):
         return {"signature": self.signature.hex()}
 
     @classmethod
-    def _read(
-        cls, header: Header, attempt: int, fields: _Fields, arrays: Mapping[str, npt.NDArray[Any]]
-    ) -> Self:
+    def _read(cls, header: Header, attempt: int, fields: PayloadReader) -> Self:
         fields.form({"signature"})
         return cls(
             header, attempt, fields.hex(fields["signature"], "signature", MAX_SIGNATURE_SIZE)
@@ -331,9 +319,7 @@ class UnmaskShares(SecAggMessage):
         return {"response": self.response.to_json()}
 
     @classmethod
-    def _read(
-        cls, header: Header, attempt: int, fields: _Fields, arrays: Mapping[str, npt.NDArray[Any]]
-    ) -> Self:
+    def _read(cls, header: Header, attempt: int, fields: PayloadReader) -> Self:
         fields.form({"response"})
         return cls(
             header, attempt, fields.parse(UnmaskResponse.from_json, fields["response"], "response")
@@ -370,9 +356,7 @@ class CohortKeys(SecAggMessage):
         }
 
     @classmethod
-    def _read(
-        cls, header: Header, attempt: int, fields: _Fields, arrays: Mapping[str, npt.NDArray[Any]]
-    ) -> Self:
+    def _read(cls, header: Header, attempt: int, fields: PayloadReader) -> Self:
         fields.form({"adverts", "certificates"})
         raw = fields["adverts"]
         if isinstance(raw, dict):
@@ -417,15 +401,13 @@ class RoutedShares(SecAggMessage):
         return {"slots": entries}
 
     @classmethod
-    def _read(
-        cls, header: Header, attempt: int, fields: _Fields, arrays: Mapping[str, npt.NDArray[Any]]
-    ) -> Self:
+    def _read(cls, header: Header, attempt: int, fields: PayloadReader) -> Self:
         form = fields.form({"ciphertexts", "survivors"}, {"slots"})
         if "slots" not in form:
-            return cls(header, attempt, (fields.routing(fields.payload, ""),))
+            return cls(header, attempt, (SlotShares(*fields.routing(fields.payload, "")),))
         entries = fields.slots("slots")
         slots = tuple(
-            None if entry is None else fields.routing(entry, f"slots[{j}].")
+            None if entry is None else SlotShares(*fields.routing(entry, f"slots[{j}]."))
             for j, entry in enumerate(entries)
         )
         return cls(header, attempt, slots)
@@ -448,9 +430,7 @@ class ConfirmRequest(SecAggMessage):
         return {"survivors": list(self.survivors)}
 
     @classmethod
-    def _read(
-        cls, header: Header, attempt: int, fields: _Fields, arrays: Mapping[str, npt.NDArray[Any]]
-    ) -> Self:
+    def _read(cls, header: Header, attempt: int, fields: PayloadReader) -> Self:
         fields.form({"survivors"})
         return cls(header, attempt, fields.sites(fields["survivors"], "survivors"))
 
@@ -472,122 +452,15 @@ class UnmaskCall(SecAggMessage):
         return {"request": self.request.to_json()}
 
     @classmethod
-    def _read(
-        cls, header: Header, attempt: int, fields: _Fields, arrays: Mapping[str, npt.NDArray[Any]]
-    ) -> Self:
+    def _read(cls, header: Header, attempt: int, fields: PayloadReader) -> Self:
         fields.form({"request"})
         return cls(
             header, attempt, fields.parse(UnmaskRequest.from_json, fields["request"], "request")
         )
 
 
-_KINDS: dict[str, type[SecAggMessage]] = {
-    kind.stage: kind
-    for kind in (
-        KeyAdverts,
-        SealedShares,
-        MaskedInput,
-        Confirmation,
-        UnmaskShares,
-        CohortKeys,
-        RoutedShares,
-        ConfirmRequest,
-        UnmaskCall,
-    )
-}
-
-
-# --- reading a payload --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Fields:
-    """One received payload; every refusal names the stage, the field and the sender."""
-
-    stage: str
-    sender: str
-    payload: Any = field(repr=False)
-
-    def error(self, name: str, problem: str) -> ProtocolError:
-        return ProtocolError(
-            f"secure aggregation {self.stage!r} message from {self.sender}: {name} {problem}"
-        )
-
-    def __getitem__(self, name: str) -> Any:
-        return self.payload[name]
-
-    def form(self, *forms: set[str]) -> set[str]:
-        """Check the payload has exactly the fields of one of ``forms``; return that form."""
-        if isinstance(self.payload, dict):
-            for fields in forms:
-                if set(self.payload) == fields:
-                    return fields
-        got = sorted(self.payload) if isinstance(self.payload, dict) else type(self.payload)
-        expected = " or ".join(str(sorted(f)) for f in forms)
-        raise self.error("payload", f"must have exactly the fields {expected}, got {got}")
-
-    def slots(self, name: str) -> list[Any]:
-        """A key batch's list, one entry per slot (one slot is sent in the single form)."""
-        value = self.payload[name]
-        if not isinstance(value, list) or not 2 <= len(value) <= MAX_KEY_BATCH:
-            raise self.error(
-                name, f"must be a list with one entry per key slot (2 to {MAX_KEY_BATCH})"
-            )
-        return value
-
-    def object(self, value: Any, name: str) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise self.error(name, f"must be an object, got {type(value).__name__}")
-        return value
-
-    def hex(self, value: Any, name: str, limit: int) -> bytes:
-        if not isinstance(value, str):
-            raise self.error(name, f"must be a hex string, got {type(value).__name__}")
-        if not 0 < len(value) <= 2 * limit:
-            raise self.error(name, f"must be 1 to {limit} bytes, got {len(value) // 2}")
-        try:
-            return bytes.fromhex(value)
-        except ValueError:
-            raise self.error(name, "is not valid hex") from None
-
-    def sites(self, value: Any, name: str) -> tuple[str, ...]:
-        if not isinstance(value, list) or not all(isinstance(s, str) and s for s in value):
-            raise self.error(name, "must be a list of site ids")
-        return tuple(value)
-
-    def by_site(self, value: Any, name: str, read: Callable[[Any, str], _T]) -> dict[str, _T]:
-        """An object keyed by site id, each value read by ``read(value, where)``."""
-        raw = self.object(value, name)
-        if not all(raw):
-            raise self.error(name, "must be keyed by non-empty site ids")
-        return {site: read(v, f"{name}[{site!r}]") for site, v in raw.items()}
-
-    def parse(self, read: Callable[[Any], _T], value: Any, name: str) -> _T:
-        try:
-            return read(value)
-        except ProtocolError as exc:
-            raise self.error(name, f"is invalid: {exc}") from None
-
-    def advert(self, value: Any, name: str) -> KeyAdvert:
-        return self.parse(KeyAdvert.from_json, value, name)
-
-    def adverts(self, value: Any, name: str) -> dict[str, KeyAdvert]:
-        return self.by_site(value, name, self.advert)
-
-    def sealed(self, value: Any, name: str) -> dict[str, bytes]:
-        return self.by_site(value, name, lambda c, where: self.hex(c, where, MAX_SEALED_SIZE))
-
-    def routing(self, value: Any, prefix: str) -> SlotShares:
-        entry = self.object(value, prefix.rstrip(".") or "payload")
-        if set(entry) != {"ciphertexts", "survivors"}:
-            raise self.error(
-                prefix.rstrip(".") or "payload",
-                f"must have exactly the fields ['ciphertexts', 'survivors'], got {sorted(entry)}",
-            )
-        return SlotShares(
-            self.sealed(entry["ciphertexts"], f"{prefix}ciphertexts"),
-            self.sites(entry["survivors"], f"{prefix}survivors"),
-        )
+#: Each stage name's message type.
+_KINDS: dict[str, type[SecAggMessage]] = {k.stage: k for k in SecAggMessage.__subclasses__()}
 
 
 def _check_slots(stage: str, slots: tuple[object, ...]) -> None:

@@ -14,6 +14,11 @@ Every refusal of the :class:`~alliance.secagg.SecAggClient` (a forged advertisem
 as both alive and dropped, a second unmask request, a message of another round) is logged and
 answered with nothing: the coordinator then sees this site as dropped, which reveals nothing.
 
+Per-round keys (``key_batch = 1``) are a :class:`~alliance.secagg.KeyBatchClient` of one slot
+bound to the attempt itself, set up by every attempt: the same code answers both, with the typed
+messages of :mod:`alliance.protocol.secagg_messages`. A task delivered again is answered with the
+same message (its answer was lost), never with fresh keys.
+
 With key batches (``[secure_aggregation] key_batch > 1``, :mod:`alliance.secagg.batched`) the
 train task names a key slot. A slot of the batch set up in this very attempt means *set up*: the
 site trains, then answers the ``train``, ``keys`` and ``shares`` stages for every slot of a new
