@@ -428,9 +428,7 @@ class KeyBatchServer:
                 f"key batch shares of {site!r}: {len(sealed)} entries for "
                 f"{len(self._servers)} slots"
             )
-        given = [
-            (srv, box) for srv, box in zip(self._servers, sealed, strict=True) if box is not None
-        ]
+        given = [(srv, box) for srv, box in zip(self._servers, sealed, strict=True) if box]
         if not given:
             raise ProtocolError(f"key batch shares of {site!r} are for no slot")
         for server, box in given:
