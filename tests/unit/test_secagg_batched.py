@@ -6,7 +6,7 @@
 - a lying coordinator still never gets both secrets of one site in one slot: a slot masks once,
   answers one unmask request, and a slot's messages verify in no other slot;
 - the default (``key_batch = 1``) keeps today's bytes: context encoding, plan and task JSON;
-- the set-up payloads (alliance.protocol.key_batch) round-trip and are read strictly.
+- the set-up messages (alliance.protocol.secagg_messages) carry every slot through bytes.
 """
 
 from __future__ import annotations
@@ -30,19 +30,18 @@ from tests.unit.secagg_harness import (
 )
 
 from alliance.core.errors import ConfigError, IntegrityError, ProtocolError, SecAggAbort
+from alliance.protocol.codec import decode, encode
 from alliance.protocol.envelope import COORDINATOR, Header, MessageKind
-from alliance.protocol.key_batch import (
-    advert_payload,
-    keys_payload,
-    read_advert,
-    read_keys,
-    read_share_out,
-    read_shares,
-    share_out_payload,
-    shares_payload,
-)
 from alliance.protocol.messages import TrainingPlan, TrainTask
 from alliance.protocol.privacy import SecAggPlan
+from alliance.protocol.secagg_messages import (
+    CohortKeys,
+    KeyAdverts,
+    RoutedShares,
+    SealedShares,
+    SecAggMessage,
+    SlotShares,
+)
 from alliance.secagg import (
     AggregateSum,
     KeyAdvert,
@@ -459,34 +458,23 @@ def test_a_train_task_carries_its_key_slot_only_with_key_batches() -> None:
         TrainTask.from_envelope(no_slot)
 
 
-# -- the set-up payloads ----------------------------------------------------------------------
+# -- the set-up messages ----------------------------------------------------------------------
 
 
-def test_the_set_up_payloads_round_trip_through_json_and_are_read_strictly() -> None:
+def test_the_set_up_messages_carry_every_slot_through_bytes() -> None:
     batch = set_up(4, 2)
     site = "site-01"
-    through = json.loads(json.dumps(advert_payload([a[site] for a in batch.adverts], b"\x01\x02")))
-    adverts, certificate = read_advert(through)
-    assert adverts == [batch.adverts[0][site], batch.adverts[1][site]]
-    assert certificate == "0102"
-    slots, certificates = read_keys(
-        json.loads(json.dumps(keys_payload(batch.adverts, dict.fromkeys(batch.setup.sites, "ff"))))
-    )
-    assert slots == batch.adverts
-    assert certificates == dict.fromkeys(batch.setup.sites, b"\xff")
-    boxes = [batch.routing[0].sealed["site-00"], None]
-    assert read_share_out(json.loads(json.dumps(share_out_payload(boxes)))) == boxes
-    routed = read_shares(json.loads(json.dumps(shares_payload(batch.routing, site))))
-    assert routed == [(r.sealed[site], list(r.survivors)) for r in batch.routing]
-    bad: list[tuple[object, dict[str, object]]] = [
-        (read_advert, {"adverts": [], "certificate": 5}),
-        (read_advert, {"adverts": {}}),
-        (read_keys, {"adverts": [[]], "certificates": {}}),
-        (read_keys, {"adverts": [], "certificates": {"a": "zz"}}),
-        (read_share_out, {"ciphertexts": [{"a": 3}]}),
-        (read_shares, {"slots": [{"ciphertexts": {}, "survivors": "abc"}]}),
-        (read_shares, {"slots": [{"ciphertexts": [], "survivors": []}]}),
+    up = Header(MessageKind.SECAGG, "consortium", "study", 3, site, COORDINATOR)
+    down = Header(MessageKind.SECAGG, "consortium", "study", 3, COORDINATOR, site)
+    adverts = KeyAdverts(up, 41, tuple(a[site] for a in batch.adverts), b"\x01\x02")
+    assert [a.context.slot for a in adverts.adverts] == [0, 1]
+    messages: list[SecAggMessage] = [
+        adverts,
+        CohortKeys(down, 41, tuple(batch.adverts), dict.fromkeys(batch.setup.sites, b"\xff")),
+        SealedShares(up, 41, (batch.routing[0].sealed["site-00"], None)),
+        RoutedShares(
+            down, 41, tuple(SlotShares(r.sealed[site], r.survivors) for r in batch.routing)
+        ),
     ]
-    for reader, payload in bad:
-        with pytest.raises(ProtocolError, match="key batch"):
-            reader(payload)  # type: ignore[operator]
+    for msg in messages:
+        assert SecAggMessage.from_envelope(decode(encode(msg.to_envelope()))) == msg

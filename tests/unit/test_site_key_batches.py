@@ -1,6 +1,7 @@
 """A site's side of key batches (alliance.site.secure), against the coordinator's SecureRound.
 
 - a set-up task or a slot's task delivered twice is answered with the same message, trained once;
+  so is a task with per-round keys (a key batch of one slot, bound to the attempt itself);
 - a task naming a spent slot, or a batch the site does not hold, is declined before training;
 - a set-up's share routing that arrives after its round moved on is still taken, so the site
   masks with the batch's later slots.
@@ -8,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
@@ -20,8 +22,9 @@ from alliance.crypto.pki import Role, TrustStore
 from alliance.crypto.signing import Signer
 from alliance.crypto.verifier import MessageVerifier
 from alliance.protocol.envelope import COORDINATOR, Header, MessageKind
-from alliance.protocol.messages import SecAggMessage, TrainingPlan, TrainTask
+from alliance.protocol.messages import TrainingPlan, TrainTask
 from alliance.protocol.privacy import PrivacyPlan, SecAggPlan
+from alliance.protocol.secagg_messages import KeyAdverts, SecAggMessage
 from alliance.secagg import RoundContext
 from alliance.site.privatize import LocalUpdate
 from alliance.site.secure import SecureRounds
@@ -42,8 +45,11 @@ def identities() -> tuple[dict[str, Signer], MessageVerifier]:
 class Federation:
     """Three sites' SecureRounds and the coordinator's attempts, messages passed by hand."""
 
-    def __init__(self, identities: tuple[dict[str, Signer], MessageVerifier]) -> None:
+    def __init__(
+        self, identities: tuple[dict[str, Signer], MessageVerifier], plan: SecAggPlan = PLAN
+    ) -> None:
         signers, peers = identities
+        self.plan = plan
         self.peers = peers
         self.sites = {s: SecureRounds(s, signer=signers[s], peers=peers) for s in SITES}
         self.trained: list[tuple[str, int]] = []
@@ -53,7 +59,7 @@ class Federation:
         secure = SecureRound(
             context=RoundContext("fed", "study", round_, attempt),
             cohort=SITES,
-            plan=PLAN,
+            plan=self.plan,
             reference=WEIGHTS,
             deadline=None,
             peers=self.peers,
@@ -71,7 +77,7 @@ class Federation:
             TrainingPlan(),
             WEIGHTS,
             PrivacyPlan(),
-            PLAN,
+            self.plan,
             secure.cohort,
             ctx.attempt,
             secure.key_slot,
@@ -126,6 +132,34 @@ def test_a_task_delivered_twice_is_answered_once_and_trained_once(
     assert use.result is not None
     np.testing.assert_allclose(use.result.mean_delta["w"], 0.02, atol=1e-4)
     assert sorted(fed.trained) == sorted((s, r) for s in SITES for r in (1, 2))
+
+
+def test_per_round_keys_take_the_same_path_and_answer_a_task_twice_with_the_same_advert(
+    identities: tuple[dict[str, Signer], MessageVerifier],
+) -> None:
+    fed = Federation(identities, SecAggPlan(enabled=True))
+    for round_ in (1, 2):
+        secure = fed.attempt(round_, 5)
+        assert (secure.keys, secure.key_slot) == (None, None)
+        for site in SITES:
+            first, again = fed.begin(secure, site), fed.begin(secure, site)
+            assert first == again
+            assert isinstance(first[0], KeyAdverts)
+            assert [a.context for a in first[0].adverts] == [secure.context]  # no slot
+            assert "advert" in first[0].to_envelope().body["payload"]  # the single form
+            assert secure.accept(first[0].to_envelope())
+            assert not secure.accept(again[0].to_envelope())
+        fed.finish(secure)
+        assert secure.result is not None
+        assert secure.survivors == SITES
+        np.testing.assert_allclose(secure.result.mean_delta["w"], 0.02, atol=1e-4)
+    assert sorted(fed.trained) == sorted((s, r) for s in SITES for r in (1, 2))
+    # A per-round study's task that names a key slot is declined before training.
+    secure = fed.attempt(3, 5)
+    task = fed.task(secure, "a")
+    slotted = dataclasses.replace(task, key_slot=secure.context.with_slot(0))
+    assert fed.sites["a"].begin(slotted, fed.train("a", 3)) == []
+    assert ("a", 3) not in fed.trained
 
 
 def test_a_spent_slot_or_a_batch_not_held_is_declined_before_training(

@@ -21,7 +21,13 @@ their cached privatised update, so a retry costs no privacy).
 
 The coordinator holds only what :mod:`alliance.secagg` lets it: public keys, sealed shares it
 cannot open, masked vectors, and finally the sum. No attempt state is stored durably; a restarted
-coordinator starts a new attempt.
+coordinator starts a new attempt. Every message is one of
+:mod:`alliance.protocol.secagg_messages`, one type per stage and direction.
+
+**Per-round keys** (``key_batch = 1``, the default) are a key batch of one slot bound to the
+attempt itself (:class:`~alliance.secagg.KeyBatchSetup`): every attempt sets one up, so the
+stages above are a set-up attempt of the one code path below, with the messages of
+:mod:`alliance.secagg` unchanged.
 
 **Key batches** (``[secure_aggregation] key_batch = R > 1``, :mod:`alliance.secagg.batched`). An
 attempt either sets up a new batch of ``R`` key slots and uses its first slot, or uses the next
@@ -57,18 +63,28 @@ import numpy.typing as npt
 from alliance.core.errors import AllianceError, IntegrityError, ProtocolError, SecAggAbort
 from alliance.protocol.codec import SignatureVerifier, content_digest
 from alliance.protocol.envelope import COORDINATOR, Envelope, Header, MessageKind
-from alliance.protocol.key_batch import keys_payload, read_advert, read_share_out, shares_payload
-from alliance.protocol.messages import SecAggMessage
 from alliance.protocol.privacy import SecAggPlan
+from alliance.protocol.secagg_messages import (
+    CohortKeys,
+    Confirmation,
+    ConfirmRequest,
+    KeyAdverts,
+    MaskedInput,
+    RoutedShares,
+    SealedShares,
+    SecAggMessage,
+    SecAggStage,
+    SlotShares,
+    UnmaskCall,
+    UnmaskShares,
+)
 from alliance.protocol.secure_update import SecureSum, UpdateLayout
 from alliance.secagg import (
-    KeyAdvert,
     KeyBatchServer,
     KeyBatchSetup,
     RoundContext,
     RoundSetup,
     SecAggServer,
-    UnmaskResponse,
 )
 
 __all__ = ["STAGES", "BatchKeys", "SecureRound"]
@@ -76,14 +92,14 @@ __all__ = ["STAGES", "BatchKeys", "SecureRound"]
 logger = logging.getLogger(__name__)
 
 #: The stages of an attempt, in order.
-STAGES = ("train", "keys", "shares", "confirm", "unmask", "done")
-#: What a site sends in answer to each stage.
-_REPLY = {
-    "train": "advert",
-    "keys": "share_out",
-    "shares": "masked",
-    "confirm": "confirmation",
-    "unmask": "unmask_out",
+STAGES = tuple(SecAggStage)
+#: What a site sends in answer to each stage (a slot already set up: a masked input to ``train``).
+_REPLY: dict[SecAggStage, type[SecAggMessage]] = {
+    SecAggStage.TRAIN: KeyAdverts,
+    SecAggStage.KEYS: SealedShares,
+    SecAggStage.SHARES: MaskedInput,
+    SecAggStage.CONFIRM: Confirmation,
+    SecAggStage.UNMASK: UnmaskShares,
 }
 
 
@@ -96,12 +112,12 @@ class BatchKeys:
     server
         The batch's secure-aggregation state (one server per slot).
     certificates
-        Each member's certificate (hex DER), sent with its adverts: the signatures of the
+        Each member's certificate (DER), sent with its adverts: the signatures of the
         batch's later confirmations are checked against it.
     """
 
     server: KeyBatchServer
-    certificates: dict[str, str] = field(default_factory=dict)
+    certificates: dict[str, bytes] = field(default_factory=dict)
 
     def serves(self, participants: Collection[str], *, vector_length: int) -> bool:
         """Whether the next slot can run an attempt with ``participants``: the set-up stands,
@@ -159,7 +175,8 @@ class SecureRound:
         self.context = context
         self.plan = plan
         self.peers = peers
-        #: Key batches only: the batch this attempt uses and the slot it masks with.
+        #: Key batches only: the batch this attempt uses and the slot it masks with (per-round
+        #: keys are a batch of one slot, bound to the attempt itself: both ``None``).
         self.keys: BatchKeys | None = None
         self.key_slot: RoundContext | None = None
         self.offline = frozenset(offline) if plan.key_batch > 1 else frozenset()
@@ -168,11 +185,12 @@ class SecureRound:
         self.layout: UpdateLayout
         self.setup: RoundSetup
         self.server: SecAggServer
-        #: Whether this attempt sets up keys (always without key batches).
+        #: Whether this attempt sets up keys (always with per-round keys).
         self.sets_up: bool
         #: Sites still expected to answer the current stage.
         self.waiting: set[str]
-        self._certificates: dict[str, str]
+        self._batch: BatchKeys
+        self._slot: int
         participants = tuple(sorted(cohort))
         if plan.key_batch > 1 and keys is not None:
             layout = UpdateLayout(reference, plan, len(keys.server.setup.sites))
@@ -180,7 +198,7 @@ class SecureRound:
                 self._use_slot(keys, layout, participants)
         if self.keys is None:
             self._set_up(UpdateLayout(reference, plan, len(participants)), participants)
-        self.stage = "train"
+        self.stage = SecAggStage.TRAIN
         self.deadline = deadline
         #: Content digest of each site's answer to the current stage (recognises resends).
         self._answers: dict[str, str] = {}
@@ -197,39 +215,37 @@ class SecureRound:
 
     def _use_slot(self, keys: BatchKeys, layout: UpdateLayout, participants: Sequence[str]) -> None:
         """Mask with the batch's next slot; participants outside it sit this attempt out."""
-        batch = keys.server
-        slot = batch.take()
-        self.keys, self.layout, self.sets_up = keys, layout, False
-        self.cohort = batch.setup.sites
-        self.server = batch.server(slot)
-        self.setup = self.server.setup
-        self.key_slot = self.setup.context
-        self._certificates = keys.certificates
-        self.waiting = set(batch.members(slot) & set(participants))
+        self.layout, self.sets_up = layout, False
+        self.cohort = keys.server.setup.sites
+        self._take_slot(keys)
+        self.waiting = set(keys.server.members(self._slot) & set(participants))
 
     def _set_up(self, layout: UpdateLayout, participants: tuple[str, ...]) -> None:
-        """Set up keys: this attempt's alone, or a new batch whose first slot it uses."""
+        """Set up keys: a batch of ``key_batch`` slots whose first slot this attempt uses (one
+        slot, bound to this attempt, for per-round keys)."""
         plan, self.layout, self.sets_up = self.plan, layout, True
         self.cohort = participants
         self.waiting = set(participants)
-        self._certificates = {}
-        verify = None if self.peers is None else _verifier(self.peers, self._certificates)
-        parameters: dict[str, Any] = {
-            "sites": participants,
-            "vector_length": layout.length,
-            "modulus_bits": layout.quantizer.modulus_bits,
-            "threshold": plan.share_threshold(len(participants)),
-            "neighbours": plan.neighbours or None,
-        }
-        if plan.key_batch == 1:
-            self.setup = RoundSetup(context=self.context, **parameters)
-            self.server = SecAggServer(self.setup, verify=verify)
-            return
-        setup = KeyBatchSetup(context=self.context, size=plan.key_batch, **parameters)
-        self.keys = BatchKeys(KeyBatchServer(setup, verify=verify), self._certificates)
-        self.server = self.keys.server.server(self.keys.server.take())
+        certificates: dict[str, bytes] = {}
+        verify = None if self.peers is None else _verifier(self.peers, certificates)
+        setup = KeyBatchSetup(
+            context=self.context,
+            size=plan.key_batch,
+            sites=participants,
+            vector_length=layout.length,
+            modulus_bits=layout.quantizer.modulus_bits,
+            threshold=plan.share_threshold(len(participants)),
+            neighbours=plan.neighbours or None,
+        )
+        self._take_slot(BatchKeys(KeyBatchServer(setup, verify=verify), certificates))
+
+    def _take_slot(self, batch: BatchKeys) -> None:
+        self._batch = batch
+        self._slot = batch.server.take()
+        self.server = batch.server.server(self._slot)
         self.setup = self.server.setup
-        self.key_slot = self.setup.context
+        if batch.server.setup.size > 1:  # a key batch, kept for the next rounds
+            self.keys, self.key_slot = batch, self.setup.context
 
     # --- what sites receive ---------------------------------------------------------------------
     def message_for(self, site: str) -> SecAggMessage | None:
@@ -267,16 +283,16 @@ class SecureRound:
         digest = content_digest(env)
         if digest in self._accepted:
             return False  # an answer sent again (lost acknowledgement), in this stage or before
-        expected = (
-            "masked" if self.stage == "train" and not self.sets_up else _REPLY.get(self.stage)
-        )
-        if msg.stage != expected:
+        expected = _REPLY.get(self.stage)
+        if self.stage is SecAggStage.TRAIN and not self.sets_up:
+            expected = MaskedInput
+        if expected is None or not isinstance(msg, expected):
             raise ProtocolError(
                 f"{msg.stage!r} message from {site} while the round is in stage "
-                f"{self.stage!r} (expects {expected!r})"
+                f"{self.stage.value!r} (expects {expected.stage if expected else None!r})"
             )
         if site not in self.waiting:
-            raise ProtocolError(f"{site} is not expected to answer stage {self.stage!r}")
+            raise ProtocolError(f"{site} is not expected to answer stage {self.stage.value!r}")
         try:
             self._file(site, msg)
         except SecAggAbort as exc:
@@ -287,39 +303,31 @@ class SecureRound:
         return True
 
     def _file(self, site: str, msg: SecAggMessage) -> None:
-        p = msg.payload
-        if msg.stage == "masked":
+        if isinstance(msg, KeyAdverts):
+            self._file_adverts(site, msg)
+        elif isinstance(msg, SealedShares):
+            self._batch.server.receive_shares(site, msg.slots)
+        elif isinstance(msg, MaskedInput):
             self._file_masked(site, msg)
-        elif self.keys is not None and self.stage in ("train", "keys"):
-            self._file_batch(site, p)
-        elif self.stage == "train":
-            advert = KeyAdvert.from_json(p.get("advert"))
-            if advert.site != site or advert.context != self.context:
-                raise ProtocolError(f"key advert of {advert.site!r} sent by {site}")
-            certificate = p.get("certificate")
-            if not isinstance(certificate, str):
-                raise ProtocolError("key advert: the signer's certificate is missing")
-            self._certificates[site] = certificate
-            try:
-                self.server.receive_advert(advert)
-            except BaseException:
-                del self._certificates[site]
-                raise
-        elif self.stage == "keys":
-            ciphertexts = p.get("ciphertexts")
-            if not isinstance(ciphertexts, dict):
-                raise ProtocolError("shares: 'ciphertexts' must be an object")
-            self.server.receive_shares(site, {v: _hex(c) for v, c in ciphertexts.items()})
-        elif self.stage == "confirm":
-            self.server.receive_confirmation(site, _hex(p.get("signature")))
+        elif isinstance(msg, Confirmation):
+            self.server.receive_confirmation(site, msg.signature)
             self._confirmed.add(site)
-        elif self.stage == "unmask":
-            self.server.receive_unmask(UnmaskResponse.from_json(p.get("response")))
+        elif isinstance(msg, UnmaskShares):
+            self.server.receive_unmask(msg.response)
 
-    def _file_masked(self, site: str, msg: SecAggMessage) -> None:
-        vector = msg.arrays.get("masked")
-        if vector is None or set(msg.arrays) != {"masked"}:
-            raise ProtocolError("masked input: exactly one array 'masked' expected")
+    def _file_adverts(self, site: str, msg: KeyAdverts) -> None:
+        """Every slot's advert of ``site``, and the certificate that signs them."""
+        if any(a.site != site for a in msg.adverts):
+            raise ProtocolError(f"key adverts of another site sent by {site}")
+        self._batch.certificates[site] = msg.certificate
+        try:
+            self._batch.server.receive_adverts(site, msg.adverts)
+        except BaseException:
+            del self._batch.certificates[site]
+            raise
+
+    def _file_masked(self, site: str, msg: MaskedInput) -> None:
+        vector = msg.vector
         if vector.shape != (self.layout.length,) or vector.dtype != self.setup.dtype:
             raise IntegrityError(
                 f"masked input of {site}: shape {vector.shape} {vector.dtype}, the study "
@@ -327,32 +335,16 @@ class SecureRound:
             )
         self.server.receive_masked(site, vector)
 
-    def _file_batch(self, site: str, p: Mapping[str, Any]) -> None:
-        """A set-up answer: every slot's advert (``train``) or sealed shares (``keys``)."""
-        assert self.keys is not None
-        if self.stage == "keys":
-            self.keys.server.receive_shares(site, read_share_out(p))
-            return
-        adverts, certificate = read_advert(p)
-        if any(a.site != site for a in adverts):
-            raise ProtocolError(f"key adverts of another site sent by {site}")
-        self._certificates[site] = certificate
-        try:
-            self.keys.server.receive_adverts(site, adverts)
-        except BaseException:
-            del self._certificates[site]
-            raise
-
     # --- stage transitions ------------------------------------------------------------------------
     @property
     def stage_complete(self) -> bool:
         """Whether every site still in the current stage has answered."""
-        return self.stage != "done" and not self.waiting
+        return self.stage is not SecAggStage.DONE and not self.waiting
 
     def advance(self, *, now: float, stage_timeout_s: float, force: bool = False) -> bool:
         """Close the current stage if it is complete, past its deadline, or ``force``; return
         whether the stage changed. An abort is recorded in :attr:`aborted`."""
-        if self.stage == "done" or self.aborted is not None:
+        if self.stage is SecAggStage.DONE or self.aborted is not None:
             return False
         due = self.deadline is not None and now >= self.deadline
         if not (self.stage_complete or due or force):
@@ -368,45 +360,55 @@ class SecureRound:
     def _next(self, deadline: float) -> None:
         self._answers = {}
         self.deadline = deadline
-        if self.stage == "train" and self.keys is not None:
-            if self.sets_up:
-                self._close_batch_adverts()
-            else:
-                self._close_masked()
-        elif self.stage == "keys" and self.keys is not None:
-            self._close_batch_shares()
-        elif self.stage == "train":
-            adverts = self.server.close_adverts()
-            payload = {
-                "adverts": {s: a.to_json() for s, a in adverts.items()},
-                "certificates": {s: self._certificates[s] for s in adverts},
-            }
-            self._broadcast("keys", sorted(adverts), lambda _: payload)
-        elif self.stage == "keys":
-            routed, survivors = self.server.close_shares()
-            self._broadcast(
-                "shares",
-                survivors,
-                lambda s: {
-                    "ciphertexts": {u: c.hex() for u, c in routed.get(s, {}).items()},
-                    "survivors": list(survivors),
-                },
-            )
-        elif self.stage == "shares":
+        if self.stage is SecAggStage.TRAIN and self.sets_up:
+            self._close_adverts()
+        elif self.stage is SecAggStage.KEYS:
+            self._close_shares()
+        elif self.stage in (SecAggStage.TRAIN, SecAggStage.SHARES):
             self._close_masked()
-        elif self.stage == "confirm" and self._ask_excused():
+        elif self.stage is SecAggStage.CONFIRM and self._ask_excused():
             return
-        elif self.stage == "confirm":
+        elif self.stage is SecAggStage.CONFIRM:
             request = self.server.close_confirmations()
-            body = {"request": request.to_json()}
-            self._broadcast("unmask", sorted(request.confirmations), lambda _: body)
-        elif self.stage == "unmask":
+            self._broadcast(
+                SecAggStage.UNMASK,
+                sorted(request.confirmations),
+                lambda h: UnmaskCall(h, self.context.attempt, request),
+            )
+        elif self.stage is SecAggStage.UNMASK:
             total, survivors = self.server.result()
             self.survivors = tuple(survivors)
             self.result = self.layout.decode(total)
-            self.stage = "done"
+            self.stage = SecAggStage.DONE
             self.waiting = set()
             self._outgoing = {}
+
+    def _close_adverts(self) -> None:
+        """Every slot's adverts (U1) and the members' certificates, to every member."""
+        slots = tuple(self._batch.server.close_adverts())
+        members = sorted(set().union(*slots))
+        certificates = {s: self._batch.certificates[s] for s in members}
+        self._broadcast(
+            SecAggStage.KEYS,
+            members,
+            lambda h: CohortKeys(h, self.context.attempt, slots, certificates),
+        )
+
+    def _close_shares(self) -> None:
+        """Every slot's routed shares and U2 to each of its members; this attempt's slot's
+        members then mask."""
+        routing = self._batch.server.close_shares()
+        members = sorted(set().union(*(r.survivors for r in routing)))
+
+        def shares(h: Header) -> RoutedShares:
+            slots = tuple(
+                SlotShares(r.sealed[h.recipient], r.survivors) if h.recipient in r.sealed else None
+                for r in routing
+            )
+            return RoutedShares(h, self.context.attempt, slots)
+
+        self._broadcast(SecAggStage.SHARES, members, shares)
+        self.waiting = set(self._batch.server.members(self._slot))
 
     def _close_masked(self) -> None:
         """U3 is known: ask its members to confirm it (with key batches, only the online ones
@@ -417,7 +419,10 @@ class SecureRound:
         if len(asked) == len(u3) or not self.server.recoverable_by(asked):
             asked = list(u3)
         self._excused = sorted(set(u3) - set(asked))
-        self._broadcast("confirm", asked, lambda _: {"survivors": list(u3)})
+        self._broadcast(SecAggStage.CONFIRM, asked, self._confirm_request)
+
+    def _confirm_request(self, header: Header) -> ConfirmRequest:
+        return ConfirmRequest(header, self.context.attempt, self._u3)
 
     def _ask_excused(self) -> bool:
         """Too few of the sites asked to confirm did: ask the excused ones (a courier trip)
@@ -431,49 +436,29 @@ class SecureRound:
             len(self._confirmed),
             ", ".join(late),
         )
-        self._broadcast("confirm", late, lambda _: {"survivors": list(self._u3)})
+        self._broadcast(SecAggStage.CONFIRM, late, self._confirm_request)
         return True
 
-    def _close_batch_adverts(self) -> None:
-        """Every slot's adverts (U1) and the members' certificates, to every member."""
-        assert self.keys is not None
-        slots = self.keys.server.close_adverts()
-        members = sorted(set().union(*slots))
-        payload = keys_payload(slots, {s: self._certificates[s] for s in members})
-        self._broadcast("keys", members, lambda _: payload)
-
-    def _close_batch_shares(self) -> None:
-        """Every slot's routed shares and U2 to each of its members; this attempt's slot's
-        members then mask."""
-        assert self.keys is not None
-        routing = self.keys.server.close_shares()
-        members = sorted(set().union(*(r.survivors for r in routing)))
-        self._broadcast("shares", members, lambda site: shares_payload(routing, site))
-        self.waiting = set(self.keys.server.members(self.setup.context.slot or 0))
-
-    def _broadcast(self, stage: str, sites: Sequence[str], body: Any) -> None:
-        self.stage = stage
-        self.waiting = set(sites)
+    def _broadcast(
+        self,
+        stage: SecAggStage,
+        sites: Sequence[str],
+        message: Callable[[Header], SecAggMessage],
+    ) -> None:
+        """Move to ``stage``: send ``message(header)`` to each of ``sites`` and wait for them."""
+        ctx = self.context
         self._outgoing = {
-            s: SecAggMessage(
-                Header(
-                    MessageKind.SECAGG,
-                    self.context.federation,
-                    self.context.study,
-                    self.context.round,
-                    COORDINATOR,
-                    s,
-                ),
-                stage,
-                self.context.attempt,
-                body(s),
+            s: message(
+                Header(MessageKind.SECAGG, ctx.federation, ctx.study, ctx.round, COORDINATOR, s)
             )
             for s in sites
         }
+        self.waiting = set(sites)
+        self.stage = stage
 
 
 def _verifier(
-    peers: SignatureVerifier, certificates: Mapping[str, str]
+    peers: SignatureVerifier, certificates: Mapping[str, bytes]
 ) -> Callable[[str, bytes, bytes], bool]:
     """``verify(site, data, signature)`` against the certificate ``site`` sent with its advert."""
 
@@ -482,18 +467,9 @@ def _verifier(
         if certificate is None:
             return False
         try:
-            peers(site, bytes.fromhex(certificate), data, signature)
+            peers(site, certificate, data, signature)
         except (AllianceError, ValueError):
             return False
         return True
 
     return verify
-
-
-def _hex(value: Any) -> bytes:
-    if not isinstance(value, str):
-        raise ProtocolError("secure aggregation: expected a hex string")
-    try:
-        return bytes.fromhex(value)
-    except ValueError:
-        raise ProtocolError("secure aggregation: invalid hex string") from None

@@ -13,13 +13,13 @@ from alliance.protocol.envelope import (
 from alliance.protocol.messages import (
     ModelUpdate,
     Refusal,
-    SecAggMessage,
     StudyEnd,
     TrainingPlan,
     TrainTask,
     check_same_shapes,
 )
 from alliance.protocol.privacy import PrivacyPlan, SecAggPlan
+from alliance.protocol.secagg_messages import SecAggMessage, SecAggStage
 from alliance.protocol.secure_update import SecureSum, UpdateLayout
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "Refusal",
     "SecAggMessage",
     "SecAggPlan",
+    "SecAggStage",
     "SecureSum",
     "StudyEnd",
     "TrainTask",

@@ -29,7 +29,6 @@ __all__ = [
     "REFUSAL_REASONS",
     "ModelUpdate",
     "Refusal",
-    "SecAggMessage",
     "StudyEnd",
     "TrainTask",
     "TrainingPlan",
@@ -278,59 +277,6 @@ class Refusal:
                 f"refusal reason must be one of {list(REFUSAL_REASONS)}, got {env.body['reason']!r}"
             )
         return cls(env.header, env.body["reason"])
-
-
-_SECAGG_STAGES = (
-    # coordinator → site
-    "keys",  # every advertised key of the cohort: please share your secrets
-    "shares",  # the encrypted shares addressed to you, and who may mask: send your masked input
-    "confirm",  # who submitted a masked input: please sign that list
-    "unmask",  # the list and the signatures: send shares for survivors and dropped sites
-    # site → coordinator
-    "advert",
-    "share_out",
-    "masked",
-    "confirmation",
-    "unmask_out",
-)
-
-
-@dataclass(frozen=True)
-class SecAggMessage:
-    """One stage of a secure-aggregation round, in either direction.
-
-    ``payload`` is the stage's JSON (see :mod:`alliance.secagg`); ``arrays`` carries the masked
-    vector of a ``masked`` message. ``attempt`` binds the message to one try of the round.
-    """
-
-    header: Header
-    stage: str
-    attempt: int
-    payload: Mapping[str, Any]
-    arrays: Arrays = field(default_factory=dict)
-
-    def to_envelope(self) -> Envelope:
-        """Wrap for transport."""
-        body = {"stage": self.stage, "attempt": self.attempt, "payload": dict(self.payload)}
-        return Envelope(self.header, body, dict(self.arrays))
-
-    @classmethod
-    def from_envelope(cls, env: Envelope) -> SecAggMessage:
-        """Validate and unwrap (the stage's own checks are the secure-aggregation code's)."""
-        _expect(env, MessageKind.SECAGG, {"stage", "attempt", "payload"})
-        stage = env.body["stage"]
-        if stage not in _SECAGG_STAGES:
-            raise ProtocolError(f"secure aggregation: unknown stage {stage!r}")
-        if not isinstance(env.body["payload"], dict):
-            raise ProtocolError("secure aggregation: payload must be an object")
-        for name, arr in env.arrays.items():
-            if stage != "masked" or arr.dtype.kind != "u":
-                raise ProtocolError(
-                    f"secure aggregation: array {name!r} ({arr.dtype}) not allowed in a "
-                    f"{stage!r} message"
-                )
-        attempt = _version(env.body["attempt"], what="secure aggregation: attempt")
-        return cls(env.header, stage, attempt, env.body["payload"], env.arrays)
 
 
 def _key_slot(raw: Any) -> RoundContext:

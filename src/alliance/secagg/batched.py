@@ -111,9 +111,10 @@ class KeyBatchSetup:
     Parameters
     ----------
     context
-        The set-up attempt (without a slot); slot ``j`` is ``context.with_slot(j)``.
+        The set-up attempt (without a slot); slot ``j`` is ``context.with_slot(j)``, and the
+        only slot of a batch of one is ``context`` itself (per-round keys).
     size
-        Number of slots, ``1..MAX_KEY_BATCH``.
+        Number of slots, ``1..MAX_KEY_BATCH``; 1 is one attempt of the per-round protocol.
     sites, vector_length, modulus_bits, threshold, neighbours
         As for :class:`~alliance.secagg.round_setup.RoundSetup`, the same for every slot.
 
@@ -141,9 +142,11 @@ class KeyBatchSetup:
                 f"a key batch has 1 to {MAX_KEY_BATCH} slots, got {size!r}; set "
                 "[secure_aggregation] key_batch accordingly"
             )
+        # A batch of one slot is per-round keys: its slot is the attempt itself, so its keys,
+        # signatures and messages are those of an attempt without key batches.
         slots = tuple(
             RoundSetup(
-                context=self.context.with_slot(j),
+                context=self.context if size == 1 else self.context.with_slot(j),
                 sites=self.sites,
                 vector_length=self.vector_length,
                 modulus_bits=self.modulus_bits,

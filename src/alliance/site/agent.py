@@ -49,11 +49,11 @@ from alliance.protocol.envelope import COORDINATOR, Envelope, Header, MessageKin
 from alliance.protocol.messages import (
     ModelUpdate,
     Refusal,
-    SecAggMessage,
     StudyEnd,
     TrainTask,
     check_same_shapes,
 )
+from alliance.protocol.secagg_messages import SecAggMessage
 from alliance.protocol.secure_update import COUNT_METRICS
 from alliance.site.privatize import LocalUpdate, train_under_plan
 from alliance.site.secure import SecureRounds

@@ -14,6 +14,11 @@ Every refusal of the :class:`~alliance.secagg.SecAggClient` (a forged advertisem
 as both alive and dropped, a second unmask request, a message of another round) is logged and
 answered with nothing: the coordinator then sees this site as dropped, which reveals nothing.
 
+Per-round keys (``key_batch = 1``) are a :class:`~alliance.secagg.KeyBatchClient` of one slot
+bound to the attempt itself, set up by every attempt: the same code answers both, with the typed
+messages of :mod:`alliance.protocol.secagg_messages`. A task delivered again is answered with the
+same message (its answer was lost), never with fresh keys.
+
 With key batches (``[secure_aggregation] key_batch > 1``, :mod:`alliance.secagg.batched`) the
 train task names a key slot. A slot of the batch set up in this very attempt means *set up*: the
 site trains, then answers the ``train``, ``keys`` and ``shares`` stages for every slot of a new
@@ -30,7 +35,7 @@ which it cannot do on this batch without the routing), so the site can use the l
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,18 +44,21 @@ import numpy.typing as npt
 from alliance.core.errors import AllianceError, ConfigError, ProtocolError, SecAggAbort
 from alliance.protocol.codec import MessageSigner, SignatureVerifier
 from alliance.protocol.envelope import COORDINATOR, Header, MessageKind
-from alliance.protocol.key_batch import advert_payload, read_keys, read_shares, share_out_payload
-from alliance.protocol.messages import SecAggMessage, TrainTask
-from alliance.protocol.secure_update import UpdateLayout
-from alliance.secagg import (
-    KeyAdvert,
-    KeyBatchClient,
-    KeyBatchSetup,
-    RoundContext,
-    RoundSetup,
-    SecAggClient,
-    UnmaskRequest,
+from alliance.protocol.messages import TrainTask
+from alliance.protocol.secagg_messages import (
+    CohortKeys,
+    Confirmation,
+    ConfirmRequest,
+    KeyAdverts,
+    MaskedInput,
+    RoutedShares,
+    SealedShares,
+    SecAggMessage,
+    UnmaskCall,
+    UnmaskShares,
 )
+from alliance.protocol.secure_update import UpdateLayout
+from alliance.secagg import KeyBatchClient, KeyBatchSetup, RoundContext, SecAggClient
 from alliance.site.privatize import LocalUpdate
 
 __all__ = ["SecureRounds"]
@@ -66,12 +74,17 @@ class _Encoded:
 
 @dataclass
 class _Attempt:
-    client: SecAggClient
     task: TrainTask
-    #: Key batches: the batch, the slot this attempt masks with, and the answer to its task.
-    batch: KeyBatchClient | None = None
-    slot: int = 0
+    #: The keys (a batch of one slot for per-round keys), the slot this attempt masks with, and
+    #: the answer to its task.
+    batch: KeyBatchClient
+    slot: int
     reply: SecAggMessage | None = None
+
+    @property
+    def client(self) -> SecAggClient:
+        """The slot's protocol state (its consistency check and unmasking)."""
+        return self.batch.slot(self.slot)
 
 
 class SecureRounds:
@@ -100,7 +113,7 @@ class SecureRounds:
         self._encoded: dict[tuple[str, int], _Encoded] = {}
         self._attempts: dict[tuple[str, int, int], _Attempt] = {}
         self._certificates: dict[tuple[str, int, int], dict[str, bytes]] = {}
-        #: Each study's current key batch (key batches only).
+        #: Each study's current keys (per-round keys: the last attempt's batch of one slot).
         self._batches: dict[str, KeyBatchClient] = {}
         #: How many coordinates of the last update were clipped by the quantiser's range.
         self.last_clipped = 0
@@ -115,9 +128,10 @@ class SecureRounds:
         task: TrainTask,
         train: Callable[[], tuple[LocalUpdate, dict[str, float]]],
     ) -> list[SecAggMessage]:
-        """Train (once per round), keep the encoded vector, and answer the task: this attempt's
-        key advert, or with key batches the batch's adverts (set-up) or the masked input (a
-        slot already set up). An empty list when the site cannot take part (nothing trained).
+        """Train (once per round), keep the encoded vector, and answer the task: the key
+        adverts of new keys (per-round keys, or a new key batch), or the masked input (a slot
+        of the batch already set up). The same answer again for the same task; an empty list
+        when the site cannot take part (nothing trained).
         """
         if self.signer is None or self.peers is None:
             raise ConfigError(
@@ -126,43 +140,18 @@ class SecureRounds:
             )
         if self.site_id not in task.cohort:
             raise AllianceError(f"round {task.header.round}: this site is not in the cohort")
-        if task.key_slot is not None or task.secagg.key_batch > 1:
-            return self._begin_slot(task, train)
-        layout = self._encode(task, train)
-        key = (task.header.study, task.header.round)
-        setup = RoundSetup(context=_context(task), **_parameters(task, layout))
-        client = SecAggClient(
-            setup,
-            self.site_id,
-            sign=self.signer.sign,
-            verify=self._verify_for((*key, task.attempt)),
-        )
-        self._keep(task, _Attempt(client, task))
-        advert = client.advertise()
-        payload = {"advert": advert.to_json(), "certificate": self.signer.certificate_der.hex()}
-        return [self._message(task, "advert", payload)]
-
-    def _begin_slot(
-        self, task: TrainTask, train: Callable[[], tuple[LocalUpdate, dict[str, float]]]
-    ) -> list[SecAggMessage]:
-        """Key batches: set up a new batch, or mask with a slot of the one held."""
-        assert self.signer is not None
         h = task.header
         done = self._attempts.get((h.study, h.round, task.attempt))
         if done is not None and done.reply is not None and done.task.key_slot == task.key_slot:
             return [done.reply]  # the same task again (its answer was lost)
         try:
-            slot, sets_up = self._slot_of(task)
+            base, slot = self._slot_of(task)
         except ProtocolError as exc:
             logger.warning("site %s takes no part in round %d: %s", self.site_id, h.round, exc)
             return []
         layout = self._encode(task, train)
-        base = RoundContext(slot.federation, slot.study, slot.round, slot.attempt)
-        batch = self._batches.get(h.study)
-        if not sets_up:
-            assert batch is not None
-            assert slot.slot is not None
-            attempt = _Attempt(batch.slot(slot.slot), task, batch, slot.slot)
+        if slot is not None:
+            attempt = _Attempt(task, self._batches[h.study], slot)
             self._keep(task, attempt)
             try:
                 attempt.reply = self._masked(attempt)
@@ -170,22 +159,31 @@ class SecureRounds:
                 logger.warning("site %s refused to mask round %d: %s", self.site_id, h.round, exc)
                 return []
             return [attempt.reply]
+        batch = self._batches.get(h.study)
         if batch is None or batch.setup.context != base:
-            batch_setup = KeyBatchSetup(
-                context=base, size=task.secagg.key_batch, **_parameters(task, layout)
+            setup = KeyBatchSetup(
+                context=base,
+                size=task.secagg.key_batch,
+                sites=task.cohort,
+                vector_length=layout.length,
+                modulus_bits=layout.quantizer.modulus_bits,
+                threshold=task.secagg.share_threshold(len(task.cohort)),
+                neighbours=task.secagg.neighbours or None,
             )
             verify = self._verify_for((h.study, base.round, base.attempt))
-            batch = KeyBatchClient(batch_setup, self.site_id, sign=self.signer.sign, verify=verify)
-            # The previous batch's unused keys and the shares held for others go with it.
+            batch = KeyBatchClient(setup, self.site_id, sign=self.signer.sign, verify=verify)
+            # The previous keys, and the shares held for others, go with them.
             self._batches[h.study] = batch
-        attempt = _Attempt(batch.slot(0), task, batch, 0)
+        attempt = _Attempt(task, batch, 0)
         self._keep(task, attempt)
-        payload = advert_payload(batch.advertise(), self.signer.certificate_der)
-        attempt.reply = self._message(task, "advert", payload)
+        attempt.reply = KeyAdverts(
+            self._header(task), task.attempt, batch.advertise(), self.signer.certificate_der
+        )
         return [attempt.reply]
 
-    def _slot_of(self, task: TrainTask) -> tuple[RoundContext, bool]:
-        """The task's key slot and whether it asks for a new batch.
+    def _slot_of(self, task: TrainTask) -> tuple[RoundContext, int | None]:
+        """The context of the task's keys, and the slot to mask with (``None``: set up new
+        keys in this attempt, a batch of ``key_batch`` slots).
 
         Raises
         ------
@@ -195,6 +193,8 @@ class SecureRounds:
             spent slot.
         """
         h, slot = task.header, task.key_slot
+        if task.secagg.key_batch == 1 and slot is None:
+            return _context(task), None  # per-round keys
         if slot is None or slot.slot is None or task.secagg.key_batch == 1:
             raise ProtocolError("the task's key slot and the study's key_batch disagree")
         if (slot.federation, slot.study) != (h.federation, h.study):
@@ -203,7 +203,7 @@ class SecureRounds:
         if base == _context(task):
             if slot.slot != 0:
                 raise ProtocolError(f"a new key batch starts at slot 0, not {slot.slot}")
-            return slot, True
+            return base, None
         batch = self._batches.get(h.study)
         if batch is None or batch.setup.context != base:
             raise ProtocolError(f"it holds no keys of {slot.describe()}; it sits the batch out")
@@ -211,7 +211,7 @@ class SecureRounds:
             raise ProtocolError("the task's cohort is not its key batch's")
         if slot.slot not in batch.usable:
             raise ProtocolError(f"{slot.describe()} is spent or was not set up at this site")
-        return slot, False
+        return base, slot.slot
 
     def _encode(
         self, task: TrainTask, train: Callable[[], tuple[LocalUpdate, dict[str, float]]]
@@ -252,13 +252,12 @@ class SecureRounds:
             k: v for k, v in self._certificates.items() if k in self._attempts or k in batches
         }
 
-    def _masked(self, attempt: _Attempt) -> SecAggMessage:
-        """Key batches: the masked input of ``attempt``'s slot."""
-        assert attempt.batch is not None
+    def _masked(self, attempt: _Attempt) -> MaskedInput:
+        """The masked input of ``attempt``'s slot (the slot is then spent)."""
         h = attempt.task.header
         encoded = self._encoded[(h.study, h.round)]
         masked = attempt.batch.mask(attempt.slot, encoded.vector)
-        return self._message(attempt.task, "masked", {}, {"masked": masked})
+        return MaskedInput(self._header(attempt.task), attempt.task.attempt, masked)
 
     def handle(self, msg: SecAggMessage) -> list[SecAggMessage]:
         """Answer one stage message; an empty list when this site refuses or is not in it."""
@@ -276,54 +275,34 @@ class SecureRounds:
             )
             return []
         try:
-            return self._answer(attempt, msg)
+            return [self._answer(attempt, msg)]
         except AllianceError as exc:
             logger.warning(
                 "site %s refused %s stage of round %d: %s", self.site_id, msg.stage, h.round, exc
             )
             return []
 
-    def _answer(self, attempt: _Attempt, msg: SecAggMessage) -> list[SecAggMessage]:
-        client, task, p = attempt.client, attempt.task, msg.payload
-        key = (msg.header.study, msg.header.round, msg.attempt)
-        if attempt.batch is not None and msg.stage in ("keys", "shares"):
-            return self._answer_batch(attempt, msg)
-        if msg.stage == "keys":
-            adverts = {s: KeyAdvert.from_json(a) for s, a in _mapping(p, "adverts").items()}
-            self._certificates[key] = {
-                s: bytes.fromhex(str(c)) for s, c in _mapping(p, "certificates").items()
-            }
-            ciphertexts = client.share_keys(adverts)
-            hexed = {v: c.hex() for v, c in ciphertexts.items()}
-            return [self._message(task, "share_out", {"ciphertexts": hexed})]
-        if msg.stage == "shares":
-            client.receive_shares(
-                {u: bytes.fromhex(str(c)) for u, c in _mapping(p, "ciphertexts").items()}
+    def _answer(self, attempt: _Attempt, msg: SecAggMessage) -> SecAggMessage:
+        """This site's answer to one stage of ``attempt`` (every slot of a set-up at once)."""
+        batch, task = attempt.batch, attempt.task
+        if isinstance(msg, CohortKeys):
+            self._certificates[(msg.header.study, msg.header.round, msg.attempt)] = dict(
+                msg.certificates
             )
-            encoded = self._encoded[(msg.header.study, msg.header.round)]
-            masked = client.mask(encoded.vector, survivors=_sites(p, "survivors"))
-            return [self._message(task, "masked", {}, {"masked": masked})]
-        if msg.stage == "confirm":
-            signature = client.confirm(_sites(p, "survivors"))
-            return [self._message(task, "confirmation", {"signature": signature.hex()})]
-        if msg.stage == "unmask":
-            response = client.answer(UnmaskRequest.from_json(p.get("request")))
-            return [self._message(task, "unmask_out", {"response": response.to_json()})]
-        raise AllianceError(f"a site does not answer a {msg.stage!r} stage message")
-
-    def _answer_batch(self, attempt: _Attempt, msg: SecAggMessage) -> list[SecAggMessage]:
-        """Key batch set-up: seal every slot's shares, or take every slot's and mask."""
-        batch, task, p = attempt.batch, attempt.task, msg.payload
-        assert batch is not None
-        if msg.stage == "shares":
-            batch.receive_shares(read_shares(p))
+            sealed = batch.share_keys(msg.slots)
             self._log_refused(batch)
-            return [self._masked(attempt)]
-        adverts, certificates = read_keys(p)
-        self._certificates[(msg.header.study, msg.header.round, msg.attempt)] = certificates
-        sealed = batch.share_keys(adverts)
-        self._log_refused(batch)
-        return [self._message(task, "share_out", share_out_payload(sealed))]
+            return SealedShares(self._header(task), task.attempt, tuple(sealed))
+        if isinstance(msg, RoutedShares):
+            batch.receive_shares(msg.slots)
+            self._log_refused(batch)
+            return self._masked(attempt)
+        if isinstance(msg, ConfirmRequest):
+            signature = attempt.client.confirm(msg.survivors)
+            return Confirmation(self._header(task), task.attempt, signature)
+        if isinstance(msg, UnmaskCall):
+            response = attempt.client.answer(msg.request)
+            return UnmaskShares(self._header(task), task.attempt, response)
+        raise AllianceError(f"a site does not answer a {msg.stage!r} stage message")
 
     def _log_refused(self, batch: KeyBatchClient) -> None:
         for slot, reason in sorted(batch.refused.items()):
@@ -342,49 +321,12 @@ class SecureRounds:
 
         return verify
 
-    def _message(
-        self,
-        task: TrainTask,
-        stage: str,
-        payload: Mapping[str, Any],
-        arrays: Mapping[str, npt.NDArray[Any]] | None = None,
-    ) -> SecAggMessage:
-        header = Header(
-            MessageKind.SECAGG,
-            task.header.federation,
-            task.header.study,
-            task.header.round,
-            self.site_id,
-            COORDINATOR,
-        )
-        return SecAggMessage(header, stage, task.attempt, payload, dict(arrays or {}))
+    def _header(self, task: TrainTask) -> Header:
+        """The header of this site's answers in ``task``'s round."""
+        h = task.header
+        return Header(MessageKind.SECAGG, h.federation, h.study, h.round, self.site_id, COORDINATOR)
 
 
 def _context(task: TrainTask) -> RoundContext:
     h = task.header
     return RoundContext(federation=h.federation, study=h.study, round=h.round, attempt=task.attempt)
-
-
-def _parameters(task: TrainTask, layout: UpdateLayout) -> dict[str, Any]:
-    """The public parameters of the task's keys, besides their context."""
-    return {
-        "sites": task.cohort,
-        "vector_length": layout.length,
-        "modulus_bits": layout.quantizer.modulus_bits,
-        "threshold": task.secagg.share_threshold(len(task.cohort)),
-        "neighbours": task.secagg.neighbours or None,
-    }
-
-
-def _mapping(payload: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    value = payload.get(key)
-    if not isinstance(value, dict):
-        raise AllianceError(f"secure aggregation payload field {key!r} must be an object")
-    return value
-
-
-def _sites(payload: Mapping[str, Any], key: str) -> list[str]:
-    value = payload.get(key)
-    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
-        raise AllianceError(f"secure aggregation payload field {key!r} must be a list of site ids")
-    return list(value)
