@@ -68,14 +68,15 @@ SCENARIOS = [
     ),
     # Secure aggregation: in round 1 b vanishes when the shares come, after sharing its keys:
     # the stage times out and b's masks are removed with the others' shares. In round 2 d
-    # vanishes at the unmask stage, after its masked vector is in: the sum holds it.
+    # vanishes at the unmask stage, after its masked vector is in: the sum holds it. In round 3
+    # c ignores its task: the training stage waits for the round's deadline.
     Scenario(
         "secure",
-        rounds=2,
+        rounds=3,
         secure=True,
-        drops=frozenset({("b", 1, "shares"), ("d", 2, "unmask")}),
-        jumps=(STAGE_TIMEOUT_S, 2 * STAGE_TIMEOUT_S),
-        expect_sites=("acd", "abcd"),
+        drops=frozenset({("b", 1, "shares"), ("d", 2, "unmask"), ("c", 3, "train")}),
+        jumps=(STAGE_TIMEOUT_S, 2 * STAGE_TIMEOUT_S, 2 * STAGE_TIMEOUT_S + ROUND_TIMEOUT_S),
+        expect_sites=("acd", "abcd", "abd"),
     ),
     # Secure aggregation with a site on files and key batches: after the set-up b exchanges one
     # bundle pair per round (it is not asked to confirm or unmask while the others can).
