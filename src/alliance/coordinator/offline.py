@@ -305,7 +305,7 @@ class OfflineSites:
             count(h.sender, bundle.envelope, size, name)
 
         for rejection in self.collect(handle):
-            logger.warning("bundle %s not counted: %s", rejection.file, rejection.reason)
+            logger.warning("bundle %s: %s", rejection.file, rejection.reason)
             audit.append("bundle_rejected", file=Path(rejection.file).name, reason=rejection.reason)
 
     def write(self, envelope_for: Callable[[str], Envelope | None], audit: AuditLog) -> None:
