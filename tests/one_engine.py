@@ -322,6 +322,9 @@ class ServiceRun:
         version, weights, _ = self.service.store.latest_model(STUDY)
         history = self.service.study_status(STUDY)["history"]
         assert version == len(history)
+        # Status adds the version each round's metrics measured: the one the round trained.
+        for entry in history:
+            assert entry.pop("evaluated_version") == entry["model_version"] - 1
         log = [line["message"] for line in self.service.study_logs(STUDY, 0)]
         stored = [(r.sender, r.reason) for r in self.service.store.rejections(STUDY)]
         # Every upload refused over the API was recorded (refused bundles are recorded only).
