@@ -35,10 +35,8 @@ import numpy as np
 import numpy.typing as npt
 
 from alliance.algorithms.strategies import Strategy
-from alliance.coordinator.buffered import BufferedMode
-from alliance.coordinator.plain import PlainMode
+from alliance.coordinator.modes import round_mode
 from alliance.coordinator.round import Opening, Receipt, Round, RoundMode, RoundRecord, Weights
-from alliance.coordinator.secure_round import SecureMode
 from alliance.core.errors import AllianceError, ConfigError, FederationError, ProtocolError
 from alliance.core.faults import crash_point
 from alliance.protocol.aggregation import AggregationPlan
@@ -69,41 +67,6 @@ class Rejection:
     round: int
     sender: str
     reason: str
-
-
-def round_mode(
-    *,
-    federation: str,
-    secagg: SecAggPlan,
-    aggregation: AggregationPlan,
-    peers: SignatureVerifier | None = None,
-    offline: Collection[str] = (),
-    clock: Callable[[], float] = time.time,
-) -> RoundMode:
-    """The mode a study's rounds run in: secure, buffered (asynchronous) or plain.
-
-    Raises
-    ------
-    ConfigError
-        Asynchronous aggregation together with secure aggregation.
-    """
-    if aggregation.is_async and secagg.enabled:
-        raise ConfigError(
-            "asynchronous aggregation cannot be combined with secure aggregation (the masks "
-            "cancel only within one cohort answering the same round)"
-        )
-    if secagg.enabled:
-        # Attempts are numbered from the clock so that a restarted coordinator never reuses one.
-        return SecureMode(
-            federation=federation,
-            plan=secagg,
-            peers=peers,
-            offline=offline,
-            first_attempt=int(clock() * 1000),
-        )
-    if aggregation.is_async:
-        return BufferedMode(aggregation, offline)
-    return PlainMode()
 
 
 class Coordinator:
