@@ -57,7 +57,7 @@ from alliance.coordinator.secure import BatchKeys, SecureRound
 from alliance.core.errors import AllianceError, ConfigError, FederationError, ProtocolError
 from alliance.core.faults import crash_point
 from alliance.evaluation.ranking import topk_from_counts
-from alliance.protocol.aggregation import AggregationPlan
+from alliance.protocol.aggregation import AggregationPlan, check_combination
 from alliance.protocol.codec import SignatureVerifier, content_digest
 from alliance.protocol.envelope import COORDINATOR, Envelope, Header, MessageKind
 from alliance.protocol.messages import (
@@ -69,6 +69,7 @@ from alliance.protocol.messages import (
     check_same_shapes,
 )
 from alliance.protocol.privacy import PrivacyPlan, SecAggPlan
+from alliance.protocol.study import effective_quorum
 from alliance.secagg import RoundContext
 from alliance.store.memory import MemoryStore
 from alliance.store.state import (
@@ -229,11 +230,9 @@ class Coordinator:
         self.plan = plan
         self.mailbox = mailbox
         self.open_invitation = open_invitation
-        secure_default = (secagg or SecAggPlan()).enabled and self.sites
-        if quorum is None and secure_default:
-            # A secure round completes with any threshold-sized set of survivors.
-            quorum = (secagg or SecAggPlan()).threshold_for(len(self.sites))
-        self.quorum = len(self.sites) if quorum is None else quorum
+        self.quorum = effective_quorum(
+            len(self.sites), requested=quorum, secagg=secagg or SecAggPlan()
+        )
         if self.quorum < 1 or (not open_invitation and self.quorum > len(self.sites)):
             raise ConfigError(f"quorum must be between 1 and {len(self.sites)} sites, got {quorum}")
         self.store: CoordinatorStore = MemoryStore() if store is None else store
@@ -242,11 +241,7 @@ class Coordinator:
         self.privacy = privacy or PrivacyPlan()
         self.secagg = secagg or SecAggPlan()
         self.aggregation = aggregation or AggregationPlan()
-        if self.aggregation.is_async and self.secagg.enabled:
-            raise ConfigError(
-                "asynchronous aggregation cannot be combined with secure aggregation (the masks "
-                "cancel only within one cohort answering the same round)"
-            )
+        check_combination(self.aggregation, self.secagg)
         #: Asynchronous rounds with a mailbox: site → model version of its unanswered task.
         self._outstanding: dict[str, int] = {}
         #: Sites that declined the open round (``site → reason``); they are not waited for.

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alliance.algorithms.strategies import make_strategy
+from alliance.algorithms.strategies import build_strategy
 from alliance.coordinator.rounds import Coordinator, Receipt
 from alliance.coordinator.study_check import load_study
 from alliance.coordinator.visibility import site_log, site_status
@@ -333,9 +333,9 @@ class CoordinatorService:
 
     def _load(self, record: StudyRecord) -> _Running:
         spec = StudySpec.parse(record.spec, where=f"study {record.study_id}")
-        model = self.model_kind(dict(spec.model)).build(spec.seed)
+        model = self.model_kind(spec.model.to_table()).build(spec.seed)
         weights = get_weights(model)
-        strategy = make_strategy(spec.strategy["name"], **spec.strategy_options)
+        strategy = build_strategy(spec.strategy)
         previous = self.store.rounds(spec.study_id)
         sites = spec.sites or tuple(sorted({s for r in previous for s in r.participants}))
         coordinator = Coordinator(
