@@ -286,6 +286,7 @@ class StudySpec:
         ConfigError
             ``[table] key ...`` for any field out of its bounds or rule broken.
         """
+        check_int("rounds", rounds, minimum=1, maximum=MAX_ROUNDS)  # before privacy takes it
         fields_: dict[str, Any] = {
             "study_id": study_id,
             "title": study_id if title is None else title,
