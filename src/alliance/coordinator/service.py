@@ -618,7 +618,12 @@ class CoordinatorService:
         consortium's aggregates and its own figures (:func:`site_status`)."""
         record = self._record(study_id)
         rounds = self.store.rounds(study_id)
-        spec = StudySpec.parse(record.spec, where=f"study {study_id}")
+        try:
+            spec: StudySpec | None = StudySpec.parse(record.spec, where=f"study {study_id}")
+        except ConfigError:
+            # Stored before study files were checked whole: it failed to start, and its
+            # record's error says why.
+            spec = None
         current = rounds[-1] if rounds else None
         answered = (
             [u.site for u in self.store.updates(study_id, current.round)]
@@ -627,12 +632,12 @@ class CoordinatorService:
         )
         status = {
             "study": study_id,
-            "title": spec.title,
+            "title": study_id if spec is None else spec.title,
             "status": record.status.value,
             "hash": record.spec_hash,
             "submitted_by": record.submitted_by,
             "error": record.error,
-            "rounds_total": spec.rounds,
+            "rounds_total": 0 if spec is None else spec.rounds,
             "rounds_closed": sum(r.status.value == "closed" for r in rounds),
             "open_round": None
             if current is None or current.status.value != "open"
@@ -644,7 +649,9 @@ class CoordinatorService:
             },
             "history": [dict(r.summary) for r in rounds if r.status.value == "closed"],
             "rejections": len(self.store.rejections(study_id)),
-            "privacy": describe_privacy(spec.privacy, spec.secagg, spec.rounds),
+            "privacy": None
+            if spec is None
+            else describe_privacy(spec.privacy, spec.secagg, spec.rounds),
         }
         return status if site is None else site_status(status, site)
 
