@@ -152,7 +152,7 @@ def _check_options(strategy: Any, *names: str) -> None:
     """Each named option within its bounds (the study file's, checked by
     :func:`~alliance.protocol.strategy_spec.check_strategy_option`)."""
     for key in names:
-        check_strategy_option(StrategyName(strategy.name), key, getattr(strategy, key))
+        check_strategy_option(strategy_name(strategy.name), key, getattr(strategy, key))
 
 
 def _default(name: StrategyName, key: str) -> float:
