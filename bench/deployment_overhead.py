@@ -90,7 +90,7 @@ from tests.e2e.deployment import (  # noqa: E402
     study_text,
 )
 
-from alliance.algorithms.strategies import make_strategy  # noqa: E402
+from alliance.algorithms.strategies import build_strategy  # noqa: E402
 from alliance.coordinator.rounds import Coordinator  # noqa: E402
 from alliance.coordinator.serve import CoordinatorConfig  # noqa: E402
 from alliance.crypto.pki import Role, TrustStore  # noqa: E402
@@ -706,7 +706,7 @@ def component_costs(
             study="bench",
             sites=list(d.sites),
             weights=weights,
-            strategy=make_strategy(spec.strategy["name"], **spec.strategy_options),
+            strategy=build_strategy(spec.strategy),
             plan=plan,
             store=store,
         )
@@ -962,7 +962,7 @@ def main() -> None:
             study_id = f"overhead-{size.lower()}"
             text = _spec_text(study_id, d.sites, args.rounds, dim)
             spec = StudySpec.parse(text)
-            kind = make_study_model(dict(spec.model))
+            kind = make_study_model(spec.model)
             params = int(sum(p.numel() for p in kind.build(spec.seed).parameters()))
             print(f"{size}: {params:,} parameters; simulation ...", flush=True)
             sim = run_simulation(d, text, kind)

@@ -43,6 +43,7 @@ from alliance.protocol.codec import (
     encode_signed,
 )
 from alliance.protocol.envelope import COORDINATOR, Envelope, Header, MessageKind
+from alliance.protocol.model_spec import NoOptions, register_model_options
 from alliance.store.audit import AuditLog
 from alliance.store.memory import MemoryStore
 from alliance.store.state import UpdateMeta
@@ -312,6 +313,9 @@ class ContractModelKind:
     def collate(self, items: list[Any]) -> Any:
         raise NotImplementedError("the contract study has no cases")
 
+
+# Study files may name the contract model (it takes no options).
+register_model_options(ContractModelKind.kind, NoOptions.from_table)
 
 STUDY_TOML = f"""[study]
 id = "{STUDY}"

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from typer.testing import CliRunner
 
-from alliance.algorithms.strategies import make_strategy
+from alliance.algorithms.strategies import build_strategy
 from alliance.cli.consortium import app as consortium_app
 from alliance.coordinator.client import OperatorConfig, StudyClient
 from alliance.coordinator.rounds import RoundRecord
@@ -49,7 +49,7 @@ def simulate_study(
     simulation and the deployment do the very same arithmetic.
     """
     spec = StudySpec.parse(text)
-    kind = kind or make_study_model(dict(spec.model))
+    kind = kind or make_study_model(spec.model)
     sites = spec.sites or d.sites
     train = {s: kind.load(d.site_dir(s) / "cases.train.jsonl").dataset for s in sites}
     test = {s: kind.load(d.site_dir(s) / "cases.test.jsonl").dataset for s in sites}
@@ -60,7 +60,7 @@ def simulate_study(
             model_fn=lambda: kind.build(spec.seed),
             sites=train,
             test=test,
-            strategy=make_strategy(spec.strategy["name"], **spec.strategy_options),
+            strategy=build_strategy(spec.strategy),
             rounds=spec.rounds,
             plan=spec.plan,
             collate_fn=kind.collate,

@@ -30,6 +30,7 @@ from alliance.protocol.aggregation import AggregationMode, AggregationPlan
 from alliance.protocol.codec import decode_signed, encode_signed
 from alliance.protocol.envelope import COORDINATOR, Header, MessageKind
 from alliance.protocol.messages import ModelUpdate, TrainingPlan, TrainTask
+from alliance.protocol.model_spec import NoOptions, register_model_options
 from alliance.sim.demo import DemoConfig, run_demo
 from alliance.sim.simulation import Simulation, SimulationResult
 from alliance.store.audit import AuditLog
@@ -184,6 +185,10 @@ class _TinyModel:
 
     def collate(self, items: list[object]) -> object:
         raise NotImplementedError("the service test trains nowhere")
+
+
+# Study files may name the tiny model (it takes no options).
+register_model_options(_TinyModel.kind, NoOptions.from_table)
 
 
 def test_the_service_opens_the_next_version_at_once_and_counts_a_late_update(

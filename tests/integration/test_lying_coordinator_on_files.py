@@ -101,7 +101,7 @@ class Coordinator:
         self.site_key = site_key
         self.site = site
         self.spec = StudySpec.parse(text)
-        kind = make_study_model(dict(self.spec.model))
+        kind = make_study_model(self.spec.model)
         self.weights = get_weights(kind.build(self.spec.seed))
 
     def task(self, folder: Path, round_: int, name: str) -> Path:

@@ -21,7 +21,6 @@ every model version, so a restarted coordinator continues bit for bit.
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -32,6 +31,13 @@ import numpy.typing as npt
 
 from alliance.core.errors import ConfigError, FederationError
 from alliance.protocol.messages import TrainingPlan
+from alliance.protocol.strategy_spec import (
+    STRATEGY_DEFAULTS,
+    StrategyName,
+    StrategySpec,
+    check_strategy_option,
+    strategy_name,
+)
 
 __all__ = [
     "STRATEGIES",
@@ -41,6 +47,7 @@ __all__ = [
     "SiteUpdate",
     "Strategy",
     "StrategyName",
+    "build_strategy",
     "make_strategy",
     "update_shares",
     "weighted_mean_delta",
@@ -142,41 +149,22 @@ def weighted_mean_delta(updates: Sequence[SiteUpdate]) -> dict[str, npt.NDArray[
 
 
 def _check_options(strategy: Any, *names: str) -> None:
-    """Each named option must be a finite number > 0 (study files are typed by people)."""
-    for name in names:
-        value = getattr(strategy, name)
-        if not isinstance(value, int | float) or isinstance(value, bool) or not np.isfinite(value):
-            raise ConfigError(
-                f"[strategy] {name} of {strategy.name} must be a number, got {value!r}"
-            )
-        if value <= 0 and name != "mu":
-            raise ConfigError(f"[strategy] {name} of {strategy.name} must be > 0, got {value!r}")
-        if value < 0:
-            raise ConfigError(f"[strategy] {name} of {strategy.name} must be >= 0, got {value!r}")
-        top, inclusive = _OPTION_MAXIMA[name]
-        if value > top or (value == top and not inclusive):
-            bound = f"<= {top:g}" if inclusive else f"< {top:g}"
-            raise ConfigError(
-                f"[strategy] {name} of {strategy.name} must be {bound}, got {value!r}"
-            )
+    """Each named option within its bounds (the study file's, checked by
+    :func:`~alliance.protocol.strategy_spec.check_strategy_option`)."""
+    for key in names:
+        check_strategy_option(strategy_name(strategy.name), key, getattr(strategy, key))
 
 
-#: Upper bound of each option and whether it is allowed itself (Adam's betas stay below 1).
-_OPTION_MAXIMA = {
-    "server_lr": (100.0, True),
-    "mu": (1000.0, True),
-    "beta1": (1.0, False),
-    "beta2": (1.0, False),
-    "tau": (1.0, True),
-}
+def _default(name: StrategyName, key: str) -> float:
+    return STRATEGY_DEFAULTS[name][key]
 
 
 @dataclass
 class FedAvg:
     """Sample-weighted federated averaging with a server learning rate (1.0 = plain FedAvg)."""
 
-    server_lr: float = 1.0
-    name: str = "fedavg"
+    server_lr: float = _default(StrategyName.FEDAVG, "server_lr")
+    name: str = StrategyName.FEDAVG.value
 
     def __post_init__(self) -> None:
         _check_options(self, "server_lr")
@@ -206,8 +194,8 @@ class FedAvg:
 class FedProx(FedAvg):
     """FedAvg aggregation with a proximal term in every site's local loss."""
 
-    mu: float = 0.01
-    name: str = "fedprox"
+    mu: float = _default(StrategyName.FEDPROX, "mu")
+    name: str = StrategyName.FEDPROX.value
 
     def __post_init__(self) -> None:
         _check_options(self, "server_lr", "mu")
@@ -221,11 +209,11 @@ class FedProx(FedAvg):
 class FedAdam:
     """Server-side Adam on the mean delta (Reddi et al. 2021, "Adaptive Federated Optimization")."""
 
-    server_lr: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
-    tau: float = 1e-3
-    name: str = "fedadam"
+    server_lr: float = _default(StrategyName.FEDADAM, "server_lr")
+    beta1: float = _default(StrategyName.FEDADAM, "beta1")
+    beta2: float = _default(StrategyName.FEDADAM, "beta2")
+    tau: float = _default(StrategyName.FEDADAM, "tau")
+    name: str = StrategyName.FEDADAM.value
 
     def __post_init__(self) -> None:
         _check_options(self, "server_lr", "beta1", "beta2", "tau")
@@ -270,14 +258,6 @@ class FedAdam:
         self._m, self._v = m, v
 
 
-class StrategyName(enum.Enum):
-    """Names under which strategies are registered."""
-
-    FEDAVG = "fedavg"
-    FEDPROX = "fedprox"
-    FEDADAM = "fedadam"
-
-
 STRATEGIES: dict[StrategyName, Callable[..., Strategy]] = {
     StrategyName.FEDAVG: FedAvg,
     StrategyName.FEDPROX: FedProx,
@@ -293,14 +273,14 @@ def make_strategy(name: str | StrategyName, **options: Any) -> Strategy:
     ConfigError
         For an unknown name or an option the strategy does not take.
     """
-    try:
-        key = StrategyName(name) if isinstance(name, str) else name
-    except ValueError:
-        known = ", ".join(s.value for s in StrategyName)
-        raise ConfigError(
-            f"[strategy] name: unknown strategy {name!r}; choose one of: {known}"
-        ) from None
+    key = strategy_name(name)
     try:
         return STRATEGIES[key](**options)
     except TypeError as exc:
         raise ConfigError(f"[strategy] {key.value}: {exc}") from None
+
+
+def build_strategy(spec: StrategySpec) -> Strategy:
+    """Build the strategy a study's :class:`~alliance.protocol.strategy_spec.StrategySpec`
+    names, with its options (checked when the spec was made)."""
+    return make_strategy(spec.name, **spec.options)

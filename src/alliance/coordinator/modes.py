@@ -15,8 +15,7 @@ from alliance.coordinator.buffered import BufferedMode
 from alliance.coordinator.plain import PlainMode
 from alliance.coordinator.round import RoundMode
 from alliance.coordinator.secure_round import SecureMode
-from alliance.core.errors import ConfigError
-from alliance.protocol.aggregation import AggregationPlan
+from alliance.protocol.aggregation import AggregationPlan, check_combination
 from alliance.protocol.codec import SignatureVerifier
 from alliance.protocol.privacy import SecAggPlan
 
@@ -39,11 +38,7 @@ def round_mode(
     ConfigError
         Asynchronous aggregation together with secure aggregation.
     """
-    if aggregation.is_async and secagg.enabled:
-        raise ConfigError(
-            "asynchronous aggregation cannot be combined with secure aggregation (the masks "
-            "cancel only within one cohort answering the same round)"
-        )
+    check_combination(aggregation, secagg)
     if secagg.enabled:
         # Attempts are numbered from the clock so that a restarted coordinator never reuses one.
         return SecureMode(

@@ -44,6 +44,7 @@ from alliance.protocol.codec import SignatureVerifier, content_digest
 from alliance.protocol.envelope import COORDINATOR, Envelope, Header, MessageKind
 from alliance.protocol.messages import Refusal, StudyEnd, TrainingPlan, TrainTask
 from alliance.protocol.privacy import PrivacyPlan, SecAggPlan
+from alliance.protocol.study import effective_quorum
 from alliance.secagg import RoundContext
 from alliance.store.memory import MemoryStore
 from alliance.store.state import (
@@ -145,10 +146,7 @@ class Coordinator:
             offline=offline,
             clock=clock,
         )
-        if quorum is None and self.secagg.enabled and self.sites:
-            # A secure round completes with any threshold-sized set of survivors.
-            quorum = self.secagg.threshold_for(len(self.sites))
-        self.quorum = len(self.sites) if quorum is None else quorum
+        self.quorum = effective_quorum(len(self.sites), requested=quorum, secagg=self.secagg)
         if self.quorum < 1 or (not open_invitation and self.quorum > len(self.sites)):
             raise ConfigError(f"quorum must be between 1 and {len(self.sites)} sites, got {quorum}")
         self.store: CoordinatorStore = MemoryStore() if store is None else store

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from alliance.algorithms.strategies import make_strategy
+from alliance.algorithms.strategies import build_strategy
 from alliance.coordinator.driver import Report, RoundDriver, Schedule
 from alliance.coordinator.rounds import Coordinator
 from alliance.models.tasks import StudyModel
@@ -65,7 +65,7 @@ class RunningStudy:
             does not fit in memory).
         """
         spec = StudySpec.parse(record.spec, where=f"study {record.study_id}")
-        weights = get_weights(model_kind(dict(spec.model)).build(spec.seed))
+        weights = get_weights(model_kind(spec.model.to_table()).build(spec.seed))
         previous = store.rounds(spec.study_id)
         sites = spec.sites or tuple(sorted({s for r in previous for s in r.participants}))
         coordinator = Coordinator(
@@ -73,7 +73,7 @@ class RunningStudy:
             study=spec.study_id,
             sites=sites,
             weights=weights,
-            strategy=make_strategy(spec.strategy["name"], **spec.strategy_options),
+            strategy=build_strategy(spec.strategy),
             plan=spec.plan,
             quorum=spec.quorum,
             store=store,

@@ -16,6 +16,7 @@ from typing import Any
 
 from alliance.coordinator.driver import RoundDriver
 from alliance.coordinator.visibility import site_log, site_status
+from alliance.core.errors import ConfigError
 from alliance.privacy.accountant import SampledGaussian, epsilon
 from alliance.protocol.privacy import PrivacyPlan, SecAggPlan
 from alliance.protocol.study import StudySpec
@@ -54,7 +55,12 @@ def study_status(
     """
     study_id = record.study_id
     rounds = store.rounds(study_id)
-    spec = StudySpec.parse(record.spec, where=f"study {study_id}")
+    try:
+        spec: StudySpec | None = StudySpec.parse(record.spec, where=f"study {study_id}")
+    except ConfigError:
+        # Stored before study files were checked whole: it failed to start, and its record's
+        # error says why.
+        spec = None
     current = rounds[-1] if rounds and rounds[-1].status is RoundStatus.OPEN else None
     open_round = None
     if current is not None:
@@ -79,17 +85,19 @@ def study_status(
             history.append(entry)
     status = {
         "study": study_id,
-        "title": spec.title,
+        "title": study_id if spec is None else spec.title,
         "status": record.status.value,
         "hash": record.spec_hash,
         "submitted_by": record.submitted_by,
         "error": record.error,
-        "rounds_total": spec.rounds,
+        "rounds_total": 0 if spec is None else spec.rounds,
         "rounds_closed": len(history),
         "open_round": open_round,
         "history": history,
         "rejections": len(store.rejections(study_id)),
-        "privacy": describe_privacy(spec.privacy, spec.secagg, spec.rounds),
+        "privacy": None
+        if spec is None
+        else describe_privacy(spec.privacy, spec.secagg, spec.rounds),
     }
     return status if site is None else site_status(status, site)
 

@@ -1,11 +1,10 @@
 """A study file checked whole, as an ethics board approves it and the coordinator queues it.
 
-:meth:`~alliance.protocol.study.StudySpec.parse` checks every field the protocol knows, with
-bounds. What only the layers above know is checked here too: the ``[model]`` options of the
-named model kind (:func:`~alliance.models.tasks.check_model_options`, without building the model)
-and the ``[strategy]`` name and options (by building the strategy, which holds no model). So
-``alliance study hash`` prints no hash, and ``POST /v1/studies`` queues nothing, for a study that
-could never run.
+:meth:`~alliance.protocol.study.StudySpec.parse` checks every field, the ``[strategy]`` and
+``[model]`` options included, with bounds. What is left to a coordinator is whether it can build
+the model kind the study names (``model_check``: by default the kinds of
+:data:`alliance.models.tasks.MODEL_KINDS`). So ``alliance study hash`` prints no hash, and
+``POST /v1/studies`` queues nothing, for a study that could never run.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from alliance.algorithms.strategies import make_strategy
 from alliance.core.errors import ConfigError
 from alliance.models.tasks import check_model_options
 from alliance.protocol.study import StudySpec
@@ -27,7 +25,7 @@ def load_study(
     where: str = "study file",
     model_check: Callable[[Mapping[str, Any]], None] = check_model_options,
 ) -> StudySpec:
-    """Parse a study file and check its model and strategy options.
+    """Parse a study file and check that its model kind can be built here.
 
     Parameters
     ----------
@@ -36,8 +34,8 @@ def load_study(
     where
         What to call it in errors (its path).
     model_check
-        Validates the ``[model]`` table without building the model (default: the bounds of the
-        registered model kinds).
+        Checks the ``[model]`` table (as :meth:`ModelSpec.to_table` writes it) against the
+        model kinds this coordinator builds (default: :data:`~alliance.models.tasks.MODEL_KINDS`).
 
     Raises
     ------
@@ -46,8 +44,7 @@ def load_study(
     """
     spec = StudySpec.parse(text, where=where)
     try:
-        model_check(spec.model)
-        make_strategy(spec.strategy["name"], **spec.strategy_options)
+        model_check(spec.model.to_table())
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     return spec

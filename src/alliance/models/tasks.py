@@ -11,7 +11,7 @@ Kinds register in :data:`MODEL_KINDS` (``register`` a factory to add one).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,11 +27,10 @@ from alliance.models.features import PhenotypeFeatures
 from alliance.models.ranker import CaseDataset, PhenotypeRanker
 
 __all__ = [
-    "MAX_DIM",
-    "MAX_MIN_PHENOTYPES",
     "MAX_PARAMETERS",
     "MODEL_KINDS",
     "LoadedCases",
+    "ModelTable",
     "PhenotypeRankerKind",
     "StudyModel",
     "check_model_options",
@@ -71,27 +70,29 @@ class StudyModel(Protocol):
 #: Most learned parameters a study's model may have: 64 Mi float32 values, 256 MiB, so that the
 #: coordinator, every site and every stored update hold it comfortably in memory.
 MAX_PARAMETERS = 2**26
-#: Widest ranker embedding: with the shipped HPO release and every disease source (about 12,500
-#: terms and 12,800 diseases) a width of 1024 stays under :data:`MAX_PARAMETERS`.
-MAX_DIM = 1024
-#: ``min_phenotypes`` above this leaves no disease of the shipped catalogue.
-MAX_MIN_PHENOTYPES = 1000
 
 
 class PhenotypeRankerKind:
-    """The rare-disease ranker (``kind = "phenotype-ranker"``), options ``dim`` (1 to
-    :data:`MAX_DIM`), ``sources`` (a list among OMIM and ORPHA, default ``["OMIM"]``) and
-    ``min_phenotypes`` (1 to :data:`MAX_MIN_PHENOTYPES`): built from the shipped HPO release and
-    its disease annotations; at most :data:`MAX_PARAMETERS` learned parameters."""
+    """The rare-disease ranker (``kind = "phenotype-ranker"``), built from the shipped HPO release
+    and its disease annotations: at most :data:`MAX_PARAMETERS` learned parameters.
+
+    Its options (``dim``, ``sources``, ``min_phenotypes``) are those of
+    :class:`alliance.protocol.model_spec.RankerOptions`, which bounds them when the study is
+    read; only the parameter count, which needs the catalogue, is checked here.
+    """
 
     kind = "phenotype-ranker"
 
     def __init__(
-        self, *, dim: int = 32, sources: tuple[str, ...] = ("OMIM",), min_phenotypes: int = 3
+        self,
+        *,
+        dim: int = 32,
+        sources: Sequence[str | DiseaseSource] = ("OMIM",),
+        min_phenotypes: int = 3,
     ) -> None:
-        chosen = self.check(dim=dim, sources=sources, min_phenotypes=min_phenotypes)
         self.dim = dim
         ontology = load_ontology()
+        chosen = tuple(DiseaseSource(s) for s in sources)
         self.features = PhenotypeFeatures(
             ontology, ontology.catalogue(chosen, min_phenotypes=min_phenotypes)
         )
@@ -102,39 +103,6 @@ class PhenotypeRankerKind:
                 f"[model] dim = {dim} gives {parameters:,} parameters with this catalogue, more "
                 f"than the {MAX_PARAMETERS:,} a study model may have; use a smaller dim"
             )
-
-    @staticmethod
-    def check(
-        *, dim: Any = 32, sources: Any = ("OMIM",), min_phenotypes: Any = 3
-    ) -> tuple[DiseaseSource, ...]:
-        """Validate the options without building anything; returns the disease sources.
-
-        Raises
-        ------
-        ConfigError
-            Naming the option and what it accepts.
-        """
-        for key, value, top in (
-            ("dim", dim, MAX_DIM),
-            ("min_phenotypes", min_phenotypes, MAX_MIN_PHENOTYPES),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
-                raise ConfigError(f"[model] {key} must be an integer in [1, {top}], got {value!r}")
-        known = ", ".join(s.value for s in DiseaseSource)
-        if (
-            not isinstance(sources, list | tuple)
-            or not sources
-            or not all(isinstance(s, str) for s in sources)
-        ):
-            raise ConfigError(
-                f"[model] sources must be a non-empty list among {known}, got {sources!r}"
-            )
-        try:
-            return tuple(DiseaseSource(s) for s in sources)
-        except ValueError:
-            raise ConfigError(
-                f"[model] sources must be among {known}, got {list(sources)}"
-            ) from None
 
     def build(self, seed: int) -> nn.Module:
         """A ranker whose learned parameters are drawn from ``seed``."""
@@ -159,43 +127,54 @@ class PhenotypeRankerKind:
 MODEL_KINDS: dict[str, Callable[..., StudyModel]] = {"phenotype-ranker": PhenotypeRankerKind}
 
 
+class ModelTable(Protocol):
+    """A study's validated model (:class:`alliance.protocol.model_spec.ModelSpec`)."""
+
+    @property
+    def kind(self) -> str:
+        """The kind's registered name."""
+        ...
+
+    def to_table(self) -> dict[str, Any]:
+        """``kind`` and the options, as the ``[model]`` table writes them."""
+        ...
+
+
 def check_model_options(options: Mapping[str, Any]) -> None:
-    """Validate a study's ``[model]`` table without building the model (fast: no ontology).
+    """Check that this registry builds the kind a study's ``[model]`` table names.
+
+    The options themselves are checked when the study is read
+    (:class:`alliance.protocol.model_spec.ModelSpec`).
 
     Raises
     ------
     ConfigError
-        For an unknown kind or option, or an option out of its bounds.
+        For a kind :data:`MODEL_KINDS` cannot build.
     """
-    opts = dict(options)
-    kind = opts.pop("kind", "phenotype-ranker")
-    factory = MODEL_KINDS.get(kind) if isinstance(kind, str) else None
-    if factory is None:
+    kind = options.get("kind", "phenotype-ranker")
+    if not isinstance(kind, str) or kind not in MODEL_KINDS:
         raise ConfigError(f"[model] kind {kind!r} is unknown; choose one of {sorted(MODEL_KINDS)}")
-    check = getattr(factory, "check", None)
-    if check is None:
-        return
-    try:
-        check(**opts)
-    except TypeError as exc:
-        raise ConfigError(f"[model] {kind}: {exc}") from None
 
 
-def make_study_model(options: Mapping[str, Any]) -> StudyModel:
-    """Build the model kind a study's ``[model]`` table names, with its options.
+def make_study_model(model: ModelTable | Mapping[str, Any]) -> StudyModel:
+    """Build the model kind a study names, with its options.
+
+    Parameters
+    ----------
+    model
+        The study's :class:`~alliance.protocol.model_spec.ModelSpec` (its options checked when
+        the study was read), or its ``[model]`` table.
 
     Raises
     ------
     ConfigError
-        For an unknown kind or option, or one out of its bounds (see :func:`check_model_options`).
+        For a kind this registry cannot build or an option it does not take, or a model larger
+        than :data:`MAX_PARAMETERS`.
     """
-    check_model_options(options)
-    opts = dict(options)
+    opts = dict(model) if isinstance(model, Mapping) else model.to_table()
+    check_model_options(opts)
     kind = opts.pop("kind", "phenotype-ranker")
-    factory = MODEL_KINDS[kind]
-    if "sources" in opts:
-        opts["sources"] = tuple(opts["sources"])
     try:
-        return factory(**opts)
+        return MODEL_KINDS[kind](**opts)
     except TypeError as exc:
         raise ConfigError(f"[model] {kind}: {exc}") from None

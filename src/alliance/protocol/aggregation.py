@@ -25,8 +25,9 @@ Two modes, written in ``study.toml`` and therefore part of the text every hospit
 
 Asynchronous aggregation is refused together with ``[secure_aggregation]``: pairwise masks
 cancel only within one cohort that answers the same round, which is exactly the synchronisation
-asynchronous rounds give up. Sites need none of this (they train whatever version a task
-carries), so :class:`AggregationPlan` is the coordinator's alone and travels in no message.
+asynchronous rounds give up (:func:`check_combination`, the one place this is checked).
+Sites need none of this (they train whatever version a task carries), so
+:class:`AggregationPlan` is the coordinator's alone and travels in no message.
 """
 
 from __future__ import annotations
@@ -38,8 +39,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from alliance.core.errors import ConfigError
+from alliance.protocol.privacy import SecAggPlan
 
-__all__ = ["AggregationMode", "AggregationPlan", "default_buffer", "staleness_discount"]
+__all__ = [
+    "AggregationMode",
+    "AggregationPlan",
+    "check_combination",
+    "default_buffer",
+    "staleness_discount",
+]
 
 _TABLE = "[aggregation]"
 _KEYS = ("mode", "buffer", "staleness_exponent", "max_staleness")
@@ -160,12 +168,40 @@ class AggregationPlan:
                 "mode or remove them (synchronous rounds wait for every participant)"
             )
         plan = cls(mode=mode, **raw)
-        if plan.buffer is not None and n_sites is not None and plan.buffer > n_sites:
+        if n_sites is not None:
+            plan.check_sites(n_sites)
+        return plan
+
+    def check_sites(self, n_sites: int) -> None:
+        """Refuse a ``buffer`` larger than the ``n_sites`` invited sites.
+
+        Raises
+        ------
+        ConfigError
+            Naming the buffer, the sites and the largest buffer allowed.
+        """
+        if self.buffer is not None and self.buffer > n_sites:
             raise ConfigError(
-                f"{_TABLE} buffer {plan.buffer} is larger than the {n_sites} invited sites, so "
+                f"{_TABLE} buffer {self.buffer} is larger than the {n_sites} invited sites, so "
                 f"no model version could ever be made; use at most {n_sites}"
             )
-        return plan
+
+
+def check_combination(aggregation: AggregationPlan, secagg: SecAggPlan) -> None:
+    """Refuse asynchronous aggregation together with secure aggregation.
+
+    Raises
+    ------
+    ConfigError
+        Naming both tables and what to change.
+    """
+    if aggregation.is_async and secagg.enabled:
+        raise ConfigError(
+            f'{_TABLE} mode = "async" cannot be combined with [secure_aggregation]: a buffered '
+            "model version sums updates of different cohorts, so asynchronous aggregation "
+            "cannot be combined with secure aggregation, whose masks cancel only within one "
+            'cohort that answers the same round; use mode = "sync" or disable secure aggregation'
+        )
 
 
 def staleness_discount(*, staleness: int, exponent: float) -> float:

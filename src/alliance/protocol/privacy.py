@@ -40,22 +40,11 @@ from typing import Any
 
 from alliance.core.errors import ConfigError, ProtocolError
 from alliance.secagg.batched import MAX_KEY_BATCH
+from alliance.secagg.graph import default_threshold
 
 __all__ = ["PrivacyPlan", "SecAggPlan", "default_threshold"]
 
 _MECHANISMS = ("none", "dp-sgd")
-
-
-def default_threshold(n_sites: int) -> int:
-    """Fewest surviving sites of a secure round: ``n - floor(n/3)`` (12 sites → 8).
-
-    So any third of the sites may drop out (4 of 12). The threshold t also bounds collusion:
-    shares of one site reach a coordinator through both the survivor and the dropped path only
-    if more than ``2t - n`` sites lie with it (Bonawitz et al. 2017, §4), so with 8 of 12 a
-    coordinator colluding with up to 3 sites still learns no single site's update. Set
-    ``threshold`` higher for a stronger bound and less tolerance of dropouts.
-    """
-    return max(2, n_sites - n_sites // 3) if n_sites >= 2 else 1
 
 
 @dataclass(frozen=True)

@@ -39,9 +39,16 @@ Every field is checked with bounds, so that a study that cannot run gets no hash
 approve: ``id`` (and each site id) is matched whole against 1-63 lowercase letters, digits or
 '-'; ``title`` is one line of at most :data:`MAX_TITLE` characters; ``rounds`` is 1 to
 :data:`MAX_ROUNDS`; ``seed`` 0 to :data:`MAX_SEED`; ``quorum`` 1 to the invited sites;
-``round_timeout_s`` a finite number in (0, :data:`MAX_TIMEOUT_S`]. The ``[model]`` and
-``[strategy]`` options are checked by :func:`alliance.coordinator.study_check.load_study`, which
-``alliance study hash``, ``alliance study submit`` and the coordinator all call.
+``round_timeout_s`` a finite number in (0, :data:`MAX_TIMEOUT_S`]. ``[strategy]`` becomes a
+:class:`~alliance.protocol.strategy_spec.StrategySpec` and ``[model]`` a
+:class:`~alliance.protocol.model_spec.ModelSpec`: typed records that refuse unknown options and
+values out of bounds. All of it is checked once, when :class:`StudySpec` is made, whether by
+:meth:`StudySpec.parse` (``alliance study hash``, ``alliance study submit``, the coordinator,
+every site) or in code (:meth:`StudySpec.build`, the simulation).
+
+The rules that join tables are stated here once: the effective quorum
+(:func:`effective_quorum`), and that asynchronous aggregation excludes secure aggregation
+(:func:`alliance.protocol.aggregation.check_combination`).
 
 ``[privacy]`` and ``[secure_aggregation]`` are described in :mod:`alliance.protocol.privacy`,
 ``[aggregation]`` in :mod:`alliance.protocol.aggregation` (asynchronous aggregation cannot be
@@ -51,17 +58,31 @@ combined with secure aggregation).
 from __future__ import annotations
 
 import hashlib
-import math
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from alliance.core.config import parse_toml
 from alliance.core.errors import ConfigError
-from alliance.protocol.aggregation import AggregationPlan
+from alliance.protocol.aggregation import AggregationPlan, check_combination
 from alliance.protocol.messages import TrainingPlan
+from alliance.protocol.model_spec import ModelSpec
 from alliance.protocol.privacy import PrivacyPlan, SecAggPlan
+from alliance.protocol.strategy_spec import StrategySpec
+from alliance.protocol.study_fields import (
+    ALL_SITES,
+    MAX_ROUNDS,
+    MAX_SEED,
+    MAX_SITES,
+    MAX_TIMEOUT_S,
+    MAX_TITLE,
+    check_int,
+    check_sites,
+    check_timeout,
+    check_title,
+    is_study_id,
+    render_study,
+)
 
 __all__ = [
     "ALL_SITES",
@@ -71,28 +92,13 @@ __all__ = [
     "MAX_TIMEOUT_S",
     "MAX_TITLE",
     "StudySpec",
+    "effective_quorum",
     "is_study_id",
     "spec_hash",
 ]
 
-#: ``sites = "all"``: every site of the consortium, including hospitals that join later.
-ALL_SITES = "all"
-#: Bounds of ``[study]``: a study that cannot run must never get a hash an ethics board approves.
-MAX_ROUNDS = 10_000
-MAX_SEED = 2**63 - 1  # torch and numpy seed from a 64-bit integer
-MAX_SITES = 10_000
-MAX_TIMEOUT_S = 7 * 24 * 3600.0  # a week: a courier to a hospital on files, and back
-MAX_TITLE = 300
-# Matched whole (fullmatch): with `$`, "x\n" would pass and reach a URL.
-_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _STUDY_KEYS = {"id", "title", "rounds", "seed", "sites", "quorum", "round_timeout_s"}
-
-
-def is_study_id(value: object) -> bool:
-    """Whether ``value`` is a study (or site) id: 1-63 lowercase letters, digits or '-', not
-    starting with '-', and nothing else (no trailing newline)."""
-    return isinstance(value, str) and _ID.fullmatch(value) is not None
+_TABLES = ("study", "strategy", "plan", "model", "privacy", "secure_aggregation", "aggregation")
 
 
 def spec_hash(text: str) -> str:
@@ -100,9 +106,36 @@ def spec_hash(text: str) -> str:
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def effective_quorum(n_sites: int | None, *, requested: int | None, secagg: SecAggPlan) -> int:
+    """Fewest updates that close a round among ``n_sites`` (``None``: not known yet, an open
+    invitation): the one statement of the rule.
+
+    ``requested`` (the study's ``quorum``) when set; otherwise every site, or under secure
+    aggregation the threshold (:meth:`SecAggPlan.threshold_for`): a secure round completes with
+    any threshold-sized set of survivors. With an open invitation and no quorum, one update.
+    Under secure aggregation with an explicit ``threshold`` the quorum is at least that
+    threshold, bounded by the sites, since fewer survivors can unmask nothing.
+    """
+    if requested is not None:
+        quorum = requested
+    elif n_sites is None:
+        quorum = 1
+    elif secagg.enabled and n_sites > 0:
+        quorum = secagg.threshold_for(n_sites)
+    else:
+        quorum = n_sites
+    if secagg.enabled and secagg.threshold is not None:
+        floor = secagg.threshold if n_sites is None else min(secagg.threshold, n_sites)
+        quorum = max(quorum, floor)
+    return quorum
+
+
 @dataclass(frozen=True)
 class StudySpec:
-    """A parsed, validated study file.
+    """A validated study: every field checked, with bounds, when it is made.
+
+    Read a file with :meth:`parse`; build one in code with :meth:`build`. The constructor checks
+    every field too (``ConfigError`` naming the table and key).
 
     Parameters
     ----------
@@ -116,25 +149,27 @@ class StudySpec:
         Seeds model initialisation and every site's shuffling.
     sites
         Invited site ids, or ``None`` for every site of the consortium.
-    quorum
-        Fewest updates that may close a round.
+    requested_quorum
+        The file's ``quorum``, or ``None`` for the default (:func:`effective_quorum`; the
+        resolved value is :attr:`quorum`).
     round_timeout_s
         Seconds after which a round closes with the updates received, if the quorum answered.
     strategy
-        Strategy name and options (``{"name": "fedavg", "server_lr": 2.0}``).
+        The aggregation strategy and its options.
     plan
         The local training plan.
     model
-        Model kind and options (``{"kind": "phenotype-ranker", "dim": 32}``).
+        The model kind and its options.
+    text
+        The file's text exactly as written; its hash is what hospitals approve.
     privacy
-        Differential privacy (``[privacy]``, see :mod:`alliance.protocol.privacy`).
+        Differential privacy (``[privacy]``, see :mod:`alliance.protocol.privacy`); its
+        ``rounds`` are the study's.
     secagg
         Secure aggregation (``[secure_aggregation]``).
     aggregation
         Synchronous rounds (default) or buffered, staleness-aware asynchronous aggregation
         (``[aggregation]``, see :mod:`alliance.protocol.aggregation`).
-    text
-        The file's text exactly as written; its hash is what hospitals approve.
     """
 
     study_id: str
@@ -142,15 +177,69 @@ class StudySpec:
     rounds: int
     seed: int
     sites: tuple[str, ...] | None
-    quorum: int
+    requested_quorum: int | None
     round_timeout_s: float
-    strategy: Mapping[str, Any]
+    strategy: StrategySpec
     plan: TrainingPlan
-    model: Mapping[str, Any]
+    model: ModelSpec
     text: str = field(repr=False)
     privacy: PrivacyPlan = field(default_factory=PrivacyPlan)
     secagg: SecAggPlan = field(default_factory=SecAggPlan)
     aggregation: AggregationPlan = field(default_factory=AggregationPlan)
+
+    def __post_init__(self) -> None:
+        if not is_study_id(self.study_id):
+            raise ConfigError(
+                f"[study] id must be 1-63 lowercase letters, digits or '-' (not "
+                f"starting with '-'), got {self.study_id!r}"
+            )
+        check_title(self.title)
+        check_int("rounds", self.rounds, minimum=1, maximum=MAX_ROUNDS)
+        check_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
+        object.__setattr__(self, "sites", check_sites(self.sites))
+        object.__setattr__(self, "round_timeout_s", check_timeout(self.round_timeout_s))
+        for name, kind in (
+            ("strategy", StrategySpec),
+            ("plan", TrainingPlan),
+            ("model", ModelSpec),
+            ("privacy", PrivacyPlan),
+            ("secagg", SecAggPlan),
+            ("aggregation", AggregationPlan),
+        ):
+            if not isinstance(getattr(self, name), kind):
+                raise ConfigError(f"{name} must be a {kind.__name__}, got {getattr(self, name)!r}")
+        if self.privacy.rounds != self.rounds:
+            raise ConfigError(
+                f"[privacy] is calibrated for {self.privacy.rounds} rounds but the study has "
+                f"{self.rounds}; give the privacy plan the study's rounds"
+            )
+        self._check_sites_rules()
+
+    def _check_sites_rules(self) -> None:
+        """The rules that join ``[study]`` to the other tables, each stated once."""
+        n = None if self.sites is None else len(self.sites)
+        if self.requested_quorum is not None:
+            check_int("quorum", self.requested_quorum, minimum=1, maximum=MAX_SITES)
+            if n is not None and self.requested_quorum > n:
+                raise ConfigError(
+                    f"[study] quorum {self.requested_quorum} is larger than the {n} invited "
+                    f"sites; use at most {n}"
+                )
+        check_combination(self.aggregation, self.secagg)
+        if n is None:
+            return
+        self.aggregation.check_sites(n)
+        if self.secagg.enabled and n < 3:
+            raise ConfigError(
+                "[secure_aggregation] needs at least 3 invited sites (with 2, each "
+                "site could subtract its own update from the sum); invite more or disable it"
+            )
+        threshold = self.secagg.threshold
+        if self.secagg.enabled and threshold is not None and threshold > n:
+            raise ConfigError(
+                f"[secure_aggregation] threshold {threshold} is larger than the {n} invited "
+                f"sites, so no round could be unmasked; use at most {n}"
+            )
 
     @property
     def hash(self) -> str:
@@ -158,9 +247,63 @@ class StudySpec:
         return spec_hash(self.text)
 
     @property
-    def strategy_options(self) -> dict[str, Any]:
-        """The strategy's options without its name."""
-        return {k: v for k, v in self.strategy.items() if k != "name"}
+    def quorum(self) -> int:
+        """Fewest updates that close a round of the invited sites (:func:`effective_quorum`)."""
+        return self.quorum_for(None if self.sites is None else len(self.sites))
+
+    def quorum_for(self, n_sites: int | None) -> int:
+        """Fewest updates that close a round among ``n_sites`` (:func:`effective_quorum`)."""
+        return effective_quorum(n_sites, requested=self.requested_quorum, secagg=self.secagg)
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        study_id: str,
+        rounds: int,
+        title: str | None = None,
+        seed: int = 0,
+        sites: tuple[str, ...] | list[str] | None = None,
+        quorum: int | None = None,
+        round_timeout_s: float = 600.0,
+        strategy: StrategySpec | None = None,
+        plan: TrainingPlan | None = None,
+        model: ModelSpec | None = None,
+        privacy: PrivacyPlan | None = None,
+        secagg: SecAggPlan | None = None,
+        aggregation: AggregationPlan | None = None,
+    ) -> StudySpec:
+        """A study made in code, with the same checks as a file and the text of one.
+
+        Defaults are those of a study file: the title is the id, the plan is
+        :class:`TrainingPlan` seeded with ``seed``, FedAvg, the ranker, no privacy, synchronous
+        rounds; ``privacy`` is given the study's ``rounds``. :attr:`text` is the study written
+        as TOML, so :meth:`parse` of it gives this spec back and :attr:`hash` is the hash a
+        hospital would approve for that file.
+
+        Raises
+        ------
+        ConfigError
+            ``[table] key ...`` for any field out of its bounds or rule broken.
+        """
+        check_int("rounds", rounds, minimum=1, maximum=MAX_ROUNDS)  # before privacy takes it
+        fields_: dict[str, Any] = {
+            "study_id": study_id,
+            "title": study_id if title is None else title,
+            "rounds": rounds,
+            "seed": seed,
+            "sites": None if sites is None else tuple(sites),
+            "requested_quorum": quorum,
+            "round_timeout_s": round_timeout_s,
+            "strategy": strategy or StrategySpec(),
+            "plan": plan or TrainingPlan(seed=seed),
+            "model": model or ModelSpec(),
+            "privacy": replace(privacy or PrivacyPlan(), rounds=rounds),
+            "secagg": secagg or SecAggPlan(),
+            "aggregation": aggregation or AggregationPlan(),
+        }
+        cls(**fields_, text="")  # every check, before the text is written
+        return cls(**fields_, text=_render(fields_))
 
     @classmethod
     def parse(cls, text: str, *, where: str = "study file") -> StudySpec:
@@ -169,185 +312,92 @@ class StudySpec:
         Raises
         ------
         ConfigError
-            Naming the field that is missing or wrong and what it accepts.
+            ``where: [table] key ...``: the field that is missing or wrong and what it accepts.
         """
         raw = parse_toml(text, where=where)
-        study = _table(raw, "study", where) or {}
-        unknown = set(study) - _STUDY_KEYS
-        if unknown:
-            raise ConfigError(f"{where}: [study] has unknown keys {sorted(unknown)}")
-        study_id = study.get("id")
-        if not isinstance(study_id, str) or not is_study_id(study_id):
-            raise ConfigError(
-                f"{where}: [study] id must be 1-63 lowercase letters, digits or '-' (not "
-                f"starting with '-'), got {study_id!r}"
-            )
-        title = _title(study.get("title", study_id), where)
-        rounds = _int(study, "rounds", where, default=None, minimum=1, maximum=MAX_ROUNDS)
-        seed = _int(study, "seed", where, default=0, minimum=0, maximum=MAX_SEED)
-        sites = _sites(study.get("sites", ALL_SITES), where)
-        quorum = _int(
-            study,
-            "quorum",
-            where,
-            default=len(sites) if sites else 1,
-            minimum=1,
-            maximum=MAX_SITES,
-        )
-        if sites is not None and quorum > len(sites):
-            raise ConfigError(
-                f"{where}: [study] quorum {quorum} is larger than the {len(sites)} invited sites; "
-                f"use at most {len(sites)}"
-            )
-        timeout = _timeout(study.get("round_timeout_s", 600), where)
-        strategy = dict(_table(raw, "strategy", where, required=False) or {"name": "fedavg"})
-        if not isinstance(strategy.get("name", "fedavg"), str):
-            raise ConfigError(f"{where}: [strategy] name must be a string such as 'fedavg'")
-        strategy.setdefault("name", "fedavg")
-        plan_raw = dict(_table(raw, "plan", where, required=False) or {})
-        plan_raw.setdefault("seed", seed)
-        defaults = TrainingPlan()
-        for key in TrainingPlan.__dataclass_fields__:
-            plan_raw.setdefault(key, getattr(defaults, key))
         try:
-            plan = TrainingPlan.from_json(plan_raw)
-        except Exception as exc:
-            raise ConfigError(f"{where}: [plan] {exc}") from None
-        model = dict(_table(raw, "model", where, required=False) or {})
-        model.setdefault("kind", "phenotype-ranker")
-        if not isinstance(model["kind"], str):
-            raise ConfigError(
-                f"{where}: [model] kind must be a string such as 'phenotype-ranker', "
-                f"got {model['kind']!r}"
-            )
-        extra = set(raw) - {
-            "study",
-            "strategy",
-            "plan",
-            "model",
-            "privacy",
-            "secure_aggregation",
-            "aggregation",
-        }
-        if extra:
-            raise ConfigError(f"{where}: unknown tables {sorted(extra)}")
-        try:
-            privacy = PrivacyPlan.from_table(
-                _table(raw, "privacy", where, required=False), rounds=rounds
-            )
-            secagg = SecAggPlan.from_table(_table(raw, "secure_aggregation", where, required=False))
-            aggregation = AggregationPlan.from_table(
-                _table(raw, "aggregation", where, required=False),
-                n_sites=None if sites is None else len(sites),
-            )
+            return cls(**_fields(raw), text=text)
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-        if aggregation.is_async and secagg.enabled:
-            raise ConfigError(
-                f'{where}: [aggregation] mode = "async" cannot be combined with '
-                "[secure_aggregation]: the masks cancel only within one cohort that answers the "
-                'same round; use mode = "sync" or disable secure aggregation'
-            )
-        if secagg.enabled and sites is not None and len(sites) < 3:
-            raise ConfigError(
-                f"{where}: [secure_aggregation] needs at least 3 invited sites (with 2, each "
-                "site could subtract its own update from the sum); invite more or disable it"
-            )
-        if secagg.enabled and sites is not None and "quorum" not in study:
-            # A secure round completes with any threshold-sized set of survivors.
-            quorum = secagg.threshold_for(len(sites))
-        if secagg.enabled and secagg.threshold is not None and secagg.threshold > quorum:
-            quorum = secagg.threshold
-        return cls(
-            study_id=study_id,
-            title=title,
-            rounds=rounds,
-            seed=seed,
-            sites=sites,
-            quorum=quorum,
-            round_timeout_s=float(timeout),
-            strategy=strategy,
-            plan=plan,
-            model=model,
-            text=text,
-            privacy=privacy,
-            secagg=secagg,
-            aggregation=aggregation,
+
+
+def _fields(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The constructor's arguments from a parsed study file."""
+    extra = set(raw) - set(_TABLES)
+    if extra:
+        raise ConfigError(f"unknown tables {sorted(extra)}")
+    study = _table(raw, "study")
+    if study is None:
+        raise ConfigError("the [study] table is missing")
+    unknown = set(study) - _STUDY_KEYS
+    if unknown:
+        raise ConfigError(f"[study] has unknown keys {sorted(unknown)}")
+    study_id = study.get("id")
+    if not is_study_id(study_id):
+        raise ConfigError(
+            f"[study] id must be 1-63 lowercase letters, digits or '-' (not "
+            f"starting with '-'), got {study_id!r}"
         )
+    rounds = check_int("rounds", study.get("rounds"), minimum=1, maximum=MAX_ROUNDS)
+    seed = check_int("seed", study.get("seed", 0), minimum=0, maximum=MAX_SEED)
+    sites = check_sites(study.get("sites", ALL_SITES))
+    plan_raw = {**asdict(TrainingPlan(seed=seed)), **(_table(raw, "plan") or {})}
+    try:
+        plan = TrainingPlan.from_json(plan_raw)
+    except Exception as exc:
+        raise ConfigError(f"[plan] {exc}") from None
+    return {
+        "study_id": study_id,
+        "title": check_title(study.get("title", study_id)),
+        "rounds": rounds,
+        "seed": seed,
+        "sites": sites,
+        "requested_quorum": study.get("quorum"),
+        "round_timeout_s": check_timeout(study.get("round_timeout_s", 600)),
+        "strategy": StrategySpec.from_table(_table(raw, "strategy")),
+        "plan": plan,
+        "model": ModelSpec.from_table(_table(raw, "model")),
+        "privacy": PrivacyPlan.from_table(_table(raw, "privacy"), rounds=rounds),
+        "secagg": SecAggPlan.from_table(_table(raw, "secure_aggregation")),
+        "aggregation": AggregationPlan.from_table(
+            _table(raw, "aggregation"), n_sites=None if sites is None else len(sites)
+        ),
+    }
 
 
-def _table(
-    raw: Mapping[str, Any], name: str, where: str, *, required: bool = True
-) -> Mapping[str, Any] | None:
+def _table(raw: Mapping[str, Any], name: str) -> dict[str, Any] | None:
     value = raw.get(name)
     if value is None:
-        if required:
-            raise ConfigError(f"{where}: the [{name}] table is missing")
         return None
     if not isinstance(value, dict):
-        raise ConfigError(f"{where}: [{name}] must be a table")
-    return value
+        raise ConfigError(f"[{name}] must be a table")
+    return dict(value)
 
 
-def _int(
-    table: Mapping[str, Any],
-    key: str,
-    where: str,
-    *,
-    default: int | None,
-    minimum: int,
-    maximum: int,
-) -> int:
-    value = table.get(key, default)
-    if value is None:
-        raise ConfigError(f"{where}: [study] {key} is required")
-    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
-        raise ConfigError(
-            f"{where}: [study] {key} must be an integer in [{minimum}, {maximum}], got {value!r}"
-        )
-    return value
-
-
-def _timeout(value: Any, where: str) -> float:
-    if (
-        not isinstance(value, int | float)
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or not 0 < value <= MAX_TIMEOUT_S
-    ):
-        raise ConfigError(
-            f"{where}: [study] round_timeout_s must be a finite number in (0, {MAX_TIMEOUT_S:g}] "
-            f"seconds, got {value!r}"
-        )
-    return float(value)
-
-
-def _title(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > MAX_TITLE:
-        raise ConfigError(
-            f"{where}: [study] title must be a non-empty string of at most {MAX_TITLE} "
-            f"characters, got {value!r:.80}"
-        )
-    if _CONTROL.search(value):
-        raise ConfigError(
-            f"{where}: [study] title must be one line without control characters, got {value!r}"
-        )
-    return value
-
-
-def _sites(value: Any, where: str) -> tuple[str, ...] | None:
-    if value == ALL_SITES:
-        return None
-    if (
-        not isinstance(value, list)
-        or not value
-        or len(value) > MAX_SITES
-        or not all(is_study_id(s) for s in value)
-    ):
-        raise ConfigError(
-            f'{where}: [study] sites must be "all" or a list of 1 to {MAX_SITES} site ids '
-            f"(lowercase letters, digits or '-'), got {value!r:.200}"
-        )
-    if len(set(value)) != len(value):
-        raise ConfigError(f"{where}: [study] sites lists a site twice")
-    return tuple(sorted(value))
+def _render(fields_: Mapping[str, Any]) -> str:
+    """The study file of a spec built in code."""
+    sites = fields_["sites"]
+    aggregation: AggregationPlan = fields_["aggregation"]
+    privacy: PrivacyPlan = fields_["privacy"]
+    secagg: SecAggPlan = fields_["secagg"]
+    tables: dict[str, Mapping[str, Any]] = {
+        "study": {
+            "id": fields_["study_id"],
+            "title": fields_["title"],
+            "rounds": fields_["rounds"],
+            "seed": fields_["seed"],
+            "sites": ALL_SITES if sites is None else list(sites),
+            "quorum": fields_["requested_quorum"],
+            "round_timeout_s": fields_["round_timeout_s"],
+        },
+        "strategy": fields_["strategy"].to_table(),
+        "plan": asdict(fields_["plan"]),
+        "model": fields_["model"].to_table(),
+    }
+    if privacy != PrivacyPlan(rounds=privacy.rounds):
+        tables["privacy"] = {k: v for k, v in privacy.to_json().items() if k != "rounds"}
+    if secagg.enabled:
+        tables["secure_aggregation"] = secagg.to_json()
+    if aggregation.is_async:
+        tables["aggregation"] = {**asdict(aggregation), "mode": aggregation.mode.value}
+    return render_study(tables)

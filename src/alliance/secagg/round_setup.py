@@ -11,16 +11,16 @@ Two numbers govern dropouts:
 
 ``share_threshold`` (*t*)
     How many shares reconstruct a secret. In the complete graph *t* of the *n* sites (default
-    ``n - floor((n-1)/3)``: 12 sites → 9, any 3 may drop; a threshold of 8 lets any 4 drop);
-    with ``neighbours = k``, *t* of a site's ``k + 1`` neighbourhood (default
-    ``m - floor((m-1)/3)`` with ``m = k + 1``).
+    :func:`~alliance.secagg.graph.default_threshold`, ``n - floor(n/3)``: 12 sites → 8, any 4
+    may drop; the same default as a study's ``[secure_aggregation]``); with ``neighbours = k``,
+    *t* of a site's ``k + 1`` neighbourhood (default ``m - floor(m/3)`` with ``m = k + 1``).
     *t* must exceed half the (nominal) neighbourhood: otherwise a lying coordinator could tell
     two disjoint halves two different survivor lists and collect both shares of a site.
 
 ``quorum``
     The fewest sites that must remain at every stage, and the fewest valid confirmation
     signatures a site accepts over the survivor list. Equal to *t* in the complete graph; with
-    neighbours ``n - floor((n-1)/3)`` of all *n* sites, so that the consistency check keeps its
+    neighbours ``n - floor(n/3)`` of all *n* sites, so that the consistency check keeps its
     meaning (a site cannot vouch for a list signed by only a few neighbours).
 """
 

@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from alliance.algorithms.strategies import make_strategy
+from alliance.algorithms.strategies import build_strategy
 from alliance.coordinator.rounds import RoundRecord
 from alliance.core.errors import DataError
 from alliance.data.cases import Case
@@ -55,6 +55,7 @@ from alliance.models.training import train_locally
 from alliance.protocol.aggregation import AggregationMode, AggregationPlan
 from alliance.protocol.messages import TrainingPlan
 from alliance.protocol.privacy import PrivacyPlan, SecAggPlan
+from alliance.protocol.strategy_spec import StrategySpec, strategy_name
 from alliance.sim.simulation import Simulation, SimulationResult
 from alliance.store.modelfile import save_model
 
@@ -254,7 +255,7 @@ def run_demo(cfg: DemoConfig, *, progress: Progress | None = None) -> DemoResult
         say("federated rounds", record.round, cfg.rounds)
 
     say("federated rounds", 0, cfg.rounds)
-    options = {"server_lr": _server_lr(cfg)}
+    strategy = StrategySpec(strategy_name(cfg.strategy), server_lr=_server_lr(cfg))
 
     def federation(**extra: Any) -> Simulation:
         """The demo's federation: same sites, strategy, rounds and seed; ``extra`` varies it."""
@@ -262,7 +263,7 @@ def run_demo(cfg: DemoConfig, *, progress: Progress | None = None) -> DemoResult
             "model_fn": fresh,
             "sites": train,
             "test": test,
-            "strategy": make_strategy(cfg.strategy, **options),
+            "strategy": build_strategy(strategy),
             "rounds": cfg.rounds,
             "plan": plan,
             "collate_fn": features.collate,

@@ -497,9 +497,7 @@ class SiteRunner:
             return None
         approved = replace(study.spec.plan, proximal_mu=0.0)
         asked = replace(task.plan, proximal_mu=0.0)
-        mu = study.spec.strategy_options.get("mu", 0.01)
-        expected_mu = mu if study.spec.strategy["name"] == "fedprox" else 0.0
-        if approved != asked or task.plan.proximal_mu != expected_mu:
+        if approved != asked or task.plan.proximal_mu != study.spec.strategy.proximal_mu:
             self._refuse(
                 task.header.study,
                 f"round {task.header.round}: the coordinator asked for plan {task.plan}, the "
@@ -527,9 +525,9 @@ class SiteRunner:
         return None
 
     def _kind(self, spec: StudySpec) -> StudyModel:
-        key = repr(sorted(spec.model.items()))
+        key = repr(sorted(spec.model.to_table().items()))
         if key not in self._kinds:
-            self._kinds[key] = make_study_model(dict(spec.model))
+            self._kinds[key] = make_study_model(spec.model)
         return self._kinds[key]
 
 
