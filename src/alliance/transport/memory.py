@@ -13,6 +13,7 @@ from collections.abc import Callable
 from alliance.core.errors import ProtocolError
 from alliance.protocol.codec import DEFAULT_MAX_BYTES, decode, encode
 from alliance.protocol.envelope import COORDINATOR, Envelope
+from alliance.transport.base import Sent
 
 __all__ = ["InMemoryTransport"]
 
@@ -44,10 +45,11 @@ class InMemoryTransport:
         self._queues: defaultdict[str, deque[bytes | Envelope]] = defaultdict(deque)
         self.bytes_sent: Counter[str] = Counter()
 
-    def _put(self, recipient: str, envelope: Envelope) -> None:
+    def _put(self, recipient: str, envelope: Envelope) -> int:
+        """Queue ``envelope``; its encoded size (0 when messages are not encoded)."""
         if not self._encode:
             self._queues[recipient].append(envelope)
-            return
+            return 0
         data = encode(envelope)
         if len(data) > self._max_bytes:
             # Oversized is the message's fault, not the channel's: a ProtocolError, as the HTTPS
@@ -60,6 +62,7 @@ class InMemoryTransport:
         if self._tap is not None:
             self._tap(envelope.header.sender, recipient, data)
         self._queues[recipient].append(data)
+        return len(data)
 
     def _take(self, recipient: str) -> Envelope | None:
         queue = self._queues.get(recipient)
@@ -73,9 +76,9 @@ class InMemoryTransport:
         """The next message addressed to ``site``."""
         return self._take(site)
 
-    def submit(self, envelope: Envelope) -> None:
+    def submit(self, envelope: Envelope) -> Sent:
         """Queue a site's message for the coordinator."""
-        self._put(COORDINATOR, envelope)
+        return Sent(self._put(COORDINATOR, envelope), "in memory")
 
     # CoordinatorMailbox
     def publish(self, envelope: Envelope) -> None:
