@@ -19,6 +19,10 @@ privacy ledger before it is returned (:mod:`alliance.privacy.releases`), and a t
 already answered gets that very reply again (under secure aggregation: the same update, masked
 afresh for the new attempt), never a second training; a task for it on another model version is
 declined.
+
+:meth:`Site.answer` says what the site did with a message as an
+:class:`~alliance.site.outcome.Outcome` (trained, resent, refused and why, the privacy charges
+it made); :meth:`Site.handle` returns only the replies.
 """
 
 from __future__ import annotations
