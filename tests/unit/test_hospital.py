@@ -6,7 +6,8 @@
 - a hash added to ``[policy] approved_studies`` while the agent runs is seen: the policy is
   re-read before a study is refused, and the log says so;
 - a task in plan trains; a charged round says which charge it made; a round beyond the budget is
-  declined ("budget"); a study's end is recorded once.
+  declined ("budget"); a study's end is recorded once;
+- a simulation's hospital (``simulated_hospital``) is the same core, over signed in-memory frames.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from alliance.core.errors import ProtocolError
+from alliance.crypto.authority import CertificateAuthority
+from alliance.crypto.pki import Role, TrustStore
+from alliance.crypto.signing import Signer
+from alliance.crypto.verifier import MessageVerifier
 from alliance.models.training import get_weights
 from alliance.privacy.ledger import PrivacyLedger
 from alliance.protocol.codec import content_digest
@@ -31,7 +36,9 @@ from alliance.protocol.study import StudySpec, spec_hash
 from alliance.site.agent import Site
 from alliance.site.hospital import ApprovedHashes, Cohort, Hospital
 from alliance.site.outcome import Action, Outcome, Refused
+from alliance.site.simulated import simulated_hospital
 from alliance.store.audit import AuditLog
+from alliance.transport import InMemoryTransport, Signing
 
 FED, SITE, STUDY = "fed", "site-a", "study-1"
 TEXT = study_text(STUDY, [SITE], rounds=2, quorum=1, timeout_s=60)
@@ -258,3 +265,42 @@ def test_a_message_not_from_the_coordinator_is_refused(setting: Setting) -> None
     secagg = Header(MessageKind.SECAGG, FED, STUDY, 1, COORDINATOR, SITE)
     with pytest.raises(ProtocolError, match="not joined"):
         setting.hospital.handle(Envelope(secagg, {"stage": "keys"}))
+
+
+def test_a_simulated_hospital_runs_the_same_core_over_signed_frames(tmp_path: Path) -> None:
+    ca = CertificateAuthority.create(FED)
+    issued = {SITE: ca.issue(SITE, Role.SITE)}
+    issued[COORDINATOR] = ca.issue(COORDINATOR, Role.COORDINATOR, hosts=("localhost",))
+    trust = TrustStore(ca.certificate)
+    signing = Signing(
+        {name: Signer(p.signing_key, p.certificate) for name, p in issued.items()},
+        from_coordinator=MessageVerifier(trust, role=Role.COORDINATOR),
+        from_sites=MessageVerifier(trust, role=Role.SITE),
+    )
+    transport = InMemoryTransport(signing=signing)
+    hospital = simulated_hospital(
+        SITE,
+        federation=FED,
+        spec=SPEC,
+        train=cases(30),
+        test=None,
+        model_fn=model,
+        ledger=None,
+        folder=tmp_path / "audit",
+    )
+    other = Header(MessageKind.TRAIN_TASK, FED, "study-2", 1, COORDINATOR, SITE)
+    tasks = [task(1, 0), Envelope(other, dict(task().body), dict(task().arrays))]
+    outcomes = []
+    for env in tasks:
+        transport.publish(env)
+        fetched = transport.fetch(SITE)
+        assert fetched is not None
+        outcomes.append(hospital.handle(fetched))
+        for reply in outcomes[-1].replies:
+            transport.submit(reply)
+    assert [o.action for o in outcomes] == [Action.TRAINED, Action.REFUSED]
+    update, refusal = transport.collect()
+    assert update.header.kind is MessageKind.MODEL_UPDATE
+    assert Refusal.from_envelope(refusal).reason == "not-approved"
+    log = AuditLog(tmp_path / "audit" / f"{SITE}.audit.log", actor=SITE)
+    assert [e.event for e in log.entries()] == ["study_joined", "task_received", "task_refused"]

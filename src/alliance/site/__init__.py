@@ -4,5 +4,16 @@
 from alliance.site.agent import Site
 from alliance.site.hospital import ApprovedHashes, Cohort, Hospital
 from alliance.site.outcome import Action, Outcome, Refused
+from alliance.site.simulated import ApprovedSpecs, simulated_hospital
 
-__all__ = ["Action", "ApprovedHashes", "Cohort", "Hospital", "Outcome", "Refused", "Site"]
+__all__ = [
+    "Action",
+    "ApprovedHashes",
+    "ApprovedSpecs",
+    "Cohort",
+    "Hospital",
+    "Outcome",
+    "Refused",
+    "Site",
+    "simulated_hospital",
+]
