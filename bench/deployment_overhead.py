@@ -232,7 +232,7 @@ PURPOSES: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
         ("HTTP server event loop", ("run_server ",)),
     ),
     "site": (
-        ("train + evaluate", ("Site.train_round ",)),
+        ("train + evaluate", ("Site._update ",)),
         ("verify + decode task", ("decode_signed ",)),
         ("verify + decode task", ("TrainTask.from_envelope ",)),
         ("encode + sign update", ("encode_signed ",)),

@@ -478,9 +478,7 @@ class HttpsHarness(TransportHarness):
 
     def submit(self, envelope: Envelope) -> str | None:
         link = self.links[envelope.header.sender]
-        link.submit(envelope)
-        assert link.last_sent is not None
-        return link.last_sent[1]
+        return link.submit(envelope).receipt
 
     def collect(self) -> list[Envelope]:
         # The service keeps an update's header fields and body apart; the model version is not

@@ -38,6 +38,7 @@ from alliance.protocol.envelope import COORDINATOR, Envelope, Header, MessageKin
 from alliance.protocol.messages import TrainingPlan, TrainTask
 from alliance.protocol.privacy import PrivacyPlan
 from alliance.site.agent import Site
+from alliance.site.outcome import Action, Outcome
 from alliance.site.privatize import round_event
 from alliance.transport.files import BundleLedger, FileSiteLink
 
@@ -78,6 +79,8 @@ class Hospital:
     ledger: PrivacyLedger = field(init=False)
     bundles: BundleLedger = field(init=False)
     site: Site = field(init=False)
+    #: What the site did with each message it fetched, in order.
+    outcomes: list[Outcome] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         self.start()
@@ -126,9 +129,13 @@ class Hospital:
         inbox = self.root / "inbox"
         inbox.mkdir(parents=True, exist_ok=True)
         shutil.copy(bundle, inbox / bundle.name)
-        while self.site.step():
-            pass
+        while (outcome := self.site.step()) is not None:
+            self.outcomes.append(outcome)
         self.export()
+
+    def declined(self) -> dict[tuple[str, int], str]:
+        """The site's own reason for each round it declined (the last, if several)."""
+        return {(o.study, o.round): o.refused.detail for o in self.outcomes if o.refused}
 
     def export(self) -> None:
         """The courier takes the outbox's replies (a re-sent reply has its first one's name)."""
@@ -211,8 +218,17 @@ def test_a_coordinator_replaying_and_extending_a_study_gets_one_release_per_roun
     assert hospital.ledger.spent().epsilon == pytest.approx(
         epsilon([charges[0].event], delta=DELTA).epsilon
     )
-    assert set(hospital.site.declined) == {(STUDY, 3), (STUDY, 4), (STUDY, 5)}
-    assert "outside the study's privacy plan" in hospital.site.declined[(STUDY, 5)]
+    assert set(hospital.declined()) == {(STUDY, 3), (STUDY, 4), (STUDY, 5)}
+    assert [o.action for o in hospital.outcomes] == [
+        Action.TRAINED,
+        Action.RESENT,
+        Action.REFUSED,
+        Action.REFUSED,
+        Action.REFUSED,
+    ]
+    assert [(c.study, c.round, c.new) for c in hospital.outcomes[0].charges] == [(STUDY, 1, True)]
+    assert all(o.charges == () for o in hospital.outcomes[1:])
+    assert "outside the study's privacy plan" in hospital.declined()[(STUDY, 5)]
 
 
 def test_another_model_version_for_an_answered_round_is_declined(
@@ -222,9 +238,9 @@ def test_another_model_version_for_an_answered_round_is_declined(
     hospital.deliver(courier.task(1, version=0))
     hospital.deliver(courier.task(2, version=1))
     hospital.deliver(courier.task(2, version=0))  # a "new version" of round 2
-    assert "already answered on model version 1" in hospital.site.declined[(STUDY, 2)]
+    assert "already answered on model version 1" in hospital.declined()[(STUDY, 2)]
     hospital.deliver(courier.task(2, version=2))  # round 2 cannot train version 2
-    assert "outside the study's privacy plan" in hospital.site.declined[(STUDY, 2)]
+    assert "outside the study's privacy plan" in hospital.declined()[(STUDY, 2)]
     assert kinds(hospital.replies()) == [
         (1, "model_update"),
         (2, "model_update"),

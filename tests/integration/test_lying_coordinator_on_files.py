@@ -7,7 +7,8 @@ through them (``alliance site run --until-idle``) and exports its replies. Then
 ``state/bundles.db`` is deleted and the first bundle re-imported from the courier's folder.
 
 The hospital answers round 1 once (the very same reply each time it is asked), refuses rounds 3
-to 5 as outside the approved study, and its ledger holds exactly one charged round.
+to 5 as outside the approved study (the coordinator learns "policy"), and its ledger holds
+exactly one charged round.
 """
 
 from __future__ import annotations
@@ -143,15 +144,19 @@ def test_a_lying_coordinator_gets_one_release_of_round_1_and_nothing_beyond_the_
     cli("site", "export", "--to", str(usb / "out-1"), "--config", str(toml))
 
     replies = coordinator.read(usb / "out-1")
-    assert [(r.header.round, r.header.kind) for r in replies] == [
-        (1, MessageKind.MODEL_UPDATE)
-    ]  # the two round-1 replies are one bundle: the same message, written twice
+    # The two round-1 replies are one bundle: the same message, written twice. Rounds 3 to 5
+    # are refused, and the coordinator learns only the category.
+    assert [(r.header.round, r.header.kind, dict(r.body)) for r in replies[1:]] == [
+        (r, MessageKind.REFUSAL, {"reason": "policy"}) for r in (3, 4, 5)
+    ]
+    assert (replies[0].header.round, replies[0].header.kind) == (1, MessageKind.MODEL_UPDATE)
     state = toml.parent / "state"
     audit = [e for e in AuditLog(state / "audit.log", actor=site).entries()]
     refused = [e.details["reason"] for e in audit if e.event == "task_refused"]
     assert len(refused) == 3
     assert all("outside the approved study (rounds 1–2" in r for r in refused)
     assert [e.event for e in audit].count("update_sent") == 2
+    assert [e.details["reason"] for e in audit if e.event == "refusal_sent"] == ["policy"] * 3
 
     # bundles.db lost; the courier brings round 1's first bundle again.
     for file in state.glob("bundles.db*"):

@@ -4,7 +4,8 @@ The hospital runs the real agent (:class:`~alliance.site.runner.SiteRunner`, HTT
 real coordinator service over real mutual TLS, with certificates from ``alliance consortium
 init``; the service lies only in what it hands out: round 1's task re-signed with fresh nonces as
 rounds 1, 1, 3, 4 and 5, then the end of the study. The hospital submits round 1's update twice,
-the very same message (same nonce, same content), refuses rounds 3 to 5, and charges one round.
+the very same message (same nonce, same content), refuses rounds 3 to 5 (the coordinator
+learns "policy"), and charges one round.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from alliance.site.runner import SiteConfig, SiteRunner
 from alliance.store.audit import AuditLog
 from alliance.store.sql import SqlStore
 from alliance.transport.http import create_app
-from alliance.transport.https_link import HttpSiteLink
 
 pytestmark = pytest.mark.slow
 
@@ -99,13 +99,8 @@ def test_a_lying_coordinator_online_gets_one_release_of_round_1(tmp_path: Path) 
         body = toml.read_text().replace("https://127.0.0.1:8443", f"https://127.0.0.1:{port}")
         toml.write_text(body)
         config = dataclasses.replace(SiteConfig.load(toml), poll_s=0.2)
-        runner = SiteRunner(config)
-        try:
+        with SiteRunner(config) as runner:
             runner.run(max_studies=1)
-        finally:
-            runner.ledger.close()
-            assert isinstance(runner.link, HttpSiteLink)
-            runner.link.client.close()
     service.store.close()
 
     check = MessageVerifier(coordinator.trust, role=Role.SITE)
@@ -113,7 +108,11 @@ def test_a_lying_coordinator_online_gets_one_release_of_round_1(tmp_path: Path) 
     assert [(u.header.round, u.header.kind) for u in updates] == [
         (1, MessageKind.MODEL_UPDATE),
         (1, MessageKind.MODEL_UPDATE),
+        (3, MessageKind.REFUSAL),
+        (4, MessageKind.REFUSAL),
+        (5, MessageKind.REFUSAL),
     ]
+    assert all(dict(u.body) == {"reason": "policy"} for u in updates[2:])
     assert updates[1].header == updates[0].header
     assert content_digest(updates[1]) == content_digest(updates[0])
     state = toml.parent / "state"

@@ -13,7 +13,9 @@ from alliance.core.errors import IntegrityError, ProtocolError
 from alliance.protocol.codec import decode, encode
 from alliance.protocol.envelope import COORDINATOR, Envelope, Header, MessageKind
 from alliance.protocol.messages import (
+    REFUSAL_REASONS,
     ModelUpdate,
+    Refusal,
     StudyEnd,
     TrainingPlan,
     TrainTask,
@@ -92,6 +94,22 @@ def test_study_end_round_trip() -> None:
     h = header(MessageKind.STUDY_END, sender=COORDINATOR, recipient="site-b")
     out = StudyEnd.from_envelope(wire(StudyEnd(h, 9).to_envelope()))
     assert out == StudyEnd(h, 9)
+
+
+@pytest.mark.parametrize("reason", ["budget", "policy", "not-approved", "cohort"])
+def test_refusal_round_trip_for_each_category(reason: str) -> None:
+    refusal = Refusal(header(MessageKind.REFUSAL), reason)
+    assert Refusal.from_envelope(wire(refusal.to_envelope())) == refusal
+    assert reason in REFUSAL_REASONS
+
+
+@pytest.mark.parametrize("reason", ["", "Budget", "only 3 cases loaded", 7, None])
+def test_refusal_carries_only_a_category(reason: Any) -> None:
+    env = Envelope(header(MessageKind.REFUSAL), {"reason": reason})
+    with pytest.raises(ProtocolError, match="refusal reason must be one of"):
+        Refusal.from_envelope(env)
+    with pytest.raises(ProtocolError, match="exactly the fields"):
+        Refusal.from_envelope(Envelope(env.header, {"reason": "budget", "detail": "ε 8.1 > 8"}))
 
 
 def test_from_envelope_checks_kind_and_body_fields() -> None:

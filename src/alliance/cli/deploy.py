@@ -73,26 +73,27 @@ def site_run(
     configure_logging(verbose=state["verbose"], service=True)
     with errors():
         cfg = SiteConfig.load(config)
-        runner = SiteRunner(cfg)
-        info = describe(cfg)
-        link = (
-            info["coordinator"]
-            if cfg.files is None
-            else f"files (inbox {cfg.files.inbox}, outbox {cfg.files.outbox})"
-        )
-        console.print(
-            f"site [bold]{escape(info['site'])}[/] of {escape(info['federation'])} → "
-            f"{escape(link)}; cases {escape(str(info['train']))}; {info['approved_studies']} "
-            f"approved studies; min cohort {info['min_cohort']}; audit log "
-            f"{escape(str(cfg.state_dir / 'audit.log'))}"
-        )
-        runner.run(max_studies=studies, until_idle=until_idle)
-        if until_idle and cfg.files is not None:
-            pending = sorted(cfg.files.outbox.glob("*.gabn"))
-            console.print(
-                f"inbox done; {len(pending)} bundle(s) in {escape(str(cfg.files.outbox))} for "
-                "`alliance site export --to <courier folder>`"
+        # A second agent on the same state folder is refused here (exit status 1).
+        with SiteRunner(cfg) as runner:
+            info = describe(cfg)
+            link = (
+                info["coordinator"]
+                if cfg.files is None
+                else f"files (inbox {cfg.files.inbox}, outbox {cfg.files.outbox})"
             )
+            console.print(
+                f"site [bold]{escape(info['site'])}[/] of {escape(info['federation'])} → "
+                f"{escape(link)}; cases {escape(str(info['train']))}; {info['approved_studies']} "
+                f"approved studies; min cohort {info['min_cohort']}; audit log "
+                f"{escape(str(cfg.state_dir / 'audit.log'))}"
+            )
+            runner.run(max_studies=studies, until_idle=until_idle)
+            if until_idle and cfg.files is not None:
+                pending = sorted(cfg.files.outbox.glob("*.gabn"))
+                console.print(
+                    f"inbox done; {len(pending)} bundle(s) in {escape(str(cfg.files.outbox))} for "
+                    "`alliance site export --to <courier folder>`"
+                )
 
 
 @site_app.command("budget")

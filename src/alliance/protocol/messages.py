@@ -249,16 +249,22 @@ class StudyEnd:
 
 
 #: Why a site declined a task; the coordinator learns only this word, never the details.
-REFUSAL_REASONS = ("budget", "policy")
+REFUSAL_REASONS = ("budget", "policy", "not-approved", "cohort")
 
 
 @dataclass(frozen=True)
 class Refusal:
     """Site → coordinator: the site will not take part in this round.
 
-    Only the category travels (``"budget"``: the hospital's privacy budget would be exceeded;
-    ``"policy"``: the study or plan is not what the hospital approved). The details stay in the
-    hospital's own audit log.
+    Only the category travels, one the operator can act on:
+
+    - ``"budget"``: the round would take the hospital past its privacy budget;
+    - ``"policy"``: the task is not what the approved study states (plan, privacy, rounds);
+    - ``"not-approved"``: the hospital has not approved this study (its hash is not in the
+      site's ``[policy] approved_studies``);
+    - ``"cohort"``: the hospital has fewer cases than its ``[policy] min_cohort``.
+
+    Counts, hashes and messages stay in the hospital's own audit log.
     """
 
     header: Header

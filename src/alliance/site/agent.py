@@ -20,6 +20,10 @@ privacy ledger before it is returned (:mod:`alliance.privacy.releases`), and a t
 already answered gets that very reply again (under secure aggregation: the same update, masked
 afresh for the new attempt), never a second training; a task for it on another model version is
 declined.
+
+:meth:`Site.answer` says what the site did with a message as an
+:class:`~alliance.site.outcome.Outcome` (trained, resent, refused and why, the privacy charges
+it made); :meth:`Site.handle` returns only the replies.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ from alliance.protocol.messages import (
 )
 from alliance.protocol.secagg_messages import SecAggMessage
 from alliance.protocol.secure_update import COUNT_METRICS
+from alliance.site.outcome import Action, Outcome, Refused
 from alliance.site.privatize import LocalUpdate, train_under_plan
 from alliance.site.secure import SecureRounds
 from alliance.transport.base import SiteLink
@@ -134,56 +139,83 @@ class Site:
         self.train_step: TrainStep = train_step or ClassifierStep()
         self.eval_step: EvalStep = eval_step or TopKEvaluation()
         self.secure = SecureRounds(site_id, signer=signer, peers=peers)
-        #: Rounds this site declined, ``(study, round) → reason`` (kept at the site).
-        self.declined: dict[tuple[str, int], str] = {}
 
-    def step(self) -> bool:
-        """Handle at most one pending message; return whether there was one."""
+    def step(self) -> Outcome | None:
+        """Handle at most one pending message and submit the replies; what the site did with
+        it, or ``None`` if there was none."""
         if self.link is None:
             raise FederationError(f"site {self.id!r} has no link to fetch messages from")
         env = self.link.fetch(self.id)
         if env is None:
-            return False
-        for reply in self.handle(env):
+            return None
+        outcome = self.answer(env)
+        for reply in outcome.replies:
             self.link.submit(reply)
-        return True
+        return outcome
 
     def handle(self, env: Envelope) -> list[Envelope]:
-        """Act on one message from the coordinator; return the replies to send.
+        """Act on one message from the coordinator; return the replies to send (see
+        :meth:`answer`, which says what the site did as well)."""
+        return list(self.answer(env).replies)
 
-        A message addressed to another site or federation is refused (logged, no reply).
+    def answer(self, env: Envelope) -> Outcome:
+        """Act on one message from the coordinator; say what the site did and what to send.
+
+        A message addressed to another site or federation is ignored (logged, no reply). A task
+        the site declines (privacy budget, outside the study's privacy plan) is answered with a
+        :class:`~alliance.protocol.messages.Refusal` that says only its category.
         """
-        if env.header.recipient != self.id or env.header.federation != self.federation:
+        h = env.header
+        if h.recipient != self.id or h.federation != self.federation:
             logger.warning(
                 "site %s refused a %s message addressed to %s in federation %s",
                 self.id,
-                env.header.kind.value,
-                env.header.recipient,
-                env.header.federation,
+                h.kind.value,
+                h.recipient,
+                h.federation,
             )
-            return []
-        kind = env.header.kind
-        if kind is MessageKind.STUDY_END:
+            return Outcome(Action.IGNORED, h.study, h.round)
+        if h.kind is MessageKind.STUDY_END:
             self.final_version = StudyEnd.from_envelope(env).final_version
             self.finished = True
-            return []
-        if kind is MessageKind.SECAGG:
-            return [m.to_envelope() for m in self.secure.handle(SecAggMessage.from_envelope(env))]
-        if kind is not MessageKind.TRAIN_TASK:
+            return Outcome(Action.ENDED, h.study, h.round, model_version=self.final_version)
+        if h.kind is MessageKind.SECAGG:
+            answers = self.secure.handle(SecAggMessage.from_envelope(env))
+            return Outcome(Action.SECAGG, h.study, h.round, tuple(m.to_envelope() for m in answers))
+        if h.kind is not MessageKind.TRAIN_TASK:
             raise ProtocolError(
-                f"site {self.id}: unexpected {kind.value} message from the coordinator"
+                f"site {self.id}: unexpected {h.kind.value} message from the coordinator"
             )
-        task = TrainTask.from_envelope(env)
+        return self._answer_task(TrainTask.from_envelope(env))
+
+    def _answer_task(self, task: TrainTask) -> Outcome:
+        h = task.header
+        trained: list[LocalUpdate] = []  # what this call trained afresh (none: a reply resent)
         try:
             if task.secagg.enabled:
                 self._released(task)  # refuses a task out of plan before any key leaves
-                return [m.to_envelope() for m in self.secure.begin(task, lambda: self._train(task))]
-            return [self.train_round(task).to_envelope()]
+                answers = self.secure.begin(task, lambda: self._train(task, trained))
+                replies = tuple(m.to_envelope() for m in answers)
+            else:
+                replies = (self._update(task, trained).to_envelope(),)
         except PrivacyError as exc:
-            logger.warning("site %s declined round %d: %s", self.id, task.header.round, exc)
-            self.declined[(task.header.study, task.header.round)] = str(exc)
-            reason = "budget" if isinstance(exc, BudgetExceeded) else "policy"
-            return [Refusal(self._reply_header(task, MessageKind.REFUSAL), reason).to_envelope()]
+            logger.warning("site %s declined round %d: %s", self.id, h.round, exc)
+            category = "budget" if isinstance(exc, BudgetExceeded) else "policy"
+            refusal = Refusal(self._reply_header(task, MessageKind.REFUSAL), category)
+            return Outcome(
+                Action.REFUSED,
+                h.study,
+                h.round,
+                (refusal.to_envelope(),),
+                refused=Refused(category, str(exc)),
+                model_version=task.model_version,
+            )
+        charges = tuple(u.charge for u in trained if u.charge is not None and u.charge.new)
+        if not replies and not trained:
+            action = Action.IGNORED  # a secure round this site cannot take part in
+        else:
+            action = Action.TRAINED if trained else Action.RESENT
+        return Outcome(action, h.study, h.round, replies, charges, None, task.model_version)
 
     def _reply_header(self, task: TrainTask, kind: MessageKind) -> Header:
         return Header(
@@ -209,10 +241,16 @@ class Site:
             The task is outside the study's privacy plan, or re-asks an answered round on
             another model version (nothing was trained).
         """
+        return self._update(task, [])
+
+    def _update(self, task: TrainTask, trained: list[LocalUpdate]) -> ModelUpdate:
+        """:meth:`train_round`, appending to ``trained`` what it trained afresh."""
         released = self._released(task)
         if released is not None:
             return released
-        return self._release(task, *self._train_afresh(task))
+        local, metrics = self._train_afresh(task)
+        trained.append(local)
+        return self._release(task, local, metrics)
 
     def _released(self, task: TrainTask) -> ModelUpdate | None:
         """The update this charged round already released, or ``None`` if it released none.
@@ -261,12 +299,15 @@ class Site:
             )
         return update
 
-    def _train(self, task: TrainTask) -> tuple[LocalUpdate, dict[str, float]]:
+    def _train(
+        self, task: TrainTask, trained: list[LocalUpdate]
+    ) -> tuple[LocalUpdate, dict[str, float]]:
         """The round's update for secure aggregation: the one already released, else trained
-        now (and recorded before any masked form of it leaves the site)."""
+        now (appended to ``trained``, and recorded before any masked form of it leaves)."""
         released = self._released(task)
         if released is None:
             local, metrics = self._train_afresh(task)
+            trained.append(local)
             self._release(task, local, metrics)
             lost = sorted(set(metrics) - {*COUNT_METRICS, "train_loss"})
             if lost:

@@ -42,7 +42,7 @@ from alliance.models.steps import ClassifierStep, StepSettings, TrainStep
 from alliance.models.training import get_weights
 from alliance.privacy.accountant import SampledGaussian, calibrate_noise
 from alliance.privacy.dpsgd import DPSGDConfig, train_privately
-from alliance.privacy.ledger import PrivacyLedger
+from alliance.privacy.ledger import Charge, PrivacyLedger
 from alliance.privacy.noise import SecureGaussian
 from alliance.protocol.messages import TrainingPlan
 from alliance.protocol.privacy import PrivacyPlan
@@ -61,6 +61,9 @@ class LocalUpdate:
     train_loss: float
     event: SampledGaussian | None
     clipped: bool = False
+    #: The ledger's record of this round's charge (``None``: nothing charged now); ``new`` is
+    #: ``False`` when the round had been charged before (a retrained round adds nothing).
+    charge: Charge | None = None
 
 
 def round_event(plan: TrainingPlan, privacy: PrivacyPlan, n: int) -> SampledGaussian:
@@ -115,6 +118,7 @@ def train_under_plan(
     """
     n = len(dataset)  # type: ignore[arg-type]
     event: SampledGaussian | None = None
+    charge: Charge | None = None
     noise = noise or SecureGaussian()
     step = step or ClassifierStep()
     step.check(model, dataset, collate_fn=collate_fn)
@@ -128,7 +132,7 @@ def train_under_plan(
         event = round_event(plan, privacy, n)
         remaining_rounds = max(1, privacy.rounds - round_ + 1)
         ledger.ensure_within_budget(study=study, round=round_, event=event, rounds=remaining_rounds)
-        ledger.charge(study=study, round=round_, event=event)
+        charge = ledger.charge(study=study, round=round_, event=event)
         result = train_privately(
             model,
             dataset,
@@ -160,7 +164,7 @@ def train_under_plan(
     clipped = False
     if privacy.client_level:
         clipped = _clip_and_noise(delta, privacy, secure_threshold, noise)
-    return LocalUpdate(delta, n, loss, event, clipped)
+    return LocalUpdate(delta, n, loss, event, clipped, charge)
 
 
 def _batch(plan: TrainingPlan, n: int) -> int:

@@ -5,7 +5,9 @@ long-polls for its next message, verifies the coordinator's signature, and for a
 applies the hospital's own policy before any patient record is touched:
 
 1. the study file's sha256 (fetched from the coordinator, hashed here) must be in
-   ``[policy] approved_studies`` — a study cannot change after the hospital approved it;
+   ``[policy] approved_studies`` — a study cannot change after the hospital approved it; the
+   list is re-read from ``site.toml`` before a study is refused, so approving one needs no
+   restart;
 2. the task's training plan must be the one the approved study states, and its round one of the
    study's rounds, on a model version below the round's number;
 3. at least ``[policy] min_cohort`` local cases must load;
@@ -14,6 +16,12 @@ applies the hospital's own policy before any patient record is touched:
    ``delta``), kept in the ledger ``<state dir>/privacy.ledger``; a round that does not fit is
    declined and the coordinator learns only "refused: budget". ``alliance site budget`` shows
    what each study spent.
+
+A task refused at any step is answered at once with a refusal naming only its category
+(``not-approved``, ``policy``, ``cohort``, ``budget``), so the round does not wait for this site;
+the reason is in the audit log. These checks are :class:`~alliance.site.hospital.Hospital`, the
+same code the simulation runs; this module fetches, submits and records what left the hospital.
+One agent runs per state folder (:mod:`alliance.site.lock`).
 
 Then it trains with the same :class:`~alliance.site.agent.Site` code as the simulation, signs the
 update and submits it, retrying through coordinator restarts and network drops (the same signed
@@ -44,27 +52,26 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from alliance.core.config import TomlFile, parse_toml
-from alliance.core.errors import AllianceError, ConfigError, ProtocolError
+from alliance.core.errors import AllianceError, ConfigError
 from alliance.core.faults import crash_point
 from alliance.crypto.keyfiles import load_signing_key
 from alliance.crypto.pki import Role, TrustStore
 from alliance.crypto.signing import Signer
 from alliance.crypto.tls import client_context
 from alliance.crypto.verifier import MessageVerifier
-from alliance.data.loading import DataConfig
 from alliance.models.tasks import StudyModel, make_study_model
-from alliance.privacy.ledger import PrivacyLedger
-from alliance.protocol.envelope import COORDINATOR, Envelope, MessageKind
-from alliance.protocol.messages import StudyEnd, TrainTask
-from alliance.protocol.study import StudySpec, spec_hash
+from alliance.protocol.envelope import Envelope, MessageKind
+from alliance.protocol.study import StudySpec
 from alliance.site.agent import Site
+from alliance.site.config import FilesFolders, SiteConfig, describe
+from alliance.site.hospital import ApprovedHashes, Cohort, Hospital
+from alliance.site.lock import AgentLock
+from alliance.site.outcome import Action, Outcome
 from alliance.store.audit import AuditLog
-from alliance.transport.files import BundleLedger, FileSiteLink
+from alliance.transport.files import BundleLedger, FileSiteLink, Rejection
 from alliance.transport.http import HttpClient
 from alliance.transport.https_link import HttpSiteLink
 
@@ -73,151 +80,13 @@ __all__ = ["FilesFolders", "SiteConfig", "SiteRunner", "describe"]
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class FilesFolders:
-    """``[files]`` of a hospital on files: inbox, outbox and its approved study files."""
-
-    inbox: Path
-    outbox: Path
-    studies: Path
-
-    def study_text(self, study_id: str) -> str:
-        """The text of the study file in :attr:`studies` whose ``[study] id`` is ``study_id``.
-
-        Raises
-        ------
-        ConfigError
-            No such file, or two of them.
-        """
-        found = []
-        files = sorted(self.studies.glob("*.toml")) if self.studies.is_dir() else []
-        for file in files:
-            text = file.read_text(encoding="utf-8")
-            try:
-                declared = parse_toml(text, where=str(file)).get("study", {}).get("id")
-            except ConfigError:
-                continue
-            if declared == study_id:
-                found.append((file, text))
-        if not found:
-            raise ConfigError(
-                f"no study file with [study] id = {study_id!r} in {self.studies}; put the "
-                "study.toml the hospital approved there (its hash must be in [policy] "
-                "approved_studies)"
-            )
-        if len(found) > 1:
-            names = ", ".join(str(f) for f, _ in found)
-            raise ConfigError(f"several study files declare id {study_id!r}: {names}; keep one")
-        return found[0][1]
-
-
-@dataclass(frozen=True)
-class SiteConfig:
-    """A hospital's ``site.toml`` (paths resolved relative to the file)."""
-
-    path: Path
-    federation: str
-    site: str
-    coordinator: str
-    certificate: Path
-    key: Path
-    signing_key: Path
-    ca: Path
-    crl: Path | None
-    data: DataConfig
-    approved_studies: tuple[str, ...]
-    min_cohort: int
-    state_dir: Path
-    poll_s: float = 25.0
-    budget_epsilon: float = 8.0
-    budget_delta: float = 1e-5
-    files: FilesFolders | None = None
-
-    @property
-    def transport(self) -> str:
-        """``"https"`` or ``"files"``."""
-        return "https" if self.files is None else "files"
-
-    @property
-    def ledger_path(self) -> Path:
-        """The hospital's privacy ledger."""
-        return self.state_dir / "privacy.ledger"
-
-    def open_ledger(self) -> PrivacyLedger:
-        """Open (or create) the privacy ledger with this config's budget."""
-        return PrivacyLedger.open(
-            self.ledger_path, budget_epsilon=self.budget_epsilon, delta=self.budget_delta
-        )
-
-    @classmethod
-    def load(cls, path: str | Path) -> SiteConfig:
-        """Read and validate ``site.toml``.
-
-        Raises
-        ------
-        ConfigError
-            Naming the file, table and key that is missing or wrong.
-        """
-        f = TomlFile(path)
-        approved = f.strings("policy", "approved_studies")
-        for h in approved:
-            if not h.startswith("sha256:") or len(h) != 71:
-                raise ConfigError(
-                    f"{f.path}: [policy] approved_studies: {h!r} is not a study hash; "
-                    "`alliance study hash study.toml` prints one"
-                )
-        transport = f.string(None, "transport", default="https")
-        if transport not in ("https", "files"):
-            raise ConfigError(
-                f'{f.path}: transport = {transport!r}; use "https" (the default) or "files" '
-                "(a hospital without a network connection)"
-            )
-        files = None
-        if transport == "files":
-            files = FilesFolders(
-                inbox=_folder(f, "inbox"),
-                outbox=_folder(f, "outbox"),
-                studies=_folder(f, "studies"),
-            )
-        return cls(
-            path=f.path,
-            federation=f.string(None, "federation"),
-            site=f.string(None, "site"),
-            coordinator=f.string(None, "coordinator", default="files" if files else None),
-            certificate=f.required_path("tls", "certificate"),
-            key=f.path_of("tls", "key", optional=files is not None)  # TLS: online only
-            or f.path.parent / "site.key",
-            signing_key=f.required_path("tls", "signing_key"),
-            ca=f.required_path("tls", "ca"),
-            crl=f.path_of("tls", "crl", optional=True),
-            data=DataConfig.from_toml(f),
-            approved_studies=approved,
-            min_cohort=f.integer("policy", "min_cohort", default=20, minimum=1),
-            state_dir=f.required_path("state", "dir", must_exist=False),
-            budget_epsilon=f.number(
-                "privacy", "budget_epsilon", default=8.0, minimum=0.0, exclusive_minimum=True
-            ),
-            budget_delta=f.number(
-                "privacy", "delta", default=1e-5, minimum=0.0, maximum=0.01, exclusive_minimum=True
-            ),
-            files=files,
-        )
-
-
-def _folder(f: TomlFile, key: str) -> Path:
-    """A folder of ``[files]`` (default: its key's name beside the config file)."""
-    path = f.path_of("files", key, must_exist=False, optional=True)
-    return path if path is not None else f.path.parent / key
-
-
-@dataclass
-class _Study:
-    spec: StudySpec
-    site: Site
-
-
 class SiteRunner:
     """Runs a hospital's agent from its config.
+
+    Takes the state folder's lock first (:class:`~alliance.site.lock.AgentLock`): a second
+    agent on the same folder is refused with :class:`~alliance.site.lock.AgentRunning`, naming
+    the folder and the pid that holds it. :meth:`close` (or leaving a ``with`` block) releases
+    it; so does the end of the process, however it ends.
 
     Parameters
     ----------
@@ -235,10 +104,20 @@ class SiteRunner:
                 f"{config.path}: site = {config.site!r} but the certificate "
                 f"{config.certificate} is issued to {self.signer.name!r}"
             )
+        self.lock = AgentLock(config.state_dir)
+        try:
+            self._open(client)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _open(self, client: HttpClient | None) -> None:
+        config = self.config
         self.trust = TrustStore.load(
             config.ca, config.crl, floor=config.state_dir / "crl-number.json"
         )
         coordinator = MessageVerifier(self.trust, role=Role.COORDINATOR)
+        self.audit = AuditLog(config.state_dir / "audit.log", actor=config.site)
         self.link: HttpSiteLink | FileSiteLink
         if config.files is not None:
             self.bundles: BundleLedger | None = BundleLedger(config.state_dir / "bundles.db")
@@ -252,6 +131,7 @@ class SiteRunner:
                 coordinator_key=None,
                 verify=coordinator,
                 ledger=self.bundles,
+                on_rejected=self._rejected,
             )
         else:
             self.bundles = None
@@ -267,13 +147,38 @@ class SiteRunner:
                 verify=coordinator,
                 poll_s=config.poll_s,
             )
-        self.audit = AuditLog(config.state_dir / "audit.log", actor=config.site)
         self.ledger = config.open_ledger()
         self.peers = MessageVerifier(self.trust, role=Role.SITE)
-        self._studies: dict[str, _Study] = {}
-        self._refused: set[str] = set()
         self._kinds: dict[str, StudyModel] = {}
+        self.hospital = Hospital(
+            config.site,
+            federation=config.federation,
+            policy=ApprovedHashes(
+                config.approved_studies,
+                min_cohort=config.min_cohort,
+                study_text=self._study_text,
+                reread=config.reread_approved_studies,
+                where=config.path,
+            ),
+            cohort=self._cohort,
+            audit=self.audit,
+        )
         self.studies_done = 0
+
+    def close(self) -> None:
+        """Close the ledgers and the link, and release the state folder (safe to call twice)."""
+        self.ledger.close()
+        if self.bundles is not None:
+            self.bundles.close()
+        if isinstance(self.link, HttpSiteLink):
+            self.link.client.close()
+        self.lock.release()
+
+    def __enter__(self) -> SiteRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def run(
         self,
@@ -298,32 +203,23 @@ class SiteRunner:
                 env = self._fetch()
                 if env is None and until_idle:
                     return
-                worked = True if env is None else self._handle(env)
                 if env is not None:
+                    self._handle(env)
                     self._settle()
-                if env is None and self.config.files is not None:
-                    worked = False  # nothing in the inbox: look again after poll_s
+                # Over HTTPS an empty fetch has already waited poll_s; an empty inbox has not.
+                worked = env is not None or self.config.files is None
             except AllianceError as exc:
                 logger.error("site %s: %s", self.config.site, exc)
                 self.audit.append("error", message=str(exc))
                 worked = False
             if not worked:
-                # The coordinator offers a refused task again at once; do not spin on it.
                 stop.wait(self.config.poll_s)
 
     def _fetch(self) -> Envelope | None:
-        """The next message; for a hospital on files, bundles refused are audit lines."""
-        if not isinstance(self.link, FileSiteLink):
-            return self.link.fetch(self.config.site)
-        before = len(self.link.rejections)
+        """The next message; for a hospital on files, each bundle read is an audit line."""
         env = self.link.fetch(self.config.site)
-        if env is not None:
+        if env is not None and isinstance(self.link, FileSiteLink):
             crash_point("site.after_read")
-        for rejection in self.link.rejections[before:]:
-            self.audit.append(
-                "bundle_rejected", file=Path(rejection.file).name, reason=rejection.reason
-            )
-        if env is not None:
             h = env.header
             self.audit.append(
                 "bundle_read",
@@ -334,6 +230,12 @@ class SiteRunner:
             )
         return env
 
+    def _rejected(self, rejection: Rejection) -> None:
+        """A bundle of the inbox failed its checks and was set aside: the audit log says so."""
+        self.audit.append(
+            "bundle_rejected", file=Path(rejection.file).name, reason=rejection.reason
+        )
+
     def _settle(self) -> None:
         """A hospital on files: the message in hand is handled and its replies are written, so
         its bundle is done (until then a crash leaves it in the inbox for the next start)."""
@@ -341,65 +243,21 @@ class SiteRunner:
             crash_point("site.before_settle")
             self.link.settle()
 
-    def _handle(self, env: Envelope) -> bool:
-        """Act on one verified message; ``False`` if the site refused to work on it."""
-        h = env.header
-        if h.federation != self.config.federation or h.recipient != self.config.site:
-            raise ProtocolError(
-                f"refused a message for {h.recipient!r} in federation {h.federation!r}"
-            )
-        if h.sender != COORDINATOR:
-            raise ProtocolError(f"refused a message from {h.sender!r}: only the coordinator")
-        if h.kind is MessageKind.STUDY_END:
-            end = StudyEnd.from_envelope(env)
-            if self._open_study(h.study):
-                self.audit.append("study_ended", study=h.study, final_version=end.final_version)
-                logger.info("study %s ended at model version %d", h.study, end.final_version)
-                self._studies.pop(h.study, None)
-                self.studies_done += 1
-            return True
-        if h.kind is MessageKind.SECAGG:
-            current = self._studies.get(h.study)
-            if current is None:
-                raise ProtocolError(f"secure aggregation message for study {h.study!r}, not joined")
-            self._send(current.site.handle(env), h.study, h.round)
-            return True
-        if h.kind is not MessageKind.TRAIN_TASK:
-            raise ProtocolError(f"unexpected {h.kind.value} message from the coordinator")
-        task = TrainTask.from_envelope(env)
-        study = self._study(task)
-        if study is None:
-            return False
-        self.audit.append(
-            "task_received", study=h.study, round=h.round, model_version=task.model_version
-        )
-        logger.info(
-            "study %s round %d: training on model version %d", h.study, h.round, task.model_version
-        )
-        before = len(self.ledger.entries())
-        replies = study.site.handle(env)
-        for entry in self.ledger.entries()[before:]:
-            self.audit.append(
-                "privacy_charged",
-                study=entry.study,
-                round=entry.round,
-                sample_rate=entry.event.sample_rate,
-                noise_multiplier=entry.event.noise_multiplier,
-                steps=entry.event.steps,
-                epsilon_total=self.ledger.spent().epsilon,
-            )
-        declined = study.site.declined.get((h.study, h.round))
-        if declined is not None:
-            self.audit.append("round_declined", study=h.study, round=h.round, reason=declined)
-        crash_point("site.before_submit")
-        self._send(replies, h.study, h.round)
-        return True
+    def _handle(self, env: Envelope) -> Outcome:
+        """Act on one verified message and submit the replies."""
+        outcome = self.hospital.handle(env)
+        if outcome.action is Action.ENDED:
+            self.studies_done += 1
+        if env.header.kind is MessageKind.TRAIN_TASK:
+            crash_point("site.before_submit")
+        self._send(outcome)
+        return outcome
 
-    def _send(self, replies: list[Envelope], study: str, round_: int) -> None:
+    def _send(self, outcome: Outcome) -> None:
         """Submit the site's replies and record what left the hospital."""
-        for reply in replies:
-            self.link.submit(reply)
-            size, receipt = self.link.last_sent or (0, "?")
+        study, round_ = outcome.study, outcome.round
+        for reply in outcome.replies:
+            sent = self.link.submit(reply)
             kind = reply.header.kind
             details: dict[str, Any] = {}
             if kind is MessageKind.MODEL_UPDATE:
@@ -415,133 +273,51 @@ class SiteRunner:
                 event = "refusal_sent"
                 details = {"reason": reply.body.get("reason")}
             self.audit.append(
-                event, study=study, round=round_, bytes=size, receipt=receipt, **details
+                event, study=study, round=round_, bytes=sent.size, receipt=sent.receipt, **details
             )
             logger.info(
                 "study %s round %d: sent %s (%d bytes): %s",
                 study,
                 round_,
                 event.removesuffix("_sent").replace("_", " "),
-                size,
-                receipt,
+                sent.size,
+                sent.receipt,
             )
 
-    def _open_study(self, study_id: str) -> bool:
-        """Whether this hospital worked on ``study_id`` (in this run or before a restart) and
-        has not yet recorded its end (a restarted coordinator tells participants again)."""
-        events = {e.event for e in self.audit.entries() if e.details.get("study") == study_id}
-        return "study_joined" in events and "study_ended" not in events
-
-    def _study(self, task: TrainTask) -> _Study | None:
-        """The study of ``task`` if this hospital's policy allows it, built once."""
-        study_id = task.header.study
-        if study_id in self._studies:
-            return self._check_plan(self._studies[study_id], task)
+    def _study_text(self, study_id: str) -> str:
+        """The study file's text: from the coordinator over HTTPS, the hospital's folder on
+        files."""
         if isinstance(self.link, HttpSiteLink):
-            text = self.link.study_spec(study_id)
-        else:
-            assert self.config.files is not None
-            text = self.config.files.study_text(study_id)
-        digest = spec_hash(text)
-        if digest not in self.config.approved_studies:
-            self._refuse(
-                study_id,
-                f"study {study_id!r} ({digest}) is not in [policy] approved_studies of "
-                f"{self.config.path}; add its hash there once the hospital approved it",
-            )
-            return None
-        spec = StudySpec.parse(text, where=f"study {study_id}")
+            return self.link.study_spec(study_id)
+        assert self.config.files is not None
+        return self.config.files.study_text(study_id)
+
+    def _cohort(self, spec: StudySpec) -> Cohort:
+        """The hospital's cases, loaded through the study's model kind."""
         kind = self._kind(spec)
         data = self.config.data
         train = kind.load(data.train)
-        if train.count < self.config.min_cohort:
-            self._refuse(
-                study_id,
-                f"only {train.count} cases loaded from {data.train.location}; the hospital's "
-                f"policy requires at least {self.config.min_cohort}",
-            )
-            return None
-        test = kind.load(data.test) if data.test is not None else None
-        site = Site(
-            self.config.site,
-            federation=self.config.federation,
-            model=kind.build(spec.seed),
-            train=train.dataset,
-            test=None if test is None else test.dataset,
-            link=None,
-            collate_fn=kind.collate,
-            ledger=self.ledger,
-            signer=self.signer,
-            peers=self.peers,
-        )
-        self.audit.append(
-            "study_joined",
-            study=study_id,
-            hash=digest,
-            train_cases=train.count,
-            rejected_records=sum(i.rejected for i in train.issues),
-        )
-        study = _Study(spec, site)
-        self._studies[study_id] = study
-        return self._check_plan(study, task)
 
-    def _check_plan(self, study: _Study, task: TrainTask) -> _Study | None:
-        round_, version, rounds = task.header.round, task.model_version, study.spec.rounds
-        if not 1 <= round_ <= rounds or version >= round_:
-            self._refuse(
-                task.header.study,
-                f"round {round_} on model version {version} is outside the approved study "
-                f"(rounds 1–{rounds}; round r trains a model version below r)",
-                once=False,
+        def build() -> Site:
+            test = kind.load(data.test) if data.test is not None else None
+            return Site(
+                self.config.site,
+                federation=self.config.federation,
+                model=kind.build(spec.seed),
+                train=train.dataset,
+                test=None if test is None else test.dataset,
+                link=None,
+                collate_fn=kind.collate,
+                ledger=self.ledger,
+                signer=self.signer,
+                peers=self.peers,
             )
-            return None
-        approved = replace(study.spec.plan, proximal_mu=0.0)
-        asked = replace(task.plan, proximal_mu=0.0)
-        if approved != asked or task.plan.proximal_mu != study.spec.strategy.proximal_mu:
-            self._refuse(
-                task.header.study,
-                f"round {task.header.round}: the coordinator asked for plan {task.plan}, the "
-                f"approved study states {study.spec.plan}",
-                once=False,
-            )
-            return None
-        if task.privacy != study.spec.privacy or task.secagg != study.spec.secagg:
-            self._refuse(
-                task.header.study,
-                f"round {task.header.round}: the coordinator asked for privacy {task.privacy} "
-                f"and secure aggregation {task.secagg}, the approved study states "
-                f"{study.spec.privacy} and {study.spec.secagg}",
-                once=False,
-            )
-            return None
-        return study
 
-    def _refuse(self, study_id: str, reason: str, *, once: bool = True) -> None:
-        if once and study_id in self._refused:
-            return None
-        self._refused.add(study_id)
-        logger.error("site %s refused work: %s", self.config.site, reason)
-        self.audit.append("task_refused", study=study_id, reason=reason)
-        return None
+        rejected = sum(i.rejected for i in train.issues)
+        return Cohort(train.count, rejected, str(data.train.location), build)
 
     def _kind(self, spec: StudySpec) -> StudyModel:
         key = repr(sorted(spec.model.to_table().items()))
         if key not in self._kinds:
             self._kinds[key] = make_study_model(spec.model)
         return self._kinds[key]
-
-
-def describe(config: SiteConfig) -> dict[str, Any]:
-    """What ``alliance site run`` prints at start: the config without secrets."""
-    return {
-        "site": config.site,
-        "federation": config.federation,
-        "coordinator": config.coordinator,
-        "transport": config.transport,
-        "train": config.data.train.location,
-        "test": config.data.test.location if config.data.test else None,
-        "format": config.data.train.format.value,
-        "approved_studies": len(config.approved_studies),
-        "min_cohort": config.min_cohort,
-        "privacy_budget": {"epsilon": config.budget_epsilon, "delta": config.budget_delta},
-    }

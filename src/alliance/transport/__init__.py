@@ -1,6 +1,6 @@
 """Transports: the two ends of a channel and their implementations."""
 
-from alliance.transport.base import CoordinatorMailbox, SiteLink
-from alliance.transport.memory import InMemoryTransport
+from alliance.transport.base import CoordinatorMailbox, Sent, SiteLink
+from alliance.transport.memory import InMemoryTransport, Signing
 
-__all__ = ["CoordinatorMailbox", "InMemoryTransport", "SiteLink"]
+__all__ = ["CoordinatorMailbox", "InMemoryTransport", "Sent", "Signing", "SiteLink"]

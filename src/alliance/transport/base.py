@@ -10,15 +10,35 @@ coordinator never opens a connection to a site. Two protocols express the two en
 
 Both carry :class:`~alliance.protocol.envelope.Envelope` objects; implementations must pass
 them through :mod:`alliance.protocol.codec` so that every channel exercises the same bytes.
+A site's ``submit`` answers with :class:`Sent`: the size of what left the site and the channel's
+receipt, which the hospital writes to its audit log.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from alliance.protocol.envelope import Envelope
 
-__all__ = ["CoordinatorMailbox", "SiteLink"]
+__all__ = ["CoordinatorMailbox", "Sent", "SiteLink"]
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A message a site submitted, as it left the site.
+
+    Attributes
+    ----------
+    size
+        Its size in bytes on the channel (signed, sealed or encoded as the channel carries it).
+    receipt
+        What the channel says of it: the coordinator's receipt over HTTPS, the bundle's file
+        name on files, ``"in memory"`` in one process.
+    """
+
+    size: int
+    receipt: str
 
 
 @runtime_checkable
@@ -29,8 +49,8 @@ class SiteLink(Protocol):
         """The next message addressed to ``site``, or ``None`` if there is none yet."""
         ...
 
-    def submit(self, envelope: Envelope) -> None:
-        """Send a message from this site to the coordinator."""
+    def submit(self, envelope: Envelope) -> Sent:
+        """Send a message from this site to the coordinator; say what left the site."""
         ...
 
 

@@ -52,6 +52,7 @@ from alliance.protocol.bundles import (
 )
 from alliance.protocol.codec import DEFAULT_MAX_BYTES, SignatureVerifier
 from alliance.protocol.envelope import COORDINATOR, Envelope
+from alliance.transport.base import Sent
 from alliance.transport.inbox import BundleFolder, BundleReader, PendingBundle, Rejection, holds
 from alliance.transport.ledger import BundleLedger
 
@@ -94,6 +95,9 @@ class FileSiteLink:
         Checks the coordinator's signatures against the consortium.
     ledger
         The bundles already accepted.
+    on_rejected
+        Called with each bundle :meth:`fetch` sets aside in ``rejected/`` (after it was moved),
+        so the hospital can record it: a site's audit log names every bundle it refused.
     """
 
     def __init__(
@@ -110,6 +114,7 @@ class FileSiteLink:
         ledger: BundleLedger,
         ttl_s: float = DEFAULT_TTL_S,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        on_rejected: Callable[[Rejection], None] | None = None,
     ) -> None:
         self.site = site
         self.federation = federation
@@ -122,8 +127,6 @@ class FileSiteLink:
         #: The bundle of the message :meth:`fetch` handed out last, until it is settled.
         self._in_hand: PendingBundle | None = None
         self._ledger = ledger
-        #: ``(bytes, file name)`` of the last bundle written by :meth:`submit`.
-        self.last_sent: tuple[int, str] | None = None
         self._reader = BundleReader(
             inbox,
             open_one=lambda data: open_bundle(
@@ -136,6 +139,7 @@ class FileSiteLink:
             ),
             ledger=ledger,
             max_bytes=max_bytes,
+            on_rejected=on_rejected,
         )
 
     @property
@@ -201,8 +205,8 @@ class FileSiteLink:
         if key is not None:
             self._coordinator_key = key
 
-    def submit(self, envelope: Envelope) -> None:
-        """Seal a reply to the coordinator and write it into the outbox."""
+    def submit(self, envelope: Envelope) -> Sent:
+        """Seal a reply to the coordinator and write it into the outbox; its size and name."""
         if envelope.header.sender != self.site or envelope.header.recipient != COORDINATOR:
             raise TransportError(
                 f"site {self.site!r} can only send its own messages to the coordinator"
@@ -221,7 +225,7 @@ class FileSiteLink:
             # Kept before it is written: a crash after this point never works on the task again.
             self._ledger.keep_reply(self._in_hand.opened, name, data)
         write_atomically(self.outbox / name, data)
-        self.last_sent = (len(data), name)
+        return Sent(len(data), name)
 
 
 class FileMailbox:

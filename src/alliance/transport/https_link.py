@@ -26,6 +26,7 @@ from alliance.protocol.codec import (
 )
 from alliance.protocol.envelope import Envelope
 from alliance.protocol.study import is_study_id
+from alliance.transport.base import Sent
 from alliance.transport.http import HttpClient
 
 __all__ = ["HttpSiteLink"]
@@ -68,8 +69,6 @@ class HttpSiteLink:
         self.poll_s = poll_s
         self.ttl_s = ttl_s
         self.clock = clock
-        #: Size in bytes and the coordinator's receipt of the last message submitted.
-        self.last_sent: tuple[int, str] | None = None
 
     def fetch(self, site: str) -> Envelope | None:
         """The next message for this site, verified; ``None`` if none came within ``poll_s``.
@@ -88,8 +87,8 @@ class HttpSiteLink:
             response.content, self.verify, now=self.clock(), here="this hospital"
         ).envelope
 
-    def submit(self, envelope: Envelope) -> None:
-        """Sign ``envelope`` and post it; :attr:`last_sent` records its size and receipt."""
+    def submit(self, envelope: Envelope) -> Sent:
+        """Sign ``envelope`` and post it; its signed size and the coordinator's receipt."""
         payload = encode_signed(envelope, self.signer, ttl_s=self.ttl_s, now=self.clock())
         answer = self.client.request(
             "POST",
@@ -97,7 +96,7 @@ class HttpSiteLink:
             content=payload,
             headers={"content-type": "application/octet-stream"},
         )
-        self.last_sent = (len(payload), str(answer.json().get("receipt")))
+        return Sent(len(payload), str(answer.json().get("receipt")))
 
     def study_spec(self, study_id: str) -> str:
         """The text of a study file as the coordinator serves it (the site hashes it itself).

@@ -96,11 +96,13 @@ class BundleReader:
         open_one: Callable[[bytes], OpenedBundle],
         ledger: BundleLedger,
         max_bytes: int,
+        on_rejected: Callable[[Rejection], None] | None = None,
     ) -> None:
         self.folder = BundleFolder(folder)
         self._open = open_one
         self._ledger = ledger
         self._max_bytes = max_bytes
+        self._on_rejected = on_rejected
         self.rejections: list[Rejection] = []
         #: File name and size of each accepted bundle, by its digest.
         self.files: dict[str, tuple[str, int]] = {}
@@ -188,8 +190,11 @@ class BundleReader:
 
     def _reject(self, file: Path, reason: str, error: type[AllianceError] = ProtocolError) -> None:
         logger.warning("bundle %s rejected: %s", file.name, reason)
-        self.rejections.append(Rejection(str(file), reason, error))
+        rejection = Rejection(str(file), reason, error)
+        self.rejections.append(rejection)
         self._move(file, accepted=False, reason=reason)
+        if self._on_rejected is not None:
+            self._on_rejected(rejection)
 
     def _move(self, file: Path, *, accepted: bool, reason: str = "") -> None:
         try:
