@@ -52,6 +52,7 @@ from alliance.algorithms.strategies import FedAvg
 from alliance.coordinator.rounds import Coordinator
 from alliance.protocol.envelope import COORDINATOR, Header, MessageKind
 from alliance.protocol.messages import ModelUpdate, TrainingPlan
+from alliance.protocol.study import StudySpec
 from alliance.store.memory import MemoryStore
 from alliance.store.sql import SqlStore
 
@@ -95,15 +96,8 @@ def measure(store_kind: str, n_sites: int, params: int, workdir: Path) -> dict[s
     sites = [f"site-{i:02d}" for i in range(n_sites)]
     db = workdir / f"coordinator-{store_kind}-{n_sites}.db"
     store = SqlStore(f"sqlite:///{db}") if store_kind == "sql" else MemoryStore()
-    coord = Coordinator(
-        federation="bench",
-        study="memory",
-        sites=sites,
-        weights=weights,
-        strategy=FedAvg(),
-        plan=TrainingPlan(),
-        store=store,
-    )
+    spec = StudySpec.build(study_id="memory", rounds=1, sites=sites, plan=TrainingPlan())
+    coord = Coordinator(spec, federation="bench", weights=weights, strategy=FedAvg(), store=store)
     coord.start_round()
     base = {k: np.full_like(v, 1e-3) for k, v in weights.items()}
     for i, site in enumerate(sites):

@@ -701,13 +701,12 @@ def component_costs(
     # write the new model, release the payloads), over MemoryStore and over SqlStore (SQLite,
     # WAL, synchronous=FULL) in the deployment's folder (same file system as the coordinator's).
     def store_round(store: Any) -> tuple[float, float]:
+        study = StudySpec.build(study_id="bench", rounds=1, sites=list(d.sites), plan=plan)
         coord = Coordinator(
+            study,
             federation=FEDERATION,
-            study="bench",
-            sites=list(d.sites),
             weights=weights,
             strategy=build_strategy(spec.strategy),
-            plan=plan,
             store=store,
         )
         coord.start_round()

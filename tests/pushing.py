@@ -18,7 +18,41 @@ from alliance.coordinator.rounds import Coordinator, Receipt
 from alliance.coordinator.secure import SecureRound
 from alliance.coordinator.secure_round import SecureAggregationRound
 from alliance.core.errors import AllianceError
+from alliance.protocol.study import StudySpec
 from alliance.transport.base import CoordinatorMailbox
+
+#: The study's own fields among a hand-built coordinator's options (the rest is runtime).
+_SPEC_FIELDS = {"study", "sites", "plan", "quorum", "privacy", "secagg", "aggregation"}
+
+
+def coordinator(**options: Any) -> Coordinator:
+    """A coordinator from one flat set of options: the study's (``study``, ``sites``,
+    ``plan``, ``quorum``, ``privacy``, ``secagg``, ``aggregation``, ``open_invitation``) become
+    its :class:`~alliance.protocol.study.StudySpec`; the others are passed on."""
+    spec, runtime = study_options(options)
+    return Coordinator(spec, **runtime)
+
+
+def study_options(options: dict[str, Any]) -> tuple[StudySpec, dict[str, Any]]:
+    """Split flat coordinator options into a study spec and runtime keywords."""
+    fields = {k: options[k] for k in _SPEC_FIELDS if k in options}
+    runtime = {k: v for k, v in options.items() if k not in _SPEC_FIELDS}
+    open_invitation = runtime.pop("open_invitation", False)
+    sites = list(fields.get("sites", ()))
+    privacy = fields.get("privacy")
+    spec = StudySpec.build(
+        study_id=fields.get("study", "study"),
+        rounds=privacy.rounds if privacy is not None and privacy.patient_level else 100,
+        sites=None if open_invitation else sorted(sites),
+        quorum=fields.get("quorum"),
+        plan=fields.get("plan"),
+        privacy=privacy,
+        secagg=fields.get("secagg"),
+        aggregation=fields.get("aggregation"),
+    )
+    if open_invitation:
+        runtime["sites"] = sites
+    return spec, runtime
 
 
 class PushingCoordinator(Coordinator):
@@ -29,7 +63,8 @@ class PushingCoordinator(Coordinator):
         if aggregation is not None and aggregation.is_async:
             # Pushed sites hold their task until they answer, as hospitals on files do.
             options.setdefault("offline", tuple(options["sites"]))
-        super().__init__(**options)
+        spec, runtime = study_options(options)
+        super().__init__(spec, **runtime)
         self.mailbox = mailbox
         self._handed: set[tuple[str, str]] = set()
 

@@ -8,13 +8,14 @@ import logging
 
 import pytest
 import torch
+from tests.frames import opened
 from torch import nn
 
 from alliance.coordinator.rounds import RoundRecord
 from alliance.core.errors import ConfigError
 from alliance.evaluation.regression import RegressionEvaluation, regression_from_sums
 from alliance.models.steps import LossStep
-from alliance.protocol import MessageKind, TrainingPlan, decode
+from alliance.protocol import MessageKind, TrainingPlan
 from alliance.protocol.privacy import SecAggPlan
 from alliance.sim import Simulation
 
@@ -69,7 +70,7 @@ def test_a_custom_step_trains_regression_and_reports_its_metrics() -> None:
         assert float(nn.functional.mse_loss(result.model(x), y)) < 0.02
     # Not a ranker: no top-k accuracy is made up from its counts.
     assert result.history[-1].evaluation()["n"] == 0
-    updates = [decode(data) for sender, data in sent if sender != "coordinator"]
+    updates = [opened(data) for sender, data in sent if sender != "coordinator"]
     assert len(updates) == 3 * 8
     for env in updates:
         assert env.header.kind is MessageKind.MODEL_UPDATE

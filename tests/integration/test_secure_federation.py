@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests.frames import opened
 from tests.pushing import PushingCoordinator
 from torch import nn
 
@@ -62,7 +63,7 @@ def _weights(model: nn.Module) -> dict[str, np.ndarray]:
 
 
 def _received(messages: list[tuple[str, str, bytes]]) -> list:
-    return [decode(data) for _, recipient, data in messages if recipient == COORDINATOR]
+    return [opened(data) for _, recipient, data in messages if recipient == COORDINATOR]
 
 
 def test_secure_round_is_the_exact_integer_sum_of_the_survivors() -> None:
@@ -144,7 +145,7 @@ def test_the_coordinator_never_receives_or_stores_a_site_update() -> None:
     to_coordinator = [d for _, r, d in msgs if r == COORDINATOR]
     assert to_coordinator
     for data in to_coordinator:
-        env = decode(data)
+        env = opened(data)
         assert env.header.kind is MessageKind.SECAGG
         for name, arr in env.arrays.items():
             assert name == "masked"
@@ -154,7 +155,7 @@ def test_the_coordinator_never_receives_or_stores_a_site_update() -> None:
             for delta in update.delta.values():
                 probe = np.ascontiguousarray(delta.reshape(-1)[:4]).tobytes()
                 assert probe not in data
-    masked = [decode(d).arrays["masked"] for d in to_coordinator if "masked" in decode(d).arrays]
+    masked = [opened(d).arrays["masked"] for d in to_coordinator if "masked" in opened(d).arrays]
     assert len(masked) == 12
     # A masked vector looks uniform: its update coordinates are spread over the whole modulus.
     for vector in masked:

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from tests.frames import opened
 from torch import nn
 
 from alliance.core.errors import ConfigError, FederationError
@@ -14,7 +15,7 @@ from alliance.data.synth import SiteCohort
 from alliance.models.features import PhenotypeFeatures
 from alliance.models.ranker import CaseDataset, PhenotypeRanker
 from alliance.models.training import get_weights
-from alliance.protocol import MessageKind, TrainingPlan, decode
+from alliance.protocol import MessageKind, TrainingPlan
 from alliance.sim import Simulation
 
 
@@ -118,7 +119,7 @@ def test_no_message_leaving_a_site_carries_a_case_level_field(
     from_sites = [data for sender, data in sent if sender != "coordinator"]
     assert len(from_sites) == 2 * len(cohorts)
     for data in from_sites:
-        env = decode(data)
+        env = opened(data)
         assert env.header.kind is MessageKind.MODEL_UPDATE
         assert set(env.body) == {"model_version", "num_examples", "metrics"}
         assert set(env.body["metrics"]) <= _ALLOWED_METRICS
@@ -128,5 +129,5 @@ def test_no_message_leaving_a_site_carries_a_case_level_field(
         assert _CODE.search(data) is None, "a phenotype or disease code left a site"
         assert not any(cid in data for cid in case_ids), "a case id left a site"
     # The counts are aggregates: a site's eval_n is its number of test cases, nothing finer.
-    first = decode(from_sites[0])
+    first = opened(from_sites[0])
     assert first.body["metrics"]["eval_n"] == len(test[first.header.sender])

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tests.pushing import PushingCoordinator
+from tests.pushing import PushingCoordinator, coordinator
 
 from alliance.algorithms.strategies import FedAvg
 from alliance.coordinator.rounds import Coordinator, Receipt
@@ -53,7 +53,7 @@ def make_coordinator(transport: InMemoryTransport | None, **kwargs: Any) -> Any:
     }
     options.update(kwargs)
     if transport is None:
-        return Coordinator(**options)
+        return coordinator(**options)
     return PushingCoordinator(mailbox=transport, **options)
 
 

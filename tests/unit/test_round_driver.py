@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from tests.pushing import coordinator as build_coordinator
 
 from alliance.algorithms.strategies import FedAvg
 from alliance.cli.common import console
@@ -31,7 +32,7 @@ kind = "mlp"
 def _coordinator(sites: list[str], *, open_invitation: bool = False) -> Coordinator:
     store = MemoryStore()
     store.add_study(StudyRecord("s", STUDY_TEXT, "sha256:x", "op", StudyStatus.RUNNING, 0.0))
-    return Coordinator(
+    return build_coordinator(
         federation="fed",
         study="s",
         sites=sites,

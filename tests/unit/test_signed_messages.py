@@ -29,6 +29,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.pushing import coordinator as build_coordinator
 
 from alliance.algorithms.strategies import FedAvg
 from alliance.coordinator.rounds import Coordinator, Receipt
@@ -684,7 +685,7 @@ def test_huge_declared_lengths_are_refused_before_any_signature_work(
 
 @pytest.fixture
 def coord() -> Coordinator:
-    coordinator = Coordinator(
+    coordinator = build_coordinator(
         federation=FED,
         study=STUDY,
         sites=["site-a", "site-b"],

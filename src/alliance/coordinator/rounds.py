@@ -34,17 +34,15 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from alliance.algorithms.strategies import Strategy
+from alliance.algorithms.strategies import Strategy, build_strategy
 from alliance.coordinator.modes import round_mode
 from alliance.coordinator.round import Opening, Receipt, Round, RoundMode, RoundRecord, Weights
 from alliance.core.errors import AllianceError, ConfigError, FederationError, ProtocolError
 from alliance.core.faults import crash_point
-from alliance.protocol.aggregation import AggregationPlan
 from alliance.protocol.codec import SignatureVerifier, content_digest
 from alliance.protocol.envelope import COORDINATOR, Envelope, Header, MessageKind
-from alliance.protocol.messages import Refusal, StudyEnd, TrainingPlan, TrainTask
-from alliance.protocol.privacy import PrivacyPlan, SecAggPlan
-from alliance.protocol.study import effective_quorum
+from alliance.protocol.messages import Refusal, StudyEnd, TrainTask
+from alliance.protocol.study import StudySpec
 from alliance.secagg import RoundContext
 from alliance.store.memory import MemoryStore
 from alliance.store.state import (
@@ -75,69 +73,59 @@ class Coordinator:
 
     Parameters
     ----------
-    federation, study
-        Names every message is bound to.
-    sites
-        Invited site ids (a round's default participants).
+    spec
+        The study (id, invited sites, quorum, plan, privacy, secure and asynchronous
+        aggregation), validated once when it was parsed or built.
+    federation
+        The consortium every message is bound to.
     weights
         Initial global weights (model version 0); ignored when the store already holds the study.
     strategy
-        How updates become the next weights.
-    plan
-        Local training plan sent each round (after the strategy's ``configure``).
-    quorum
-        Fewest answers that may close a round (default: all participants; the threshold under
-        secure aggregation).
+        How updates become the next weights (default: the spec's ``[strategy]``).
+    sites
+        The invited sites, for a study open to every site (``sites = "all"``) resumed with the
+        sites that took part so far; it grows with :meth:`invite`. Default: the spec's list.
     store
         The durable state (default: a fresh :class:`~alliance.store.memory.MemoryStore`).
     clock
         Time source for the store's timestamps.
-    open_invitation
-        Every site of the consortium may take part (a study with ``sites = "all"``): ``sites``
-        may start empty and grows with :meth:`invite`; the quorum is not bounded by it.
-    privacy, secagg, aggregation
-        The study's plans; ``secagg`` and ``aggregation`` choose the round mode.
     peers
         Checks sites' signatures on secure-aggregation adverts and confirmations.
     offline
         Hospitals on files (a courier carries their messages).
     mode
-        The round mode (default: :func:`round_mode` of the plans).
+        The round mode (default: :func:`round_mode` of the spec's plans).
     """
 
     def __init__(
         self,
+        spec: StudySpec,
         *,
         federation: str,
-        study: str,
-        sites: Sequence[str],
         weights: Mapping[str, npt.NDArray[np.float32]],
-        strategy: Strategy,
-        plan: TrainingPlan,
-        quorum: int | None = None,
+        strategy: Strategy | None = None,
+        sites: Sequence[str] | None = None,
         store: CoordinatorStore | None = None,
         clock: Callable[[], float] = time.time,
-        open_invitation: bool = False,
-        privacy: PrivacyPlan | None = None,
-        secagg: SecAggPlan | None = None,
         peers: SignatureVerifier | None = None,
-        aggregation: AggregationPlan | None = None,
         offline: Collection[str] = (),
         mode: RoundMode | None = None,
     ) -> None:
-        if not sites and not open_invitation:
+        self.spec = spec
+        self.open_invitation = spec.sites is None
+        invited = tuple(spec.sites or ()) if sites is None else tuple(sites)
+        if not invited and not self.open_invitation:
             raise ConfigError("a study needs at least one invited site")
-        if len(set(sites)) != len(sites):
-            raise ConfigError(f"site ids must be unique, got {sorted(sites)}")
+        if len(set(invited)) != len(invited):
+            raise ConfigError(f"site ids must be unique, got {sorted(invited)}")
         self.federation = federation
-        self.study = study
-        self.sites = tuple(sorted(sites))
-        self.strategy = strategy
-        self.plan = plan
-        self.open_invitation = open_invitation
-        self.privacy = privacy or PrivacyPlan()
-        self.secagg = secagg or SecAggPlan()
-        self.aggregation = aggregation or AggregationPlan()
+        self.study = spec.study_id
+        self.sites = tuple(sorted(invited))
+        self.strategy = build_strategy(spec.strategy) if strategy is None else strategy
+        self.plan = spec.plan
+        self.privacy = spec.privacy
+        self.secagg = spec.secagg
+        self.aggregation = spec.aggregation
         self.mode = mode or round_mode(
             federation=federation,
             secagg=self.secagg,
@@ -146,17 +134,19 @@ class Coordinator:
             offline=offline,
             clock=clock,
         )
-        self.quorum = effective_quorum(len(self.sites), requested=quorum, secagg=self.secagg)
-        if self.quorum < 1 or (not open_invitation and self.quorum > len(self.sites)):
-            raise ConfigError(f"quorum must be between 1 and {len(self.sites)} sites, got {quorum}")
+        self.quorum = spec.quorum_for(None if self.open_invitation else len(self.sites))
+        if self.quorum < 1 or (not self.open_invitation and self.quorum > len(self.sites)):
+            raise ConfigError(
+                f"quorum must be between 1 and {len(self.sites)} sites, got {self.quorum}"
+            )
         self.store: CoordinatorStore = MemoryStore() if store is None else store
         self.clock = clock
         self.rejections: list[Rejection] = []
-        if self.store.study(study) is None:
+        if self.store.study(self.study) is None:
             self.store.add_study(
-                StudyRecord(study, "", "", COORDINATOR, StudyStatus.RUNNING, clock())
+                StudyRecord(self.study, "", "", COORDINATOR, StudyStatus.RUNNING, clock())
             )
-        self.store.save_initial_model(study, weights, strategy.state())
+        self.store.save_initial_model(self.study, weights, self.strategy.state())
         self._resume()
 
     def _resume(self) -> None:

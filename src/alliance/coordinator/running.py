@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from alliance.algorithms.strategies import build_strategy
 from alliance.coordinator.driver import Report, RoundDriver, Schedule
 from alliance.coordinator.rounds import Coordinator
 from alliance.models.tasks import StudyModel
@@ -69,20 +68,13 @@ class RunningStudy:
         previous = store.rounds(spec.study_id)
         sites = spec.sites or tuple(sorted({s for r in previous for s in r.participants}))
         coordinator = Coordinator(
+            spec,
             federation=federation,
-            study=spec.study_id,
-            sites=sites,
             weights=weights,
-            strategy=build_strategy(spec.strategy),
-            plan=spec.plan,
-            quorum=spec.quorum,
+            sites=sites,
             store=store,
             clock=clock,
-            open_invitation=spec.sites is None,
-            privacy=spec.privacy,
-            secagg=spec.secagg,
             peers=peers,
-            aggregation=spec.aggregation,
             offline=offline.sites if offline is not None else (),
         )
         if offline is not None:

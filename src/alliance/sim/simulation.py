@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import tempfile
 import time
 from collections import Counter
@@ -75,10 +76,13 @@ from alliance.protocol.bundles import OpenedBundle, peek_header
 from alliance.protocol.envelope import COORDINATOR, Envelope, MessageKind
 from alliance.protocol.messages import TrainingPlan
 from alliance.protocol.privacy import PrivacyPlan, SecAggPlan
-from alliance.site.agent import Site
+from alliance.protocol.strategy_spec import STRATEGY_DEFAULTS, StrategySpec, strategy_name
+from alliance.protocol.study import StudySpec
+from alliance.site.hospital import Hospital
+from alliance.site.simulated import simulated_hospital
 from alliance.transport.base import SiteLink
 from alliance.transport.files import BUNDLE_SUFFIX, BundleLedger, FileSiteLink, carry
-from alliance.transport.memory import InMemoryTransport
+from alliance.transport.memory import InMemoryTransport, Signing
 
 __all__ = ["Simulation", "SimulationResult", "SiteData", "as_dataset"]
 
@@ -252,6 +256,20 @@ class Simulation:
         self.courier_delay = courier_delay
         self.train_step = train_step
         self.eval_step = eval_step
+        #: The study every hospital approves and the coordinator runs, validated once.
+        self.spec = StudySpec.build(
+            study_id=study,
+            rounds=rounds,
+            seed=seed,
+            sites=sorted(self.train),
+            quorum=quorum,
+            round_timeout_s=ROUND_TIMEOUT_S,
+            strategy=_strategy_spec(self.strategy),
+            plan=self.plan,
+            privacy=self.privacy,
+            secagg=self.secagg,
+            aggregation=self.aggregation,
+        )
 
     def _model(self) -> nn.Module:
         torch.manual_seed(self.seed)
@@ -268,11 +286,9 @@ class Simulation:
                 files = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ga-files-")))
             return self._run(ledgers, files)
 
-    def _identities(self) -> _Identities | None:
-        """Certificates from an in-memory consortium CA: for secure aggregation's signatures and
-        the bundles of the sites on files."""
-        if not self.secagg.enabled and not self.offline:
-            return None
+    def _identities(self) -> _Identities:
+        """Certificates from an in-memory consortium CA: every message is signed with them, as
+        over HTTPS or in a bundle."""
         ca = CertificateAuthority.create(self.federation)
         keys = {}
         for name in sorted(self.train):
@@ -290,29 +306,30 @@ class Simulation:
 
     def _run(self, ledger_dir: Path | None, files_dir: Path | None) -> SimulationResult:
         start = time.perf_counter()
-        transport = InMemoryTransport(encode=self.encode, tap=self.tap)
         identities = self._identities()
+        signing = Signing(
+            signers={**identities.signers, COORDINATOR: identities.coordinator},
+            from_coordinator=identities.coordinators,
+            from_sites=identities.sites,
+        )
+        transport = InMemoryTransport(
+            encode=self.encode, tap=self.tap, signing=signing if self.encode else None
+        )
         files = None
         if self.offline:
-            assert identities is not None
             assert files_dir is not None
             files = _FilesChannel(self.federation, files_dir, sorted(self.offline), identities)
         global_model = self._model()
         coordinator = Coordinator(
+            self.spec,
             federation=self.federation,
-            study=self.study,
-            sites=list(self.train),
             weights=get_weights(global_model),
             strategy=self.strategy,
-            plan=self.plan,
-            privacy=self.privacy,
-            secagg=self.secagg,
-            quorum=self.quorum,
-            peers=None if identities is None else identities.sites,
-            aggregation=self.aggregation,
+            peers=identities.sites,
             offline=self.offline,
             clock=lambda: 0.0,
         )
+        audit_dir = Path(tempfile.mkdtemp(prefix="ga-audit-"))
         ledgers: dict[str, PrivacyLedger] = {}
         sites = []
         for name, data in sorted(self.train.items()):
@@ -329,22 +346,24 @@ class Simulation:
                     budget_epsilon=budget,
                     delta=self.privacy.delta,
                 )
-            sites.append(
-                Site(
-                    name,
-                    federation=self.federation,
-                    model=self._model(),
-                    train=data,
-                    test=self.test.get(name),
-                    link=transport if files is None else files.link_for(name, transport),
-                    collate_fn=self.collate_fn,
-                    ledger=ledgers.get(name),
-                    signer=None if identities is None else identities.signers[name],
-                    peers=None if identities is None else identities.sites,
-                    train_step=self.train_step,
-                    eval_step=self.eval_step,
-                )
+            model = self._model()  # every copy starts from the seed, in site order
+            hospital = simulated_hospital(
+                name,
+                federation=self.federation,
+                spec=self.spec,
+                train=data,
+                test=self.test.get(name),
+                model_fn=lambda model=model: model,  # type: ignore[misc]
+                ledger=ledgers.get(name),
+                folder=audit_dir,
+                collate_fn=self.collate_fn,
+                signer=identities.signers[name],
+                peers=identities.sites,
+                train_step=self.train_step,
+                eval_step=self.eval_step,
             )
+            link = transport if files is None else files.link_for(name, transport)
+            sites.append(_Hospital(hospital, link))
         network = _Network(coordinator, sites, transport, files, self)
         try:
             network.run()
@@ -354,6 +373,7 @@ class Simulation:
                 ledger.close()
             if files is not None:
                 files.close()
+            shutil.rmtree(audit_dir, ignore_errors=True)
         set_weights(global_model, coordinator.weights)
         return SimulationResult(
             model=global_model,
@@ -376,7 +396,7 @@ class _Network:
     def __init__(
         self,
         coordinator: Coordinator,
-        sites: list[Site],
+        sites: list[_Hospital],
         transport: InMemoryTransport,
         files: _FilesChannel | None,
         sim: Simulation,
@@ -479,15 +499,37 @@ class _Network:
         drop = self.sim.drop
         for site in self.sites:
             link = site.link
-            assert link is not None
             while (env := link.fetch(site.id)) is not None:
                 if site.id in self.gone:
                     continue
                 if drop is not None and drop(site.id, env.header.round, _stage(env)):
                     self.gone.add(site.id)
                     continue
-                for reply in site.handle(env):
+                for reply in site.hospital.handle(env).replies:
                     link.submit(reply)
+
+
+@dataclass(frozen=True)
+class _Hospital:
+    """A simulated hospital (the deployment's core) and its end of the transport."""
+
+    hospital: Hospital
+    link: SiteLink
+
+    @property
+    def id(self) -> str:
+        return self.hospital.id
+
+
+def _strategy_spec(strategy: Strategy) -> StrategySpec:
+    """The study's ``[strategy]`` for a strategy object: its registered name and options (a
+    strategy of the researcher's own, registered under no name, is approved as FedAvg's plan)."""
+    try:
+        name = strategy_name(strategy.name)
+    except ConfigError:
+        return StrategySpec()
+    options = {k: getattr(strategy, k) for k in STRATEGY_DEFAULTS[name] if hasattr(strategy, k)}
+    return StrategySpec(name=name, **options)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset
 
+from alliance.models.steps import EvalStep, TrainStep
 from alliance.privacy.ledger import PrivacyLedger
 from alliance.privacy.noise import SecureGaussian
 from alliance.protocol.codec import MessageSigner, SignatureVerifier
@@ -74,6 +75,8 @@ def simulated_hospital(
     peers: SignatureVerifier | None = None,
     noise: SecureGaussian | None = None,
     min_cohort: int = 1,
+    train_step: TrainStep | None = None,
+    eval_step: EvalStep | None = None,
 ) -> Hospital:
     """The hospital ``site_id`` of a simulation, approving ``spec`` and training on ``train``.
 
@@ -92,7 +95,7 @@ def simulated_hospital(
         Its privacy ledger (required for studies with DP-SGD).
     folder
         Where its audit log ``<site_id>.audit.log`` is kept.
-    collate_fn, signer, peers, noise
+    collate_fn, signer, peers, noise, train_step, eval_step
         As for :class:`~alliance.site.agent.Site`.
     min_cohort
         The fewest training cases it takes part with.
@@ -113,6 +116,8 @@ def simulated_hospital(
                 signer=signer,
                 peers=peers,
                 noise=noise,
+                train_step=train_step,
+                eval_step=eval_step,
             )
 
         return Cohort(count, 0, f"the datasets given for {site_id}", build)
