@@ -46,6 +46,7 @@ from alliance.protocol.bundles import peek_header
 from alliance.protocol.codec import decode_signed, encode_signed
 from alliance.protocol.envelope import COORDINATOR, Envelope, MessageKind
 from alliance.protocol.messages import TrainingPlan
+from alliance.protocol.model_spec import NoOptions, register_model_options
 from alliance.protocol.privacy import PrivacyPlan, SecAggPlan
 from alliance.sim.simulation import ROUND_TIMEOUT_S, Simulation
 from alliance.site.agent import Site
@@ -94,6 +95,9 @@ class TinyKind:
 
 def tiny() -> nn.Module:
     return nn.Linear(5, 2)
+
+
+register_model_options(TinyKind.kind, NoOptions.from_table)
 
 
 @dataclass(frozen=True)

@@ -30,11 +30,11 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from alliance.coordinator.driver import Step
+from alliance.coordinator.queue import fail_study, last_ended, next_study, queue_study
 from alliance.coordinator.rounds import Receipt
 from alliance.coordinator.running import UPLOAD_MARGIN, RunningStudy
 from alliance.coordinator.status import describe_privacy, list_studies, study_logs, study_status
-from alliance.coordinator.study_check import load_study
-from alliance.core.errors import AllianceError, ConfigError, FederationError
+from alliance.core.errors import AllianceError, FederationError
 from alliance.core.faults import crash_point
 from alliance.crypto.pki import Role, TrustStore
 from alliance.crypto.verifier import MessageVerifier
@@ -189,33 +189,15 @@ class CoordinatorService:
         self._changed.notify_all()
 
     def _start_next_study(self) -> RunningStudy | None:
-        records = self.store.studies()
-        if self._finished is None:
-            done = [
-                r
-                for r in records
-                if r.status in (StudyStatus.FINISHED, StudyStatus.CANCELLED) and r.finished_at
-            ]
-            done.sort(key=lambda r: r.finished_at or 0.0)
-            if done:
-                self._finish(done[-1].study_id)
-        running = [r for r in records if r.status is StudyStatus.RUNNING]
-        queued = [r for r in records if r.status is StudyStatus.QUEUED]
-        if not running and not queued:
+        if self._finished is None and (ended := last_ended(self.store)) is not None:
+            self._finish(ended)
+        record = next_study(self.store)
+        if record is None:
             return None
-        record = (running or queued)[0]
         try:
             self._running = self._load(record)
         except (AllianceError, TypeError, ValueError, RuntimeError, MemoryError) as exc:
-            # TypeError, ValueError: [model] or [strategy] options of the wrong type, which only
-            # building the model or strategy meets; RuntimeError, MemoryError: a model that does
-            # not fit in memory. Either way the study fails and the queue moves on.
-            error = str(exc)
-            if not isinstance(exc, AllianceError):
-                error = f"its [model] or [strategy] options do not fit: {exc}"
-            self.store.set_study_status(record.study_id, StudyStatus.FAILED, error=error)
-            self.audit.append("study_failed", study=record.study_id, error=error)
-            logger.error("study %s cannot run: %s", record.study_id, error)
+            fail_study(self.store, self.audit, record, exc)  # and the queue moves on
             return None
         if record.status is StudyStatus.QUEUED:
             self.store.set_study_status(record.study_id, StudyStatus.RUNNING)
@@ -381,23 +363,18 @@ class CoordinatorService:
         return receipt.value
 
     def submit_study(self, operator: str, spec: str) -> dict[str, Any]:
-        """Queue a study file submitted by ``operator``."""
-        parsed = load_study(spec, model_check=self.model_check)
+        """Queue a study file submitted by ``operator`` (:func:`queue_study`)."""
         with self._lock:
-            if self.store.study(parsed.study_id) is not None:
-                raise ConfigError(
-                    f"study {parsed.study_id!r} exists; give the new study another [study] id"
-                )
-            self.store.add_study(
-                StudyRecord(
-                    parsed.study_id, spec, parsed.hash, operator, StudyStatus.QUEUED, self.clock()
-                )
-            )
-            self.audit.append(
-                "study_submitted", study=parsed.study_id, hash=parsed.hash, by=operator
+            study_id = queue_study(
+                self.store,
+                self.audit,
+                operator=operator,
+                text=spec,
+                model_check=self.model_check,
+                now=self.clock(),
             )
             self._changed.notify_all()
-        return self.study_status(parsed.study_id)
+        return self.study_status(study_id)
 
     def cancel_study(self, operator: str, study_id: str) -> dict[str, Any]:
         """Cancel a queued or running study: the next queued one may start, and every hospital

@@ -222,6 +222,11 @@ class Simulation:
         self.test = {
             s: as_dataset(d, where=f"site {s!r} test data") for s, d in (test or {}).items()
         }
+        for s, data in self.train.items():
+            if data is not None and len(data) == 0:  # type: ignore[arg-type]
+                raise FederationError(
+                    f"site {s!r} has no training cases; load its data before joining"
+                )
         for s in self.test:
             if s not in self.train:
                 raise ConfigError(
