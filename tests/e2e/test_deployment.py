@@ -183,6 +183,12 @@ def test_a_killed_site_is_left_out_at_the_deadline_and_rejoins(deployment: Deplo
     audit_verifies(d.site_dir("pumch") / "state" / "audit.log")
 
 
+def _starts(d: Deployment, site: str) -> int:
+    """How many times ``site``'s agent started (a line may be half written: count, not parse)."""
+    path = d.site_dir(site) / "state" / "audit.log"
+    return path.read_text().count('"agent_started"') if path.exists() else 0
+
+
 def _events(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -190,11 +196,13 @@ def _events(path: Path) -> list[dict[str, Any]]:
 def test_a_hospital_joins_mid_study_and_another_refuses_an_unapproved_study(
     deployment: Deployment,
 ) -> None:
-    """``sites = "all"``: ruijin starts after round 1 and trains from the current model on;
-    pumch's policy does not list the study's hash, so it never trains and rounds close at
-    their deadline with the quorum."""
+    """``sites = "all"``: ruijin starts during round 1 and trains from the current model on;
+    pumch's policy does not list the study's hash, so it never trains: it refuses each task at
+    once ("not-approved"), and the rounds close with the others."""
     d = deployment
-    text = study_text("open-join", None, rounds=4, quorum=2, timeout_s=10)
+    # A round closes once every site that did not refuse answered; the deadline only has to let
+    # ruijin load its cases for its first task.
+    text = study_text("open-join", None, rounds=4, quorum=2, timeout_s=90)
     approve(d, text)
     policy = d.site_dir("pumch") / "site.toml"
     body = policy.read_text()
@@ -202,14 +210,24 @@ def test_a_hospital_joins_mid_study_and_another_refuses_an_unapproved_study(
     policy.write_text(body[:start] + "approved_studies = []" + body[body.index("]", start) + 1 :])
     if d.coordinator is None or d.coordinator.poll() is not None:
         d.start_coordinator()
-    d.submit(text)
+    # The three agents poll before the study is submitted, so round 1 opens for all three (a
+    # round opened for pumch and one other could never reach the quorum of 2).
+    first = ("bch", "west-china", "pumch")
+    before = {site: _starts(d, site) for site in first}
     d.site_procs = {}
-    for site in ("bch", "west-china", "pumch"):
+    for site in first:
         d.start_site(site)
-    refusing = d.site_procs.pop("pumch")
     deadline = time.monotonic() + 180
-    while d.status("open-join")["rounds_closed"] < 1:
-        assert time.monotonic() < deadline, d.status("open-join")
+    while any(_starts(d, site) == before[site] for site in first):
+        assert time.monotonic() < deadline, "the site agents did not start"
+        time.sleep(0.5)
+    time.sleep(2)  # each polls as soon as it started
+    d.submit(text)
+    refusing = d.site_procs.pop("pumch")
+    # ruijin starts once round 1 is open, so it is not in it; rounds no longer wait for pumch
+    # (it refuses at once), so starting after round 1 closed could miss the whole study.
+    while (status := d.status("open-join"))["open_round"] is None and not status["history"]:
+        assert time.monotonic() < deadline, status
         time.sleep(0.5)
     d.start_site("ruijin")
     try:
@@ -233,6 +251,12 @@ def test_a_hospital_joins_mid_study_and_another_refuses_an_unapproved_study(
     reasons = [e["details"]["reason"] for e in refused if e["event"] == "task_refused"]
     assert reasons
     assert "not in [policy] approved_studies" in reasons[-1]
+    told = {
+        e["details"]["reason"]
+        for e in refused
+        if e["event"] == "refusal_sent" and e["details"]["study"] == "open-join"
+    }
+    assert told == {"not-approved"}
     assert not any(
         e["event"] == "update_sent" and e["details"]["study"] == "open-join" for e in refused
     )
