@@ -12,6 +12,7 @@ import torch
 from alliance.data.ontology import DiseaseCatalogue, Ontology, load_ontology
 from alliance.data.synth import CohortConfig, SiteCohort, generate_consortium, scaled_hospitals
 from alliance.models.features import PhenotypeFeatures
+from tests.cli_logging import kept_logging  # noqa: F401 - autouse: for every test
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PHENOPACKET_STORE = SHARED_DATA / "phenopacket_store_public.jsonl.gz"
