@@ -26,10 +26,17 @@ SLOWEST_FIRST = (
     "tests/e2e/test_deployment.py",
     "tests/e2e/test_demo_claims.py",
     "tests/e2e/test_offline_deployment.py",
-    "tests/unit/test_secagg_round.py",
     "tests/e2e/test_private_deployment.py",
+    "tests/integration/test_api_fuzz.py",
     "tests/e2e/test_request_deployment.py",
     "tests/e2e/test_files_crash.py",
+    "tests/integration/test_lying_coordinator_on_files.py",
+    "tests/integration/test_lying_coordinator_online.py",
+    "tests/unit/test_secagg_round.py",
+    "tests/integration/test_offline_sites.py",
+    "tests/integration/test_privacy_attacks.py",
+    "tests/integration/test_async_offline.py",
+    "tests/integration/test_secure_federation.py",
     "tests/e2e/test_crl_renewal.py",
 )
 
