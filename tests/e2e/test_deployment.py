@@ -87,7 +87,7 @@ def assert_same_weights(got: dict[str, Any], expected: dict[str, Any]) -> None:
 
 def audit_verifies(path: Path) -> None:
     """``alliance audit verify`` passes on ``path``: the command, run in this process (a fresh
-    interpreter for each of the dozens of logs the e2e tests verify cost seconds each)."""
+    interpreter for each of the twenty-odd logs the e2e tests verify cost seconds each)."""
     result = CliRunner().invoke(app, ["audit", "verify", str(path)])
     assert result.exit_code == 0, result.output
 
