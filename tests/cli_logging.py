@@ -4,6 +4,8 @@ The root command and the service commands call
 :func:`~alliance.core.logging.configure_logging`, which replaces the root handlers and sets the
 levels of the ``alliance`` and ``httpx`` loggers for the process; run in-process, that would
 reach the tests that follow (a ``caplog`` at DEBUG would no longer see ``alliance`` records).
+``tests/conftest.py`` makes it apply to every test: which file a worker ran before must not
+decide whether a test's ``caplog`` sees the package's records.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import pytest
 __all__ = ["kept_logging"]
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def kept_logging() -> Iterator[None]:
     """Restore the root handlers and the levels that ``configure_logging`` changes."""
     root = logging.getLogger()

@@ -7,6 +7,7 @@ processes over mutual TLS, and the operator submits with the Python client.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -182,6 +183,48 @@ class Deployment:
                 stderr=subprocess.STDOUT,
                 env=self.env(crash_at),
             )
+
+    def audit_mark(self) -> int:
+        """The coordinator audit log's line count now: ``after`` for :meth:`wait_polled`."""
+        path = self.coordinator_dir / "audit.log"
+        return len(path.read_bytes().splitlines()) if path.exists() else 0
+
+    def wait_polled(self, sites: Sequence[str], *, after: int, timeout_s: float = 120) -> None:
+        """Wait until the coordinator logged ``site_joined`` for each of ``sites`` past line
+        ``after``: an event, not a guess at how long a fresh process takes to start.
+
+        A coordinator process logs a site's first poll once, so ``after`` should be a mark taken
+        before that process started; the site is then alive for it (may be given a round).
+        """
+        path = self.coordinator_dir / "audit.log"
+        deadline = time.monotonic() + timeout_s
+        while True:
+            joined: set[str] = set()
+            for line in path.read_bytes().splitlines()[after:] if path.exists() else []:
+                try:
+                    entry = json.loads(line)
+                except ValueError:  # the line being written
+                    continue
+                if entry["event"] == "site_joined":
+                    joined.add(entry["details"]["site"])
+            missing = sorted(set(sites) - joined)
+            if not missing:
+                return
+            assert time.monotonic() < deadline, (
+                f"the coordinator saw no poll from {missing} within {timeout_s} s\n"
+                + "\n".join(f"{s}: {self.log(f'site-{s}.out')}" for s in missing)
+            )
+            time.sleep(0.1)
+
+    def restart_coordinator(self) -> int:
+        """Stop the coordinator if it runs and start a fresh process; return the audit mark
+        taken before it started (see :meth:`wait_polled`)."""
+        if self.coordinator is not None and self.coordinator.poll() is None:
+            self.coordinator.terminate()
+            self.coordinator.wait(timeout=30)
+        mark = self.audit_mark()
+        self.start_coordinator()
+        return mark
 
     def log(self, name: str) -> str:
         path = self.root / name

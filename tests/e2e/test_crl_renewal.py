@@ -60,7 +60,7 @@ def _handshake(d: Deployment, site: str) -> int | str:
         return f"refused: {exc!r}"
 
 
-def _wait_for_log(d: Deployment, text: str, timeout_s: float = 10.0) -> str:
+def _wait_for_log(d: Deployment, text: str, timeout_s: float = 60.0) -> str:
     deadline = time.monotonic() + timeout_s
     while True:
         log = (d.root / "coordinator.out").read_text(errors="replace")

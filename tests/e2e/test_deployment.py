@@ -1,20 +1,18 @@
 """The federation deployed for real: a coordinator process and site processes over mutual TLS.
 
-- Twelve hospitals' agents and the coordinator on loopback run a 5-round study of the demo task;
+- Twelve hospitals' agents and the coordinator on loopback run a 3-round study of the demo task;
   the final model is bit-identical to the in-process simulation's with the same seed.
 - The coordinator is killed with SIGKILL mid-upload, after a quorum, mid-checkpoint and after
   committing an update whose answer is then lost; restarted, it finishes the study with the
   model of an uninterrupted run and no update counted twice.
 - A site killed mid-round: the round closes at its deadline with the others, and the site,
-  restarted, takes part in the next round.
+  restarted, takes part in a later round.
 - Every audit log verifies with ``alliance audit verify``.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,7 +21,9 @@ from typing import Any
 import numpy as np
 import pytest
 from tests.e2e.deployment import Deployment, approve, provision, simulate_study, study_text
+from typer.testing import CliRunner
 
+from alliance.cli.app import app
 from alliance.models.training import get_weights
 
 pytestmark = pytest.mark.slow
@@ -86,30 +86,31 @@ def assert_same_weights(got: dict[str, Any], expected: dict[str, Any]) -> None:
 
 
 def audit_verifies(path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "alliance.cli.app", "audit", "verify", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    """``alliance audit verify`` passes on ``path``: the command, run in this process (a fresh
+    interpreter for each of the twenty-odd logs the e2e tests verify cost seconds each)."""
+    result = CliRunner().invoke(app, ["audit", "verify", str(path)])
+    assert result.exit_code == 0, result.output
+
+
+#: Rounds of the twelve-site study: enough for each round to start from the last one's model.
+TWELVE_ROUNDS = 3
 
 
 def test_twelve_sites_over_https_train_the_model_of_the_simulation(deployment: Deployment) -> None:
     d = deployment
-    status = run_study(d, "twelve", d.sites, rounds=5)
+    status = run_study(d, "twelve", d.sites, rounds=TWELVE_ROUNDS)
     assert status["status"] == "finished"
-    assert [len(r["sites"]) for r in status["history"]] == [12] * 5
+    assert [len(r["sites"]) for r in status["history"]] == [12] * TWELVE_ROUNDS
     assert_counted_once(d, status, d.sites)
     version, weights = d.final_weights("twelve")
-    assert version == 5
+    assert version == TWELVE_ROUNDS
     assert_same_weights(weights, simulate(d, (d.root / "study.toml").read_text()))
     audit_verifies(d.coordinator_dir / "audit.log")
     for site in d.sites:
         log = d.site_dir(site) / "state" / "audit.log"
         audit_verifies(log)
         events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
-        assert events.count("update_sent") == 5
+        assert events.count("update_sent") == TWELVE_ROUNDS
     # What left each hospital is in its own log, with its size.
     sent = [
         json.loads(line)
@@ -152,9 +153,17 @@ def test_a_killed_coordinator_restarts_and_finishes_the_same_model(
 
 
 def test_a_killed_site_is_left_out_at_the_deadline_and_rejoins(deployment: Deployment) -> None:
+    """pumch is killed in round 2 before it answers: round 2 closes at its deadline with the
+    other two and the study goes on; pumch, restarted once round 2 closed, contributes again.
+
+    The restarted process (Python, imports, TLS, fetch, train) may miss round 3's deadline on a
+    loaded machine (CI saw it take over 15 s); the coordinator keeps inviting it while its last
+    poll is recent, so rounds 3 to 7 each give it a deadline to come back by, 75 s in all. A
+    round it answers closes at once, so the rounds to spare cost nothing when it is quick.
+    """
     d = deployment
     sites = ("bch", "pumch", "west-china")
-    text = study_text("site-crash", sites, rounds=3, quorum=2, timeout_s=15)
+    text = study_text("site-crash", sites, rounds=7, quorum=2, timeout_s=15)
     approve(d, text)
     if d.coordinator is None or d.coordinator.poll() is not None:
         d.start_coordinator()
@@ -174,13 +183,23 @@ def test_a_killed_site_is_left_out_at_the_deadline_and_rejoins(deployment: Deplo
     d.wait_sites(300)
     status = d.status("site-crash")
     assert status["status"] == "finished"
-    assert [r["sites"] for r in status["history"]] == [
-        ["bch", "pumch", "west-china"],
-        ["bch", "west-china"],
-        ["bch", "pumch", "west-china"],
-    ]
+    history = [r["sites"] for r in status["history"]]
+    assert len(history) == 7
+    assert history[0] == ["bch", "pumch", "west-china"]
+    assert history[1] == ["bch", "west-china"]  # left out at the deadline
+    assert all({"bch", "west-china"} <= set(s) for s in history), history  # the study went on
+    assert any("pumch" in s for s in history[2:]), history  # and it rejoined
     assert_counted_once(d, status, sites)
-    audit_verifies(d.site_dir("pumch") / "state" / "audit.log")
+    log = d.site_dir("pumch") / "state" / "audit.log"
+    audit_verifies(log)
+    sent = [
+        e["details"]["round"]
+        for e in _events(log)
+        if e["event"] == "update_sent" and e["details"]["study"] == "site-crash"
+    ]
+    assert sent[0] == 1  # killed before it sent round 2's update ...
+    assert len(sent) > 1
+    assert min(sent[1:]) >= 3  # ... and the restarted agent sent later rounds'
 
 
 def _starts(d: Deployment, site: str) -> int:
@@ -202,7 +221,7 @@ def test_a_hospital_joins_mid_study_and_another_refuses_an_unapproved_study(
     d = deployment
     # A round closes once every site that did not refuse answered; the deadline only has to let
     # ruijin load its cases for its first task.
-    text = study_text("open-join", None, rounds=4, quorum=2, timeout_s=90)
+    text = study_text("open-join", None, rounds=6, quorum=2, timeout_s=90)
     approve(d, text)
     policy = d.site_dir("pumch") / "site.toml"
     body = policy.read_text()
@@ -240,7 +259,7 @@ def test_a_hospital_joins_mid_study_and_another_refuses_an_unapproved_study(
     history = status["history"]
     assert all("pumch" not in r["sites"] for r in history)
     assert "ruijin" not in history[0]["sites"]
-    assert "ruijin" in history[-1]["sites"]
+    assert any("ruijin" in r["sites"] for r in history[1:]), history
     assert_counted_once(d, status, ("bch", "pumch", "ruijin", "west-china"))
     joined = _events(d.site_dir("ruijin") / "state" / "audit.log")
     first_task = next(

@@ -13,6 +13,7 @@ exactly one charged round.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,7 @@ from alliance.protocol.codec import content_digest
 from alliance.protocol.envelope import COORDINATOR, Envelope, Header, MessageKind
 from alliance.protocol.messages import TrainTask
 from alliance.protocol.study import StudySpec, spec_hash
+from alliance.site.runner import SiteConfig
 from alliance.store.audit import AuditLog
 
 pytestmark = pytest.mark.slow
@@ -132,6 +134,18 @@ class Coordinator:
         return [o.message.envelope for o in opened]
 
 
+@pytest.fixture
+def quick_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``site run --until-idle`` waits ``poll_s`` (25 s, not a site.toml key) after each task it
+    refuses before it reads the next bundle: three refusals, 75 s of sleep. The test is about
+    what is released, not the pause; the online sister test sets 0.2 s the same way."""
+    load = SiteConfig.load
+    monkeypatch.setattr(
+        SiteConfig, "load", lambda path: dataclasses.replace(load(path), poll_s=0.2)
+    )
+
+
+@pytest.mark.usefixtures("quick_polls")
 def test_a_lying_coordinator_gets_one_release_of_round_1_and_nothing_beyond_the_study(
     tmp_path: Path,
 ) -> None:

@@ -1,8 +1,9 @@
 """Whole secure-aggregation rounds with honest parties: exact sums under every dropout pattern
 the threshold tolerates, clean aborts beyond it, fresh masks every round.
 
-``ALLIANCE_SECAGG_ROUNDS`` sets how many random rounds the property test runs (default 120;
-pycryptodome's pure-Python GF(2^128) arithmetic makes a 12-site round cost about 0.15 s).
+``ALLIANCE_SECAGG_ROUNDS`` sets how many random rounds the property tests run (default 120, and
+400 for the slow one; pycryptodome's pure-Python GF(2^128) arithmetic makes a 12-site round cost
+about 0.15 s).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from alliance.core.errors import IntegrityError, ProtocolError, SecAggAbort
 from alliance.secagg import ClientStage, Quantizer, ServerStage
 
 ROUNDS = int(os.environ.get("ALLIANCE_SECAGG_ROUNDS", "120"))
+#: The slow soak's rounds (thousands with ``ALLIANCE_SECAGG_ROUNDS=2000``): the edges it used to
+#: find by sheer numbers are enumerated in the small-federation test below.
+SOAK_ROUNDS = 400
 #: Dropping here keeps a site's masked input out of the sum; later drops do not.
 BEFORE_INPUT = (Stage.ADVERTISE, Stage.SHARE, Stage.MASK)
 IDS = Identities(site_names(12))
@@ -80,10 +84,29 @@ def test_random_rounds_sum_exactly_whatever_drops_within_tolerance(data: st.Data
 
 
 @pytest.mark.slow
-@settings(max_examples=max(ROUNDS, 2000), **_SETTINGS)  # type: ignore[arg-type]
+@settings(max_examples=max(ROUNDS, SOAK_ROUNDS), **_SETTINGS)  # type: ignore[arg-type]
 @given(data=st.data())
-def test_thousands_of_random_rounds_sum_exactly(data: st.DataObject) -> None:
+def test_hundreds_of_random_rounds_sum_exactly(data: st.DataObject) -> None:
     _random_round(data)
+
+
+@pytest.mark.parametrize(("n", "t"), [(3, 2), (3, 3), (4, 3), (4, 4)])
+def test_small_federations_sum_exactly_under_every_tolerated_drop(n: int, t: int) -> None:
+    """Every site dropping at every stage, as far as the threshold tolerates, at the narrowest
+    and widest modulus: the edges a random search reaches only by luck, enumerated."""
+    fed0 = Federation.create(n, ids=IDS)
+    patterns: list[dict[Stage, list[str]]] = [{}]
+    for k in range(1, n - t + 1):
+        for sites in itertools.combinations(fed0.setup.sites, k):
+            for stages in itertools.product(STAGES, repeat=k):
+                drops: dict[Stage, list[str]] = {}
+                for site, stage in zip(sites, stages, strict=True):
+                    drops.setdefault(stage, []).append(site)
+                patterns.append(drops)
+    for i, drops in enumerate(patterns):
+        bits = (1, 64)[i % 2]
+        fed = Federation.create(n, vector_length=1 + i % 3, modulus_bits=bits, threshold=t, ids=IDS)
+        check_exact(fed, random_inputs(fed.setup.sites, fed.setup, np.random.default_rng(i)), drops)
 
 
 @pytest.mark.parametrize("stage", STAGES)

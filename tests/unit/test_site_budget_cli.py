@@ -47,7 +47,8 @@ def budget(config: Path, *extra: str) -> tuple[int, str]:
 def test_a_hospital_that_never_trained_has_spent_nothing(site_toml: Path) -> None:
     code, output = budget(site_toml)
     assert code == 0, output
-    assert "no study has spent any of the budget" in output
+    # The terminal wraps the line where the ledger's path ends, which depends on the temp dir.
+    assert "no study has spent any of the budget" in " ".join(output.split())
 
 
 def test_a_deleted_ledger_with_its_anchor_is_reported_as_damage(site_toml: Path) -> None:
