@@ -35,11 +35,12 @@ import numpy as np
 import numpy.typing as npt
 
 from alliance.algorithms.strategies import Strategy, build_strategy
+from alliance.coordinator.checks import check_binding, is_resend
 from alliance.coordinator.modes import round_mode
 from alliance.coordinator.round import Opening, Receipt, Round, RoundMode, RoundRecord, Weights
 from alliance.core.errors import AllianceError, ConfigError, FederationError, ProtocolError
 from alliance.core.faults import crash_point
-from alliance.protocol.codec import SignatureVerifier, content_digest
+from alliance.protocol.codec import SignatureVerifier
 from alliance.protocol.envelope import COORDINATOR, Envelope, Header, MessageKind
 from alliance.protocol.messages import Refusal, StudyEnd, TrainTask
 from alliance.protocol.study import StudySpec
@@ -339,29 +340,16 @@ class Coordinator:
 
     def _check_binding(self, h: Header) -> Round:
         """The message is for this study's open round, from one of its participants."""
-        if (h.federation, h.study, h.recipient) != (self.federation, self.study, COORDINATOR):
-            raise ProtocolError(
-                f"message bound to federation {h.federation!r}, study {h.study!r}, recipient "
-                f"{h.recipient!r}; this coordinator runs {self.federation!r}/{self.study!r}"
-            )
-        if h.sender not in self.sites:
-            raise ProtocolError(f"sender {h.sender!r} is not invited to study {self.study!r}")
+        check_binding(h, federation=self.federation, study=self.study, sites=self.sites)
         if self.current is None:
             raise ProtocolError(f"update for round {h.round}, but the open round is none")
         self.current.check_round(h)
         return self.current
 
     def _is_resend(self, env: Envelope) -> bool:
-        """Whether ``env`` is the very update already stored (same sender, nonce, content),
-        under its round or, late in an asynchronous study, a later one."""
-        h = env.header
-        if (h.federation, h.study) != (self.federation, self.study):
-            return False
-        for round_ in range(max(h.round, 1), self.round + 1):
-            stored = {u.site: u for u in self.store.updates(self.study, round_)}.get(h.sender)
-            if stored is not None and stored.nonce == h.nonce:
-                return stored.digest == content_digest(env)
-        return False
+        return is_resend(
+            env, self.store, federation=self.federation, study=self.study, last_round=self.round
+        )
 
     def _reject(self, header: Header, reason: str) -> None:
         self.rejections.append(Rejection(header.round, header.sender, reason))
