@@ -41,7 +41,8 @@ def test_every_spelling_reads_back_as_its_sex_and_is_listed_as_accepted() -> Non
         for spelling in spellings:
             assert Sex.parse(spelling) is sex
             assert (spelling or "empty") in accepted
-    assert is_unknown_on_purpose("不详") and is_unknown_on_purpose(None)
+    assert is_unknown_on_purpose("不详")
+    assert is_unknown_on_purpose(None)
     assert not is_unknown_on_purpose("X9")
 
 
@@ -81,7 +82,8 @@ def test_an_unreadable_sex_names_the_value_the_place_and_the_accepted_values(
     assert (issue.kind, issue.rejected) == (IssueKind.BAD_VALUE, False)
     assert text.startswith(f"{path}:3: case p2: warning:")
     assert "'X9'" in text
-    assert "MALE, M, 男, 男性" in text and "FEMALE, F, 女, 女性" in text
+    assert "MALE, M, 男, 男性" in text
+    assert "FEMALE, F, 女, 女性" in text
 
 
 @pytest.mark.parametrize(

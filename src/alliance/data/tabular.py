@@ -28,11 +28,11 @@ and the ``[data.table]`` key to set). Everything else costs one row, as a
 :class:`~alliance.data.records.RecordError` located by file and line (the spreadsheet row number
 in Excel): a row with fewer cells than the header, an empty id or code, an unrecognised status or
 kind, a date as age, and a line whose bytes are not text in the configured encoding
-(:attr:`~alliance.data.records.IssueKind.ENCODING`). Messages name the column, and quote a coded
-cell (status, kind; a long one is only measured) with the values accepted there, never another cell's content;
-files, lines and case ids are in the error's location and record. Status and kind accept English
-and Chinese words (有/无, 阳性/阴性, 表型/诊断 ...). Repeated case ids are
-yielded as they are: admission rejects duplicates.
+(:attr:`~alliance.data.records.IssueKind.ENCODING`). Messages name the column and quote a coded
+cell (status, kind; a long one is only measured) with the values accepted there, never another
+cell's content; files, lines and case ids are in the error's location and record. Status and kind
+accept English and Chinese words (有/无, 阳性/阴性, 表型/诊断 ...). Repeated case ids are yielded as
+they are: admission rejects duplicates.
 
 Bytes, encodings and Excel workbooks are the business of :mod:`alliance.data.spreadsheet`; this
 module gives the cells their meaning.
