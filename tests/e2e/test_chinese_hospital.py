@@ -95,3 +95,16 @@ def test_chinese_sex_and_status_are_understood(tmp_path: Path) -> None:
     assert report["loaded"] == 6
     assert report["missing_sex"] == 0
     assert all(r["kind"] != "bad value" for r in report["warning_reasons"])
+
+
+def test_check_names_an_unreadable_sex_its_place_and_the_accepted_values(tmp_path: Path) -> None:
+    config = chinese_hospital(tmp_path / "hospital")
+    train = config.parent / "train.csv"
+    with train.open("a", encoding="utf-8") as handle:
+        handle.write(f"p9,X9,3,HP:0001250,有,表型,\np9,X9,3,{DISEASE},,诊断,\n")
+    line = len(train.read_text(encoding="utf-8").splitlines()) - 1
+
+    text = " ".join(ok(alliance("data", "check", "--config", config)).split())
+
+    assert f"{train}:{line}: case p9: warning: sex 'X9' not recognised" in text
+    assert "MALE, M, 男, 男性; FEMALE, F, 女, 女性" in text

@@ -1,7 +1,9 @@
 """``alliance data``: a hospital checks its own data and maps its codes before anything is trained.
 
 - ``alliance data check --config site.toml`` reads the ``[data]`` sources of the site config
-  through their adapters and prints the data-quality report (:mod:`alliance.data.quality`);
+  through their adapters and prints the data-quality report (:mod:`alliance.data.quality`),
+  then the first unreadable values (a sex, an age) with where they are and what is accepted,
+  which the report itself only locates;
   ``--html`` also writes it as a page, ``--json`` prints it as JSON. Counts below the hospital's
   ``report_min_count`` are suppressed everywhere, since the report may be shared.
 - ``alliance data map --config site.toml`` lists the codes that could not be mapped, with
@@ -44,6 +46,7 @@ app = typer.Typer(
 
 _SOURCES_HELP = "Disease catalogues a study would use, comma-separated (OMIM, ORPHA)."
 _UNMAPPED_SHOWN = 20
+_UNREADABLE_SHOWN = 5
 _MAP_COLUMNS = ["code", "target", "label", "role", "count", "suggestions", "why"]
 _MAP_SHOWN = ("code", "role", "count", "label", "suggestions")
 
@@ -73,17 +76,20 @@ def check(
     from alliance.data.loading import DataConfig, read_source
     from alliance.data.ontology import load_ontology
     from alliance.data.quality import QualityReport, html_page
+    from alliance.data.records import IssueKind
 
     with errors():
         data = DataConfig.load(config)
         catalogue = _catalogue(sources)
         reports: dict[str, QualityReport] = {}
+        unreadable: dict[str, list[str]] = {}
         for role, source in (("train", data.train), ("test", data.test)):
             if source is None:
                 continue
             result = read_source(
                 source, ontology=load_ontology(), catalogue=catalogue, allow_empty=True
             )
+            unreadable[role] = [str(i) for i in result.issues if i.kind is IssueKind.BAD_VALUE]
             reports[role] = QualityReport.build(
                 result,
                 source=f"{role}: {source.location}",
@@ -95,8 +101,9 @@ def check(
     if as_json:
         print(json.dumps({role: r.to_dict() for role, r in reports.items()}, indent=2))
     else:
-        for report in reports.values():
+        for role, report in reports.items():
             _print_report(report)
+            _print_unreadable(unreadable[role])
         if html is not None:
             console.print(f"HTML report written to {escape(str(html))}")
     if any(r.loaded == 0 for r in reports.values()):
@@ -148,6 +155,17 @@ def _print_report(report: QualityReport) -> None:
         f"[dim]Counts from 1 to {report.min_count - 1} are shown as <{report.min_count}; a count "
         "shown as * is hidden so that such a count cannot be worked out from a total.[/]"
     )
+
+
+def _print_unreadable(messages: list[str]) -> None:
+    """The unreadable values themselves, on this terminal only: the report may be shared."""
+    if not messages:
+        return
+    console.print("Unreadable values (shown here only, not in the report):", highlight=False)
+    for message in messages[:_UNREADABLE_SHOWN]:
+        console.print(f"  {escape(message)}", highlight=False)
+    if len(messages) > _UNREADABLE_SHOWN:
+        console.print(f"  … and {len(messages) - _UNREADABLE_SHOWN} more", highlight=False)
 
 
 def _table(title: str, columns: tuple[str, ...]) -> Table:
