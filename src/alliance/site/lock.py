@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from types import TracebackType
 
-from alliance.core.errors import FederationError
+from alliance.core.errors import ConfigError, FederationError
 
 __all__ = ["AgentLock", "AgentRunning"]
 
@@ -36,12 +36,25 @@ class AgentLock:
     ------
     AgentRunning
         Another agent (in this process or another) holds the lock.
+    ConfigError
+        The folder cannot be created or written (a file in its place, no permission).
     """
 
     def __init__(self, state_dir: Path) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True)
         self.path = state_dir / "agent.lock"
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            why = (
+                "a file is in its place"
+                if isinstance(exc, FileExistsError | NotADirectoryError)
+                else exc.strerror or str(exc)
+            )
+            raise ConfigError(
+                f"cannot use the state folder {state_dir} ({why}): set [state] dir to a folder "
+                "this user can create and write"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

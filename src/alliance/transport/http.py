@@ -25,8 +25,11 @@ exponential backoff and jitter, so a site rides out a coordinator restart or a d
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
 import random
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -436,6 +439,14 @@ def run_server(
     """Serve ``app`` over HTTPS with ``ssl_context`` until interrupted.
 
     ``port`` 0 picks a free port; ``ready`` is called with the bound port once listening.
+
+    Raises
+    ------
+    ConfigError
+        If ``host:port`` cannot be listened on (in use, not an address of this machine, a
+        privileged port), naming the address and what to do; nothing was served.
+    TransportError
+        If the server stopped before it was listening.
     """
     config = uvicorn.Config(
         app,
@@ -448,18 +459,20 @@ def run_server(
         lifespan="off",
     )
     server = uvicorn.Server(config)
+    # Bound here, not by uvicorn, which logs a failure and exits the process (status 3).
+    listening = _listen(host, port)
 
     async def main() -> None:
         watcher: asyncio.Task[None] | None = None
-        serving = asyncio.create_task(server.serve())
+        serving = asyncio.create_task(server.serve(sockets=[listening]))
         while not server.started:
             if serving.done():
-                await serving
-                raise TransportError(f"the coordinator could not listen on {host}:{port}")
+                with contextlib.suppress(SystemExit):  # uvicorn exits when it cannot start
+                    await serving
+                raise TransportError(f"the server stopped before it listened on {host}:{port}")
             await asyncio.sleep(0.05)
         if ready is not None:
-            sock = server.servers[0].sockets[0]
-            ready(int(sock.getsockname()[1]))
+            ready(int(listening.getsockname()[1]))
         if should_exit is not None:
 
             async def watch() -> None:
@@ -472,7 +485,48 @@ def run_server(
         if watcher is not None:
             watcher.cancel()
 
-    asyncio.run(main())
+    with listening:
+        asyncio.run(main())
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port``; :class:`ConfigError` saying why when it cannot be."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (OSError, UnicodeError) as exc:
+        raise ConfigError(
+            f"cannot listen on {where}: the host is not an address of this machine ({exc}); "
+            "set [server] host to one of its addresses, or 0.0.0.0 for all"
+        ) from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {where}: {_bind_advice(exc)}") from None
+    return sock
+
+
+def _bind_advice(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            "the address is already in use (another coordinator, or another program, listens "
+            "there); stop it or set another [server] port"
+        )
+    if exc.errno == errno.EACCES:
+        return (
+            "permission denied (ports below 1024 need privileges); set [server] port to 1024 "
+            "or more"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (
+            "the host is not an address of this machine; set [server] host to one of its addresses"
+        )
+    return f"{exc.strerror or exc}; check [server] host and port"
 
 
 # --- client ---------------------------------------------------------------------------------
