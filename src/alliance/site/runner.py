@@ -69,6 +69,7 @@ from alliance.site.agent import Site
 from alliance.site.config import FilesFolders, SiteConfig, describe
 from alliance.site.hospital import ApprovedHashes, Cohort, Hospital
 from alliance.site.lock import AgentLock
+from alliance.site.model_store import ModelStore
 from alliance.site.outcome import Action, Outcome
 from alliance.store.audit import AuditLog
 from alliance.transport.files import BundleLedger, FileSiteLink, Rejection
@@ -162,6 +163,8 @@ class SiteRunner:
             ),
             cohort=self._cohort,
             audit=self.audit,
+            models=ModelStore(config.state_dir),
+            coordinator=coordinator,
         )
         self.studies_done = 0
 
@@ -269,6 +272,9 @@ class SiteRunner:
             elif kind is MessageKind.SECAGG:
                 event = "secagg_sent"
                 details = {"stage": reply.body["stage"]}
+            elif kind is MessageKind.FINAL_EVALUATION:
+                event = "final_evaluation_sent"
+                details = {"metrics": sorted(reply.body["metrics"])}
             else:
                 event = "refusal_sent"
                 details = {"reason": reply.body.get("reason")}
