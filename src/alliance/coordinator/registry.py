@@ -30,7 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,9 +59,8 @@ from alliance.protocol.model_card import (
 from alliance.protocol.study import StudySpec
 from alliance.store.audit import AuditLog
 from alliance.store.modelfile import ranker_file, study_model_file
-from alliance.store.state import CoordinatorStore, StudyStatus
 
-__all__ = ["ModelRegistry", "PublishedModel", "publish_final"]
+__all__ = ["ModelRegistry", "PublishedModel"]
 
 MODEL_FILE = "model.alliance"
 EVALUATIONS_FILE = "evaluations.json"
@@ -304,40 +303,6 @@ class ModelRegistry:
         if not isinstance(raw, dict):
             raise StoreDamaged(f"{folder / EVALUATIONS_FILE} is not a JSON object")
         return raw
-
-
-def publish_final(
-    registry: ModelRegistry,
-    store: CoordinatorStore,
-    study_id: str,
-    version: int,
-    *,
-    federation: str,
-    model_kind: Callable[[dict[str, Any]], StudyModel],
-    now: float,
-) -> PublishedModel | None:
-    """Publish a finished study's final version from the store; ``None`` if it has no model
-    to publish (not finished, or no round ever closed)."""
-    record = store.study(study_id)
-    if record is None or record.status is not StudyStatus.FINISHED or version < 1:
-        return None
-    spec = StudySpec.parse(record.spec, where=f"study {study_id}")
-    rounds = store.rounds(study_id)
-    cases: dict[str, int] = {}
-    for r in rounds:
-        for meta in store.updates(study_id, r.round):
-            cases[meta.site] = max(cases.get(meta.site, 0), meta.num_examples)
-    for r in rounds if not cases else ():
-        cases.update({s: 0 for s in r.participants})
-    return registry.publish(
-        spec,
-        federation=federation,
-        version=version,
-        weights=store.model(study_id, version),
-        kind=model_kind(spec.model.to_table()),
-        cases=cases,
-        now=now,
-    )
 
 
 def _study_hash(card_bytes: bytes) -> str:

@@ -29,20 +29,21 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from alliance.coordinator.distribution import checked_evaluation, find_published, publish_final
 from alliance.coordinator.driver import Step
 from alliance.coordinator.queue import fail_study, last_ended, next_study, queue_study
-from alliance.coordinator.registry import ModelRegistry, PublishedModel, publish_final
+from alliance.coordinator.registry import ModelRegistry, PublishedModel
 from alliance.coordinator.rounds import Receipt
 from alliance.coordinator.running import UPLOAD_MARGIN, RunningStudy
 from alliance.coordinator.status import describe_privacy, list_studies, study_logs, study_status
-from alliance.core.errors import AllianceError, FederationError, IntegrityError
+from alliance.core.errors import AllianceError, FederationError
 from alliance.core.faults import crash_point
 from alliance.crypto.pki import Role, TrustStore
 from alliance.crypto.verifier import MessageVerifier
 from alliance.models.tasks import StudyModel, check_model_options, make_study_model
 from alliance.protocol.codec import MessageSigner, decode_signed, encode_signed
 from alliance.protocol.envelope import COORDINATOR, Envelope, Header, MessageKind
-from alliance.protocol.messages import FinalEvaluation, StudyEnd
+from alliance.protocol.messages import StudyEnd
 from alliance.store.audit import AuditLog
 from alliance.store.state import CoordinatorStore, StoredEvent, StudyRecord, StudyStatus
 from alliance.transport.http import NotFoundError, PermissionDenied
@@ -372,19 +373,12 @@ class CoordinatorService:
         """
         with self._changed:
             try:
-                evaluation = FinalEvaluation.from_envelope(envelope)
+                evaluation = checked_evaluation(
+                    envelope, site=site, federation=self.federation, store=self.store
+                )
                 h = evaluation.header
-                if (h.federation, h.sender, h.recipient) != (self.federation, site, COORDINATOR):
-                    raise IntegrityError(
-                        f"final evaluation addressed from {h.sender!r} to {h.recipient!r} in "
-                        f"{h.federation!r} arrived from {site!r}"
-                    )
-                if self._record(h.study).status is not StudyStatus.FINISHED:
-                    raise FederationError(
-                        f"study {h.study!r} has not finished; nothing to evaluate"
-                    )
                 if self.registry is None:
-                    raise FederationError("this coordinator publishes no models ([registry])")
+                    raise FederationError("this coordinator publishes no models")
                 revised = self.registry.record_evaluation(site, evaluation, now=self.clock())
             except AllianceError as exc:
                 self.audit.append(
@@ -409,41 +403,15 @@ class CoordinatorService:
             self._changed.notify_all()
         return Receipt.ACCEPTED.value
 
-    def published_model(
-        self, study_id: str, version: int | None, *, site: str | None
-    ) -> PublishedModel:
-        """A study's published model (newest version if ``version`` is ``None``) with its
-        newest card; a ``site`` gets it only for a study it took part in.
-
-        Raises
-        ------
-        NotFoundError
-            No such study, or no model published for it (or that version).
-        PermissionDenied
-            ``site`` is not one of the study's hospitals.
-        """
-        self._record(study_id)
-        found = None if self.registry is None else self.registry.get(study_id, version)
-        if found is None:
-            which = "" if version is None else f" version {version}"
-            raise NotFoundError(
-                f"study {study_id!r} has no published model{which}; a study's model is "
-                "published when it finishes (`alliance study status` shows it)"
-            )
-        if site is not None and site not in found.card.hospitals:
-            raise PermissionDenied(
-                f"site {site!r} did not take part in study {study_id!r}; only its hospitals "
-                "and the operators may download its model"
-            )
-        return found
-
     def study_model(self, study_id: str, version: int | None, *, site: str | None) -> bytes:
-        """The published model file's bytes (:meth:`published_model`)."""
-        return bytes(self.published_model(study_id, version, site=site).model)
+        """The published model file's bytes (:func:`find_published`)."""
+        found = find_published(self.registry, self.store, study_id, version, site=site)
+        return bytes(found.model)
 
     def study_model_card(self, study_id: str, version: int | None, *, site: str | None) -> bytes:
-        """The published model's newest signed card (:meth:`published_model`)."""
-        return bytes(self.published_model(study_id, version, site=site).card_bytes)
+        """The published model's newest signed card (:func:`find_published`)."""
+        found = find_published(self.registry, self.store, study_id, version, site=site)
+        return bytes(found.card_bytes)
 
     def _count(
         self, run: RunningStudy | None, site: str, envelope: Envelope, size: int, via: str = ""
