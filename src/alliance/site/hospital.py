@@ -17,6 +17,12 @@ replies for the caller to submit, the privacy charges it made). For a training t
 A task refused at any step is answered with a :class:`~alliance.protocol.messages.Refusal`
 naming only its category (``"not-approved"``, ``"cohort"``, ``"policy"``, ``"budget"``), so the
 coordinator stops waiting for this site at once; the detail goes to the audit log.
+
+A study's end is recorded once, for a study the hospital joined. When it carries the final model
+and its signed card (and the hospital has a model store), the model is verified against the
+approved study and kept, and the hospital answers with its evaluation of it
+(:mod:`alliance.site.homecoming`); a refused model leaves the end unrecorded, so a true copy is
+still accepted.
 """
 
 from __future__ import annotations

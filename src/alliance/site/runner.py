@@ -28,6 +28,9 @@ update and submits it, retrying through coordinator restarts and network drops (
 bytes each time, so the coordinator counts it once). A hospital that joins in the middle of a
 study simply receives the current model with its first task. Every task, refusal and update
 (with its size) is written to the site's own hash-chained audit log: what left the hospital.
+At a finished study's end the agent receives the final model and its signed card, verifies
+them, keeps them in ``<state>/models/`` (``alliance site models`` lists them) and sends the
+coordinator its evaluation of the model on its held-out cases (:mod:`alliance.site.homecoming`).
 
 A hospital that allows no network connection sets ``transport = "files"``::
 
