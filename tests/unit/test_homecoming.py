@@ -228,3 +228,17 @@ def test_a_study_end_without_a_model_only_records_the_end(home: Home) -> None:
     outcome = home.hospital.handle(StudyEnd(header, 0).to_envelope())
     assert (outcome.action, outcome.replies) == (Action.ENDED, ())
     assert home.models.models() == []
+
+
+def test_simulated_hospitals_receive_verify_and_evaluate_the_final_model() -> None:
+    """The simulation runs the same core: each hospital keeps the final model after verifying
+    its card, and reports its evaluation of it (here a hospital on files, too)."""
+    from alliance.sim.simulation import Simulation
+
+    sites = {s: (cases(30).tensors) for s in ("a", "b", "c")}
+    tests = {s: cases(12).tensors for s in ("a", "b", "c")}
+    result = Simulation(model_fn=model, sites=sites, test=tests, rounds=2, offline=("c",)).run()
+    assert set(result.final_evaluation) == {"a", "b", "c"}
+    for counts in result.final_evaluation.values():
+        assert counts["eval_n"] == 12
+        assert 0 <= counts["eval_top1"] <= counts["eval_top10"] <= 12
