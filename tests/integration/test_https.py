@@ -179,3 +179,17 @@ def test_the_openapi_spec_is_served(server: Server) -> None:
     with _client(server, "site-a") as c:
         spec = c.get("/openapi.json").json()
     assert {"/v1/messages/next", "/v1/updates", "/v1/studies"} <= set(spec["paths"])
+
+
+def test_the_model_routes_are_in_the_spec_and_answer_404_for_no_model(server: Server) -> None:
+    with _client(server, "site-a") as c:
+        spec = c.get("/openapi.json").json()
+        assert {"/v1/studies/{study_id}/model", "/v1/studies/{study_id}/model/card"} <= set(
+            spec["paths"]
+        )
+        response = c.get("/v1/studies/nope/model")
+    assert response.status_code == 404
+    assert "no study 'nope'" in response.json()["detail"]
+    with _client(server, "operator") as c:
+        assert c.get("/v1/studies/nope/model/card", params={"version": 2}).status_code == 404
+        assert c.get("/v1/studies/nope/model", params={"version": 0}).status_code == 400

@@ -14,6 +14,7 @@ from alliance.protocol.codec import decode, encode
 from alliance.protocol.envelope import COORDINATOR, Envelope, Header, MessageKind
 from alliance.protocol.messages import (
     REFUSAL_REASONS,
+    FinalEvaluation,
     ModelUpdate,
     Refusal,
     StudyEnd,
@@ -254,3 +255,46 @@ def test_check_same_shapes_non_finite(value: float) -> None:
     arrays["w"][1, 2] = value
     with pytest.raises(IntegrityError, match="'w' contains NaN or infinite values"):
         check_same_shapes(arrays, weights(), what="u")
+
+
+def test_study_end_carries_the_model_file_and_its_card() -> None:
+    h = header(MessageKind.STUDY_END, sender=COORDINATOR, recipient="site-a")
+    end = StudyEnd(h, 4, b"\x00model\xff" * 50, b'{"card":{}}')
+    out = StudyEnd.from_envelope(wire(end.to_envelope()))
+    assert out == end
+    assert StudyEnd.from_envelope(wire(StudyEnd(h, 4).to_envelope())) == StudyEnd(h, 4)
+
+
+@pytest.mark.parametrize(
+    ("body", "arrays", "match"),
+    [
+        ({"final_version": 1, "card": 5}, {"model": np.zeros(3, np.uint8)}, "card must be"),
+        ({"final_version": 1, "card": "{}"}, {}, "exactly one array"),
+        ({"final_version": 1, "card": "{}"}, {"model": np.zeros(3, np.float32)}, "uint8"),
+        ({"final_version": 1}, {"model": np.zeros(3, np.uint8)}, "no arrays"),
+    ],
+)
+def test_study_end_refuses_a_malformed_model_or_card(
+    body: dict[str, Any], arrays: dict[str, Any], match: str
+) -> None:
+    h = header(MessageKind.STUDY_END, sender=COORDINATOR, recipient="site-a")
+    with pytest.raises(ProtocolError, match=match):
+        StudyEnd.from_envelope(wire(Envelope(h, body, arrays)))
+
+
+def test_final_evaluation_round_trip_and_bounds() -> None:
+    h = header(MessageKind.FINAL_EVALUATION, round=0)
+    counts = {"eval_n": 20.0, "eval_top1": 5.0, "eval_top3": 9.0, "eval_top10": 15.0}
+    full = FinalEvaluation(h, 3, counts, 1.5, 1e-5)
+    assert FinalEvaluation.from_envelope(wire(full.to_envelope())) == full
+    empty = FinalEvaluation(h, 3)
+    assert FinalEvaluation.from_envelope(wire(empty.to_envelope())) == empty
+    for metrics, privacy in (
+        ({"eval_n": 2.0}, None),
+        ({**counts, "eval_n": -1.0}, None),
+        (counts, {"epsilon": math.inf, "delta": 0}),
+        (counts, {"epsilon": 1.0}),
+    ):
+        env = Envelope(h, {"model_version": 3, "metrics": metrics, "privacy": privacy})
+        with pytest.raises(ProtocolError):
+            FinalEvaluation.from_envelope(env)

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from alliance.cli import courier as _courier  # noqa: F401 - registers export/import
 from alliance.cli import enrolment as _enrolment  # noqa: F401 - site init, sign-request...
+from alliance.cli import models as _models  # noqa: F401 - study model, site models
 from alliance.cli.audit import app as audit_app
 from alliance.cli.common import console, err, errors, state
 from alliance.cli.consortium import app as consortium_app

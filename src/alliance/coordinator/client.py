@@ -2,7 +2,7 @@
 
 The consortium's data scientist holds an operator certificate (``operator/`` from
 ``alliance consortium init``); :class:`StudyClient` calls the coordinator with it over mutual
-TLS. ``alliance study submit|status|logs`` are thin wrappers around it.
+TLS. ``alliance study submit|status|logs|model`` are thin wrappers around it.
 """
 
 from __future__ import annotations
@@ -14,8 +14,12 @@ from typing import Any
 from alliance.coordinator.study_check import load_study
 from alliance.core.config import TomlFile
 from alliance.core.errors import ConfigError
+from alliance.core.files import write_atomically
+from alliance.crypto.pki import Role, TrustStore
 from alliance.crypto.tls import client_context
-from alliance.protocol.study import is_study_id
+from alliance.crypto.verifier import MessageVerifier
+from alliance.protocol.model_card import ModelCard, verify_card
+from alliance.protocol.study import is_study_id, spec_hash
 from alliance.transport.http import HttpClient, RetryPolicy
 
 __all__ = ["OperatorConfig", "StudyClient"]
@@ -90,6 +94,53 @@ class StudyClient:
         """Every study."""
         result: list[dict[str, Any]] = self.http.request("GET", "/v1/studies").json()
         return result
+
+    def spec(self, study_id: str) -> str:
+        """The study file's text as the coordinator serves it."""
+        return self.http.request("GET", _path(study_id, "spec")).text
+
+    def model(self, study_id: str, version: int | None = None) -> bytes:
+        """A finished study's published model file (the newest version unless ``version``)."""
+        params = {} if version is None else {"version": version}
+        return self.http.request("GET", _path(study_id, "model"), params=params).content
+
+    def model_card(self, study_id: str, version: int | None = None) -> bytes:
+        """The published model's newest signed card."""
+        params = {} if version is None else {"version": version}
+        return self.http.request("GET", _path(study_id, "model", "card"), params=params).content
+
+    def download_model(
+        self, study_id: str, out: Path, *, version: int | None = None, force: bool = False
+    ) -> tuple[Path, Path, ModelCard]:
+        """Download a study's model and card, verify the card (the coordinator's signature
+        through the consortium CA, the model's hash, the study's hash and id, the version) and
+        only then write ``out`` and its card beside it (``<out stem>.card.json``).
+
+        Raises
+        ------
+        ConfigError
+            ``out`` or its card exists and ``force`` is not set.
+        IntegrityError
+            The card does not verify (nothing is written).
+        """
+        card_path = out.with_name(out.stem + ".card.json")
+        for path in (out, card_path):
+            if path.exists() and not force:
+                raise ConfigError(f"{path} exists; choose another --out or pass --force")
+        model, card_bytes = self.model(study_id, version), self.model_card(study_id, version)
+        trust = TrustStore.load(self.config.ca, None)
+        card = verify_card(
+            card_bytes,
+            model,
+            MessageVerifier(trust, role=Role.COORDINATOR),
+            spec_hash(self.spec(study_id)),
+            study=study_id,
+            version=version,
+        )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(out, model)
+        write_atomically(card_path, card_bytes)
+        return out, card_path, card
 
     def logs(self, study_id: str, *, after: int = 0) -> list[dict[str, Any]]:
         """A study's log lines after ``after``."""

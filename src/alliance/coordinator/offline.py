@@ -26,6 +26,7 @@ reads them there and counts each message through the same path as an HTTPS uploa
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -99,6 +100,9 @@ def message_key(envelope: Envelope) -> str:
         detail = f"v{body.get('model_version')}/a{body.get('attempt')}"
     elif h.kind is MessageKind.SECAGG:
         detail = f"{body.get('stage')}/a{body.get('attempt', '')}"
+    elif h.kind is MessageKind.STUDY_END and "card" in body:
+        # A newer revision of the model card is another message (with the same model).
+        detail = "card-" + hashlib.sha256(str(body["card"]).encode()).hexdigest()[:16]
     else:
         detail = ""
     return f"{h.study}/{h.round}/{h.kind.value}/{detail}"

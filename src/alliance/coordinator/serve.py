@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alliance.coordinator.offline import FilesConfig, OfflineSites
+from alliance.coordinator.registry import ModelRegistry
 from alliance.coordinator.service import CoordinatorService
 from alliance.core.config import TomlFile
 from alliance.core.errors import ConfigError
@@ -66,6 +67,11 @@ class CoordinatorConfig:
     crl_warn_days: float = DEFAULT_WARN_DAYS
 
     @property
+    def models_dir(self) -> Path:
+        """The model registry's folder: ``models`` beside the audit log."""
+        return self.audit.parent / "models"
+
+    @property
     def crl_floor(self) -> Path:
         """The file keeping the highest CRL number this coordinator relied on."""
         return self.crl_state or self.audit.parent / "crl-number.json"
@@ -107,13 +113,15 @@ def build_service(config: CoordinatorConfig) -> CoordinatorService:
             f"coordinator"
         )
     trust = TrustStore.load(config.ca, config.crl, floor=config.crl_floor)
+    audit = AuditLog(config.audit, actor=COORDINATOR)
     return CoordinatorService(
         federation=config.federation,
         store=open_checked_store(config.store_url),
         signer=signer,
         trust=trust,
-        audit=AuditLog(config.audit, actor=COORDINATOR),
+        audit=audit,
         offline=open_offline_sites(config, signer, trust),
+        registry=ModelRegistry(config.models_dir, signer=signer, audit=audit),
     )
 
 

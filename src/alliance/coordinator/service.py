@@ -29,8 +29,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from alliance.coordinator.distribution import checked_evaluation, find_published, publish_final
 from alliance.coordinator.driver import Step
 from alliance.coordinator.queue import fail_study, last_ended, next_study, queue_study
+from alliance.coordinator.registry import ModelRegistry, PublishedModel
 from alliance.coordinator.rounds import Receipt
 from alliance.coordinator.running import UPLOAD_MARGIN, RunningStudy
 from alliance.coordinator.status import describe_privacy, list_studies, study_logs, study_status
@@ -81,6 +83,9 @@ class CoordinatorService:
         Time source.
     offline
         The hospitals on files and their folders (``None``: every hospital is online).
+    registry
+        Where finished studies' models are published (:mod:`alliance.coordinator.registry`);
+        ``None``: no model is published or sent home.
     """
 
     def __init__(
@@ -95,8 +100,12 @@ class CoordinatorService:
         model_check: Callable[[Mapping[str, Any]], None] = check_model_options,
         clock: Callable[[], float] = time.time,
         offline: OfflineSites | None = None,
+        registry: ModelRegistry | None = None,
     ) -> None:
         self.federation = federation
+        self.registry = registry
+        #: The last finished study's published model (newest card), as sent home.
+        self._published: PublishedModel | None = None
         self.offline = offline
         self.store = store
         self.signer = signer
@@ -114,7 +123,8 @@ class CoordinatorService:
         self._running: RunningStudy | None = None
         # The last finished study, whose participants are told so when they next poll.
         self._finished: tuple[str, int, set[str]] | None = None
-        self._ended_sent: set[str] = set()
+        #: Sites told of the last study's end, and the card revision they were sent (0: none).
+        self._ended_sent: dict[str, int] = {}
         self._stop = threading.Event()
         self._identities: dict[bytes, tuple[str, str]] = {}
 
@@ -184,9 +194,29 @@ class CoordinatorService:
         last = rounds[-1] if rounds else None
         version = 0 if last is None else int(last.summary.get("model_version", last.model_version))
         self._finished = (study_id, version, {s for r in rounds for s in r.participants})
-        self._ended_sent = set()
+        self._ended_sent = {}
+        self._published = self._publish(study_id, version)
         self._running = None
         self._changed.notify_all()
+
+    def _publish(self, study_id: str, version: int) -> PublishedModel | None:
+        """Publish a finished study's final model (once); a failure is logged, never fatal."""
+        if self.registry is None:
+            return None
+        try:
+            return publish_final(
+                self.registry,
+                self.store,
+                study_id,
+                version,
+                federation=self.federation,
+                model_kind=self.model_kind,
+                now=self.clock(),
+            )
+        except (AllianceError, OSError, ValueError) as exc:
+            logger.error("study %s: the final model could not be published: %s", study_id, exc)
+            self.audit.append("model_publish_failed", study=study_id, reason=str(exc))
+            return None
 
     def _start_next_study(self) -> RunningStudy | None:
         if self._finished is None and (ended := last_ended(self.store)) is not None:
@@ -269,15 +299,21 @@ class CoordinatorService:
         message = None if run is None else run.coordinator.outgoing(site)
         if message is not None:
             return message
-        if self._finished is not None and site not in self._ended_sent:
-            study_id, version, participants = self._finished
-            if site in participants:
-                self._ended_sent.add(site)
-                header = Header(
-                    MessageKind.STUDY_END, self.federation, study_id, 0, COORDINATOR, site
-                )
-                return StudyEnd(header, version).to_envelope()
-        return None
+        if self._finished is None or site not in self._finished[2]:
+            return None
+        study_id, version, _ = self._finished
+        published = self._published
+        revision = 0 if published is None else published.card.revision
+        sent = self._ended_sent.get(site)
+        # Sent once; sent again with the card once every hospital's evaluation is on it.
+        complete = published is not None and not published.card.evaluation.get("pending")
+        if sent is not None and not (complete and sent < revision):
+            return None
+        self._ended_sent[site] = revision
+        header = Header(MessageKind.STUDY_END, self.federation, study_id, 0, COORDINATOR, site)
+        if published is None:
+            return StudyEnd(header, version).to_envelope()
+        return StudyEnd(header, version, published.model, published.card_bytes).to_envelope()
 
     # --- hospitals on files ------------------------------------------------------------------
     def _read_bundles(self, run: RunningStudy | None) -> None:
@@ -285,7 +321,10 @@ class CoordinatorService:
         assert self.offline is not None
 
         def count(site: str, envelope: Envelope, size: int, name: str) -> None:
-            self._count(run, site, envelope, size, via=name)
+            if envelope.header.kind is MessageKind.FINAL_EVALUATION:
+                self.final_evaluation(site, envelope, size)
+            else:
+                self._count(run, site, envelope, size, via=name)
 
         self.offline.read(count, self.audit)
 
@@ -310,14 +349,69 @@ class CoordinatorService:
                 raise PermissionDenied(
                     f"update signed by {signed.signer!r} arrived over the connection of {site!r}"
                 )
-            if run is None:
+            final = signed.envelope.header.kind is MessageKind.FINAL_EVALUATION
+            if run is None and not final:
                 raise FederationError("no study is running; this update belongs to none")
         except AllianceError as exc:
             if run is not None:
                 self._log(run, "update_rejected", f"{site}: {exc}")
             self.audit.append("update_rejected", site=site, bytes=len(data), reason=str(exc))
             raise
+        if final:
+            return self.final_evaluation(site, signed.envelope, len(data))
         return self._count(run, site, signed.envelope, len(data))
+
+    def final_evaluation(self, site: str, envelope: Envelope, size: int) -> str:
+        """Record a participant's verified evaluation of a finished study's model (once) and
+        re-issue its card; ``"duplicate"`` for a repeat.
+
+        Raises
+        ------
+        ProtocolError, IntegrityError, FederationError, NotFoundError
+            Malformed, misaddressed, from a site that did not take part, for an unknown study,
+            one that has not finished, or a version never published.
+        """
+        with self._changed:
+            try:
+                evaluation = checked_evaluation(
+                    envelope, site=site, federation=self.federation, store=self.store
+                )
+                h = evaluation.header
+                if self.registry is None:
+                    raise FederationError("this coordinator publishes no models")
+                revised = self.registry.record_evaluation(site, evaluation, now=self.clock())
+            except AllianceError as exc:
+                self.audit.append(
+                    "final_evaluation_rejected", site=site, bytes=size, reason=str(exc)
+                )
+                raise
+            if revised is None:
+                return Receipt.DUPLICATE.value
+            self.audit.append(
+                "final_evaluation_received",
+                study=h.study,
+                site=site,
+                version=evaluation.model_version,
+                bytes=size,
+            )
+            current = self._published
+            if current is not None and (current.study, current.version) == (
+                revised.study,
+                revised.version,
+            ):
+                self._published = revised
+            self._changed.notify_all()
+        return Receipt.ACCEPTED.value
+
+    def study_model(self, study_id: str, version: int | None, *, site: str | None) -> bytes:
+        """The published model file's bytes (:func:`find_published`)."""
+        found = find_published(self.registry, self.store, study_id, version, site=site)
+        return bytes(found.model)
+
+    def study_model_card(self, study_id: str, version: int | None, *, site: str | None) -> bytes:
+        """The published model's newest signed card (:func:`find_published`)."""
+        found = find_published(self.registry, self.store, study_id, version, site=site)
+        return bytes(found.card_bytes)
 
     def _count(
         self, run: RunningStudy | None, site: str, envelope: Envelope, size: int, via: str = ""

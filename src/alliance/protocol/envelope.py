@@ -32,6 +32,7 @@ class MessageKind(enum.Enum):
     MODEL_SNAPSHOT = "model_snapshot"
     REFUSAL = "refusal"
     SECAGG = "secagg"
+    FINAL_EVALUATION = "final_evaluation"
 
 
 def new_nonce() -> str:

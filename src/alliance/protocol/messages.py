@@ -26,7 +26,9 @@ from alliance.protocol.privacy import PrivacyPlan, SecAggPlan
 from alliance.secagg.context import RoundContext
 
 __all__ = [
+    "MAX_CARD_CHARS",
     "REFUSAL_REASONS",
+    "FinalEvaluation",
     "ModelUpdate",
     "Refusal",
     "StudyEnd",
@@ -230,22 +232,117 @@ class ModelUpdate:
         )
 
 
+#: The largest model card a study end may carry (the card file's own limit).
+MAX_CARD_CHARS = 1 << 20
+
+
 @dataclass(frozen=True)
 class StudyEnd:
-    """Coordinator → site: the study is over; ``final_version`` is the last model version."""
+    """Coordinator → site: the study is over; ``final_version`` is the last model version.
+
+    A finished study's end also carries the final model file's bytes (``model``, the very file
+    :func:`alliance.store.modelfile.load_model` reads) and its signed model card (``card``,
+    :mod:`alliance.protocol.model_card`); both are empty for a study that ended with no model
+    to publish (cancelled, failed). The model travels as one ``uint8`` array, so the codec's size
+    limits bound it; the card is UTF-8 JSON text of at most :data:`MAX_CARD_CHARS` characters.
+    """
 
     header: Header
     final_version: int
+    model: bytes = b""
+    card: bytes = b""
 
     def to_envelope(self) -> Envelope:
         """Wrap for transport."""
-        return Envelope(self.header, {"final_version": self.final_version})
+        if not self.card:
+            return Envelope(self.header, {"final_version": self.final_version})
+        return Envelope(
+            self.header,
+            {"final_version": self.final_version, "card": self.card.decode("utf-8")},
+            {"model": np.frombuffer(self.model, dtype=np.uint8)},
+        )
 
     @classmethod
     def from_envelope(cls, env: Envelope) -> StudyEnd:
         """Validate and unwrap."""
-        _expect(env, MessageKind.STUDY_END, {"final_version"})
-        return cls(env.header, _version(env.body["final_version"], what="study end: final_version"))
+        with_card = "card" in env.body
+        _expect(env, MessageKind.STUDY_END, {"final_version"} | ({"card"} if with_card else set()))
+        version = _version(env.body["final_version"], what="study end: final_version")
+        if not with_card:
+            if env.arrays:
+                raise ProtocolError("study end without a model card must carry no arrays")
+            return cls(env.header, version)
+        card = env.body["card"]
+        if not isinstance(card, str) or not card or len(card) > MAX_CARD_CHARS:
+            raise ProtocolError(
+                f"study end: card must be a non-empty string of at most {MAX_CARD_CHARS} characters"
+            )
+        model = env.arrays.get("model")
+        if set(env.arrays) != {"model"} or model is None:
+            raise ProtocolError("study end with a card must carry exactly one array, 'model'")
+        if model.dtype != np.uint8 or model.ndim != 1 or model.size == 0:
+            raise ProtocolError(
+                f"study end: 'model' must be a non-empty 1-D uint8 array, got {model.dtype} "
+                f"of shape {model.shape}"
+            )
+        return cls(env.header, version, model.tobytes(), card.encode("utf-8"))
+
+
+@dataclass(frozen=True)
+class FinalEvaluation:
+    """Site → coordinator, after a study's end: the hospital's evaluation of the final model.
+
+    Counts only (``eval_n`` and ``eval_top{1,3,10}``, as each round's metrics), empty when the
+    hospital holds no test cases; and, for a study with differential privacy, the ε and δ the
+    hospital's own ledger spent in the study. The coordinator suppresses small counts when it
+    puts them on the model card.
+    """
+
+    header: Header
+    model_version: int
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    epsilon: float | None = None
+    delta: float | None = None
+
+    def to_envelope(self) -> Envelope:
+        """Wrap for transport."""
+        body = {
+            "model_version": self.model_version,
+            "metrics": dict(self.metrics),
+            "privacy": None
+            if self.epsilon is None
+            else {"epsilon": self.epsilon, "delta": self.delta},
+        }
+        return Envelope(self.header, body)
+
+    @classmethod
+    def from_envelope(cls, env: Envelope) -> FinalEvaluation:
+        """Validate and unwrap."""
+        _expect(env, MessageKind.FINAL_EVALUATION, {"model_version", "metrics", "privacy"})
+        metrics = env.body["metrics"]
+        names = {"eval_n", "eval_top1", "eval_top3", "eval_top10"}
+        if not isinstance(metrics, dict) or (metrics and set(metrics) != names):
+            raise ProtocolError(
+                f"final evaluation: metrics must be empty or exactly {sorted(names)}"
+            )
+        for key, value in metrics.items():
+            if not _is_number(value) or not math.isfinite(value) or value < 0:
+                raise ProtocolError(f"final evaluation: metric {key!r} must be a count >= 0")
+        privacy = env.body["privacy"]
+        epsilon = delta = None
+        if privacy is not None:
+            if not isinstance(privacy, dict) or set(privacy) != {"epsilon", "delta"}:
+                raise ProtocolError("final evaluation: privacy must be null or {epsilon, delta}")
+            epsilon, delta = privacy["epsilon"], privacy["delta"]
+            if not all(_is_number(v) and math.isfinite(v) and v >= 0 for v in (epsilon, delta)):
+                raise ProtocolError("final evaluation: epsilon and delta must be numbers >= 0")
+        return cls(
+            env.header,
+            _version(env.body["model_version"], what="final evaluation: model_version"),
+            {k: float(v) for k, v in metrics.items()},
+            None if epsilon is None else float(epsilon),
+            None if delta is None else float(delta),
+        )
 
 
 #: Why a site declined a task; the coordinator learns only this word, never the details.

@@ -73,12 +73,15 @@ from alliance.models.training import get_weights, set_weights
 from alliance.privacy.ledger import PrivacyLedger
 from alliance.protocol.aggregation import AggregationPlan
 from alliance.protocol.bundles import OpenedBundle, peek_header
+from alliance.protocol.codec import MessageSigner
 from alliance.protocol.envelope import COORDINATOR, Envelope, MessageKind
-from alliance.protocol.messages import TrainingPlan
+from alliance.protocol.messages import FinalEvaluation, TrainingPlan
 from alliance.protocol.privacy import PrivacyPlan, SecAggPlan
 from alliance.protocol.strategy_spec import STRATEGY_DEFAULTS, StrategySpec, strategy_name
 from alliance.protocol.study import StudySpec
+from alliance.sim.homecoming import FinalModel
 from alliance.site.hospital import Hospital
+from alliance.site.model_store import ModelStore
 from alliance.site.simulated import simulated_hospital
 from alliance.transport.base import SiteLink
 from alliance.transport.files import BUNDLE_SUFFIX, BundleLedger, FileSiteLink, carry
@@ -117,6 +120,9 @@ class SimulationResult:
     bytes_sent: Mapping[str, int] = field(default_factory=dict)
     #: Each site's privacy spending (ε at the study's δ) at the end, when DP was on.
     epsilon: Mapping[str, float] = field(default_factory=dict)
+    #: Each hospital's evaluation of the final model it received and verified (top-k counts),
+    #: as it reports it to the coordinator (:mod:`alliance.sim.homecoming`).
+    final_evaluation: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
 class Simulation:
@@ -366,10 +372,18 @@ class Simulation:
                 peers=identities.sites,
                 train_step=self.train_step,
                 eval_step=self.eval_step,
+                models=ModelStore(audit_dir / name),
+                coordinator=identities.coordinators,
             )
             link = transport if files is None else files.link_for(name, transport)
             sites.append(_Hospital(hospital, link))
         network = _Network(coordinator, sites, transport, files, self)
+        network.signer = identities.coordinator
+        network.cases = {
+            name: len(data)  # type: ignore[arg-type]
+            for name, data in self.train.items()
+            if data is not None
+        }
         try:
             network.run()
             epsilon = {name: ledger.spent().epsilon for name, ledger in ledgers.items()}
@@ -386,6 +400,7 @@ class Simulation:
             seconds=time.perf_counter() - start,
             bytes_sent=dict(transport.bytes_sent + (files.bytes_sent if files else Counter())),
             epsilon=epsilon,
+            final_evaluation=network.final_evaluation,
         )
 
 
@@ -412,6 +427,11 @@ class _Network:
         self.files = files
         self.sim = sim
         self.now = 0.0
+        #: The coordinator's identity (it signs the final model's card), each hospital's
+        #: training cases, and each hospital's evaluation of the final model.
+        self.signer: MessageSigner | None = None
+        self.cases: dict[str, int] = {}
+        self.final_evaluation: dict[str, dict[str, float]] = {}
         #: Sites that vanished in the open round.
         self.gone: set[str] = set()
         self._handed: set[tuple[str, str]] = set()
@@ -451,8 +471,19 @@ class _Network:
                 )
             stalled = step is Step.WAITING
             self.now = deadline
+        final = None
+        if self.signer is not None and self.coordinator.version > 0:
+            final = FinalModel(
+                self.sim.spec,
+                federation=self.coordinator.federation,
+                version=self.coordinator.version,
+                weights=self.coordinator.weights,
+                cases=self.cases,
+                signer=self.signer,
+            )
         for site in self.sites:
-            self._hand(self.coordinator.end_for(site.id).to_envelope())
+            end = self.coordinator.end_for(site.id).to_envelope()
+            self._hand(end if final is None else final.end_for(site.id))
         self._exchange()
         if self.files is not None:
             self.files.settle()
@@ -495,6 +526,10 @@ class _Network:
         return arrived > 0
 
     def _accept(self, envelope: Envelope) -> None:
+        if envelope.header.kind is MessageKind.FINAL_EVALUATION:
+            evaluation = FinalEvaluation.from_envelope(envelope)
+            self.final_evaluation[envelope.header.sender] = dict(evaluation.metrics)
+            return
         # A refused message is recorded in the coordinator's rejections, as in the service.
         with contextlib.suppress(AllianceError):
             self.coordinator.accept(envelope)

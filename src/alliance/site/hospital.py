@@ -17,6 +17,12 @@ replies for the caller to submit, the privacy charges it made). For a training t
 A task refused at any step is answered with a :class:`~alliance.protocol.messages.Refusal`
 naming only its category (``"not-approved"``, ``"cohort"``, ``"policy"``, ``"budget"``), so the
 coordinator stops waiting for this site at once; the detail goes to the audit log.
+
+A study's end is recorded once, for a study the hospital joined. When it carries the final model
+and its signed card (and the hospital has a model store), the model is verified against the
+approved study and kept, and the hospital answers with its evaluation of it
+(:mod:`alliance.site.homecoming`); a refused model leaves the end unrecorded, so a true copy is
+still accepted.
 """
 
 from __future__ import annotations
@@ -28,10 +34,13 @@ from pathlib import Path
 from typing import Protocol
 
 from alliance.core.errors import ProtocolError
+from alliance.protocol.codec import SignatureVerifier
 from alliance.protocol.envelope import COORDINATOR, Envelope, Header, MessageKind
 from alliance.protocol.messages import Refusal, StudyEnd, TrainTask
 from alliance.protocol.study import StudySpec, spec_hash
 from alliance.site.agent import Site
+from alliance.site.homecoming import Homecoming, evaluate_final, receive_model
+from alliance.site.model_store import ModelStore
 from alliance.site.outcome import Action, Outcome, Refused
 from alliance.store.audit import AuditLog
 
@@ -161,6 +170,10 @@ class Hospital:
         Loads the hospital's cases for an approved study (once per study).
     audit
         The hospital's audit log: every study joined, task, refusal, charge and study end.
+    models, coordinator
+        Where the hospital keeps the final models it receives, and the check of the
+        coordinator's signature on their cards (:mod:`alliance.site.homecoming`); without
+        both, a study's end is only recorded.
     """
 
     def __init__(
@@ -171,8 +184,12 @@ class Hospital:
         policy: StudyPolicy,
         cohort: Callable[[StudySpec], Cohort],
         audit: AuditLog,
+        models: ModelStore | None = None,
+        coordinator: SignatureVerifier | None = None,
     ) -> None:
         self.id = site_id
+        self.models = models
+        self.coordinator = coordinator
         self.federation = federation
         self.policy = policy
         self._cohort = cohort
@@ -208,18 +225,61 @@ class Hospital:
 
     def _end(self, end: StudyEnd) -> Outcome:
         h = end.header
-        if not self._open_study(h.study):
-            return Outcome(Action.IGNORED, h.study, h.round, model_version=end.final_version)
+        ignored = Outcome(Action.IGNORED, h.study, h.round, model_version=end.final_version)
+        events = self._events(h.study)
+        if "study_joined" not in events:
+            return ignored
+        replies: tuple[Envelope, ...] = ()
+        if end.card and self.models is not None and self.coordinator is not None:
+            came = self._receive(end)
+            if came.refused is not None:
+                return ignored  # nothing kept, the end not recorded: a true copy may follow
+            if came.new:
+                site = self._site_for(h.study)
+                replies = (evaluate_final(site, end, site_id=self.id, federation=self.federation),)
+        if "study_ended" in events:
+            return replace(ignored, replies=replies)
         self.audit.append("study_ended", study=h.study, final_version=end.final_version)
         logger.info("study %s ended at model version %d", h.study, end.final_version)
         self._studies.pop(h.study, None)
-        return Outcome(Action.ENDED, h.study, h.round, model_version=end.final_version)
+        return Outcome(Action.ENDED, h.study, h.round, replies, model_version=end.final_version)
 
-    def _open_study(self, study_id: str) -> bool:
-        """Whether this hospital worked on ``study_id`` (in this run or before a restart) and
-        has not yet recorded its end (a restarted coordinator tells participants again)."""
-        events = {e.event for e in self.audit.entries() if e.details.get("study") == study_id}
-        return "study_joined" in events and "study_ended" not in events
+    def _receive(self, end: StudyEnd) -> Homecoming:
+        """Verify and keep the final model (:func:`receive_model`) against the approved study."""
+        assert self.models is not None
+        assert self.coordinator is not None
+        joined = self._studies.get(end.header.study)
+        spec = joined.spec if joined is not None else self.policy.approve(end.header.study)
+        if isinstance(spec, Refused):
+            reason = f"the study is no longer approved here: {spec.detail}"
+            self.audit.append(
+                "model_refused", study=end.header.study, version=end.final_version, reason=reason
+            )
+            return Homecoming(None, refused=reason)
+        return receive_model(
+            end,
+            models=self.models,
+            coordinator=self.coordinator,
+            study_hash=spec.hash,
+            audit=self.audit,
+        )
+
+    def _site_for(self, study_id: str) -> Site | None:
+        """The study's site, to evaluate its final model (rebuilt after a restart)."""
+        joined = self._studies.get(study_id)
+        if joined is not None:
+            return joined.site
+        spec = self.policy.approve(study_id)
+        if isinstance(spec, Refused):
+            return None
+        cohort = self._cohort(spec)
+        return cohort.build() if cohort.count >= self.policy.min_cohort else None
+
+    def _events(self, study_id: str) -> set[str]:
+        """The audit events of ``study_id``: whether this hospital worked on it (in this run
+        or before a restart) and whether it recorded its end (a restarted coordinator tells
+        participants again)."""
+        return {e.event for e in self.audit.entries() if e.details.get("study") == study_id}
 
     def _task(self, env: Envelope, task: TrainTask) -> Outcome:
         h = task.header

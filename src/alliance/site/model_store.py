@@ -106,6 +106,29 @@ class ModelStore:
         assert kept is not None
         return kept
 
+    def replace_card(self, study: str, version: int, card: bytes) -> StoredModel:
+        """Replace a kept model's card (already verified, for the same model) atomically: a
+        newer revision of the card, with the hospitals' evaluation on it.
+
+        Raises
+        ------
+        ConfigError
+            ``study``'s version ``version`` is not kept.
+        """
+        found = self.get(study, version)
+        if found is None:
+            raise ConfigError(
+                f"no model of study {study!r} version {version} is kept in {self.root}"
+            )
+        temp = found.folder / f".{CARD_FILE}.incoming"
+        with open(temp, "wb") as handle:
+            handle.write(card)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, found.card_path)
+        _sync_dir(found.folder)
+        return found
+
     def get(self, study: str, version: int) -> StoredModel | None:
         """``study``'s version ``version``, if kept."""
         folder = self.root / study / f"v{version}"

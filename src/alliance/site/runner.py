@@ -28,6 +28,9 @@ update and submits it, retrying through coordinator restarts and network drops (
 bytes each time, so the coordinator counts it once). A hospital that joins in the middle of a
 study simply receives the current model with its first task. Every task, refusal and update
 (with its size) is written to the site's own hash-chained audit log: what left the hospital.
+At a finished study's end the agent receives the final model and its signed card, verifies
+them, keeps them in ``<state>/models/`` (``alliance site models`` lists them) and sends the
+coordinator its evaluation of the model on its held-out cases (:mod:`alliance.site.homecoming`).
 
 A hospital that allows no network connection sets ``transport = "files"``::
 
@@ -69,6 +72,7 @@ from alliance.site.agent import Site
 from alliance.site.config import FilesFolders, SiteConfig, describe
 from alliance.site.hospital import ApprovedHashes, Cohort, Hospital
 from alliance.site.lock import AgentLock
+from alliance.site.model_store import ModelStore
 from alliance.site.outcome import Action, Outcome
 from alliance.store.audit import AuditLog
 from alliance.transport.files import BundleLedger, FileSiteLink, Rejection
@@ -162,6 +166,8 @@ class SiteRunner:
             ),
             cohort=self._cohort,
             audit=self.audit,
+            models=ModelStore(config.state_dir),
+            coordinator=coordinator,
         )
         self.studies_done = 0
 
@@ -269,6 +275,9 @@ class SiteRunner:
             elif kind is MessageKind.SECAGG:
                 event = "secagg_sent"
                 details = {"stage": reply.body["stage"]}
+            elif kind is MessageKind.FINAL_EVALUATION:
+                event = "final_evaluation_sent"
+                details = {"metrics": sorted(reply.body["metrics"])}
             else:
                 event = "refusal_sent"
                 details = {"reason": reply.body.get("reason")}

@@ -23,6 +23,7 @@ from alliance.protocol.codec import MessageSigner, SignatureVerifier
 from alliance.protocol.study import StudySpec
 from alliance.site.agent import Site
 from alliance.site.hospital import Cohort, Hospital
+from alliance.site.model_store import ModelStore
 from alliance.site.outcome import Refused
 from alliance.store.audit import AuditLog
 
@@ -77,6 +78,8 @@ def simulated_hospital(
     min_cohort: int = 1,
     train_step: TrainStep | None = None,
     eval_step: EvalStep | None = None,
+    models: ModelStore | None = None,
+    coordinator: SignatureVerifier | None = None,
 ) -> Hospital:
     """The hospital ``site_id`` of a simulation, approving ``spec`` and training on ``train``.
 
@@ -99,6 +102,9 @@ def simulated_hospital(
         As for :class:`~alliance.site.agent.Site`.
     min_cohort
         The fewest training cases it takes part with.
+    models, coordinator
+        Where it keeps the final model it receives, and the check of the coordinator's
+        signature on its card (both or neither; see :class:`~alliance.site.hospital.Hospital`).
     """
     count = len(train)  # type: ignore[arg-type]
 
@@ -128,4 +134,6 @@ def simulated_hospital(
         policy=ApprovedSpecs([spec], min_cohort=min_cohort),
         cohort=cohort,
         audit=AuditLog(folder / f"{site_id}.audit.log", actor=site_id),
+        models=models,
+        coordinator=coordinator,
     )

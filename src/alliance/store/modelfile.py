@@ -9,10 +9,13 @@ another release, since the vocabulary and label order would not match.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import numpy.typing as npt
 
 from alliance.core.errors import ModelError, ProtocolError
 from alliance.core.files import write_atomically
@@ -23,9 +26,19 @@ from alliance.models.training import get_weights, set_weights
 from alliance.protocol.codec import decode, encode
 from alliance.protocol.envelope import COORDINATOR, Envelope, Header, MessageKind
 
-__all__ = ["FORMAT", "LoadedModel", "load_model", "save_model"]
+__all__ = [
+    "FORMAT",
+    "GENERIC_FORMAT",
+    "LoadedModel",
+    "load_model",
+    "ranker_file",
+    "save_model",
+    "study_model_file",
+]
 
 FORMAT = "alliance.ranker/1"
+#: Model files of study model kinds other than the ranker.
+GENERIC_FORMAT = "alliance.model/1"
 
 
 @dataclass(frozen=True)
@@ -48,21 +61,69 @@ def save_model(
 ) -> Path:
     """Write ``model`` atomically to ``path`` (a temporary file, then a rename)."""
     target = Path(path)
+    data = ranker_file(
+        features,
+        get_weights(model),
+        dim=model.dim,
+        sources=sources,
+        min_phenotypes=min_phenotypes,
+        metadata=metadata,
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(target, data)
+    return target
+
+
+def ranker_file(
+    features: PhenotypeFeatures,
+    weights: Mapping[str, npt.NDArray[Any]],
+    *,
+    dim: int,
+    sources: tuple[DiseaseSource, ...],
+    min_phenotypes: int,
+    metadata: Mapping[str, Any] | None = None,
+) -> bytes:
+    """The bytes of a ranker model file holding ``weights`` (what :func:`load_model` reads).
+
+    The same arguments give the same bytes (the header's nonce is derived from the content),
+    so a model published twice has one hash.
+    """
     body = {
         "format": FORMAT,
         "hpo_version": features.catalogue.hpo_version,
         "sources": [s.value for s in sources],
         "min_phenotypes": min_phenotypes,
-        "dim": model.dim,
+        "dim": dim,
         "n_terms": features.n_terms,
         "n_diseases": features.n_diseases,
         "metadata": dict(metadata or {}),
     }
+    return _file(body, weights)
+
+
+def study_model_file(
+    kind: str,
+    table: Mapping[str, Any],
+    weights: Mapping[str, npt.NDArray[Any]],
+    *,
+    metadata: Mapping[str, Any] | None = None,
+) -> bytes:
+    """The bytes of a model file for any study model kind (format :data:`GENERIC_FORMAT`): the
+    kind, its ``[model]`` table and the weights, through the same never-pickled codec."""
+    body = {
+        "format": GENERIC_FORMAT,
+        "kind": kind,
+        "model": dict(table),
+        "metadata": dict(metadata or {}),
+    }
+    return _file(body, weights)
+
+
+def _file(body: Mapping[str, Any], weights: Mapping[str, npt.NDArray[Any]]) -> bytes:
     header = Header(MessageKind.MODEL_SNAPSHOT, "local", "model", 0, COORDINATOR, COORDINATOR)
-    data = encode(Envelope(header, body, get_weights(model)))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(target, data)
-    return target
+    unsigned = encode(Envelope(header, body, dict(weights)))
+    nonce = hashlib.sha256(unsigned).hexdigest()[:32]
+    return encode(Envelope(replace(header, nonce=nonce), body, dict(weights)))
 
 
 def load_model(path: str | Path, ontology: Ontology) -> LoadedModel:

@@ -142,6 +142,14 @@ class CoordinatorEndpoints(Protocol):
         """Log lines after sequence number ``after`` (those ``site`` may see, if given)."""
         ...
 
+    def study_model(self, study_id: str, version: int | None, *, site: str | None) -> bytes:
+        """A finished study's published model file (``site``: only a study it took part in)."""
+        ...
+
+    def study_model_card(self, study_id: str, version: int | None, *, site: str | None) -> bytes:
+        """The published model's newest signed card, as JSON bytes."""
+        ...
+
 
 # --- server ---------------------------------------------------------------------------------
 
@@ -409,6 +417,40 @@ def create_app(service: CoordinatorEndpoints, *, limits: RequestLimits | None = 
         name, role = await caller_and_role(request, "operator", "site")
         site = name if role == "site" else None
         return await run_in_threadpool(lambda: service.study_logs(study_id, after, site=site))
+
+    @app.get(
+        "/v1/studies/{study_id}/model",
+        summary="A finished study's published model file (its hospitals and operators)",
+        response_class=Response,
+        responses={200: {"content": {OCTETS: {}}}, **_errors(400, 403, 404)},
+    )
+    async def study_model(
+        request: Request,
+        study_id: str,
+        version: int | None = Query(None, ge=1, le=2**62, description="a published version"),
+    ) -> Response:
+        name, role = await caller_and_role(request, "operator", "site")
+        site = name if role == "site" else None
+        data = await run_in_threadpool(lambda: service.study_model(study_id, version, site=site))
+        return Response(content=data, media_type=OCTETS)
+
+    @app.get(
+        "/v1/studies/{study_id}/model/card",
+        summary="The published model's newest signed model card",
+        response_class=Response,
+        responses={200: {"content": {"application/json": {}}}, **_errors(400, 403, 404)},
+    )
+    async def study_model_card(
+        request: Request,
+        study_id: str,
+        version: int | None = Query(None, ge=1, le=2**62, description="a published version"),
+    ) -> Response:
+        name, role = await caller_and_role(request, "operator", "site")
+        site = name if role == "site" else None
+        data = await run_in_threadpool(
+            lambda: service.study_model_card(study_id, version, site=site)
+        )
+        return Response(content=data, media_type="application/json")
 
     return app
 
