@@ -105,7 +105,8 @@ def test_diagnose_lists_candidates_with_supporting_phenotypes(small_demo: Path) 
     ("args", "message"),
     [
         (["--hpo", "HP:0001250,HP:9999999"], "HP:9999999 is not in HPO release"),
-        (["--hpo", "seizure"], "not an HPO id"),
+        (["--hpo", "seizur"], "'seizur' is not the name of an HPO term (closest: Seizure"),
+        (["--hpo", "HP:12"], "not an HPO id"),
         (["--hpo", ""], "at least one observed HPO term"),
     ],
 )
