@@ -64,7 +64,7 @@ def test_evaluate_prints_topk_and_json(small_demo: Path, tmp_path: Path) -> None
         "evaluate", "--model", str(small_demo / "model.alliance"), "--cases", str(cases)
     )
     assert done.returncode == 0, done.stderr
-    assert "2 cases ranked (1 rejected)" in done.stdout
+    assert "2 cases ranked (1 rejected: malformed 1)" in done.stdout
     assert f"{cases}:2" in done.stderr  # the malformed line is named by file and line
     as_json = alliance(
         "evaluate", "--model", str(small_demo / "model.alliance"), "--cases", str(cases), "--json"
