@@ -137,9 +137,10 @@ class TermResolver:
         UnknownCodeError
             Naming ``field`` and every finding that did not resolve, with its candidates.
         """
+        given = list(texts)
         resolved: dict[str, ResolvedTerm] = {}
         problems: list[str] = []
-        for text in texts:
+        for text in given:
             try:
                 term = self.resolve(text)
             except UnknownCodeError as exc:
@@ -147,8 +148,11 @@ class TermResolver:
                 continue
             resolved.setdefault(term.hpo_id, term)
         if problems:
-            raise UnknownCodeError(
-                f"{field}: {'; '.join(problems)}. Findings are separated by commas, so a term "
-                "whose name has a comma must be given by its id"
+            comma = (
+                ". Findings are separated by commas, so a term whose name has a comma must be "
+                "given by its id"
+                if len(given) > 1
+                else ""
             )
+            raise UnknownCodeError(f"{field}: {'; '.join(problems)}{comma}")
         return list(resolved.values())
