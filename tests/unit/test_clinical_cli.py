@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from alliance.cli import common
 from alliance.cli.app import app
 from alliance.data.cases import Case, Sex
+from alliance.data.chinese import chinese_label
 from alliance.data.compact import write_jsonl
 from alliance.data.ontology import DiseaseCatalogue, DiseaseSource, Ontology
 from alliance.models.features import PhenotypeFeatures
@@ -59,6 +60,7 @@ code = "编码"
 label = "名称"
 sex = "性别"
 age = "年龄"
+encoding = "gbk"
 
 [policy]
 approved_studies = []
@@ -213,7 +215,8 @@ def test_an_unknown_name_lists_candidates_and_exits_2(model_file: Path) -> None:
 
 
 def _chinese_hospital(root: Path, model_file: Path, cases: dict[str, list[Case]]) -> Path:
-    """The hospital's files: finding rows with Chinese headers, local codes, Chinese labels."""
+    """The hospital's files: finding rows with Chinese headers saved as GBK (as Chinese Excel
+    saves them), local codes, and the mapping table with the official Chinese labels."""
     site = hospital(root, model_file)
     terms = sorted({t for split in cases.values() for c in split for t in c.observed})
     local = {term: f"NEU-{n:04d}" for n, term in enumerate(terms, start=1)}
@@ -221,9 +224,9 @@ def _chinese_hospital(root: Path, model_file: Path, cases: dict[str, list[Case]]
         writer = csv.writer(handle)
         writer.writerow(["code", "target", "label"])
         for term, code in local.items():
-            writer.writerow([code, term, f"中文标签{code[-4:]}"])
+            writer.writerow([code, term, chinese_label(term) or ""])
     for name, split in cases.items():
-        with (root / f"{name}.csv").open("w", encoding="utf-8", newline="") as handle:
+        with (root / f"{name}.csv").open("w", encoding="gbk", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["病历号", "编码", "名称", "性别", "年龄"])
             for case in split:
