@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -28,11 +29,11 @@ from alliance.site.model_store import ModelStore
 from alliance.site.received import RESEARCH_USE, card_notice
 from alliance.store.modelfile import save_model
 
-CARD = {
+CARD: dict[str, Any] = {
     "card": {
         "study": "rare-2026",
-        "intended_use": "research on rare-disease diagnosis",
-        "not_intended_use": "clinical decisions (not a medical device)",
+        "intended_use": "Research use: ranking candidate rare diseases.",
+        "not_intended_use": "Not a medical device. Not for making a diagnosis alone.",
         "revision": 2,
     },
     "signature": "not checked here",
@@ -131,8 +132,10 @@ def test_diagnose_with_the_newest_received_model_and_term_names(
     text = " ".join(out.split())
     # The newest by arrival (alpha, v3), not the highest study name or version (zeta, v9).
     assert "Model: study alpha, version 3, card revision 2" in text
-    assert "Intended use: research on rare-disease diagnosis." in text
-    assert "Not for: clinical decisions (not a medical device)." in text
+    assert (
+        "Research use: ranking candidate rare diseases. Not a medical device. Not for making a "
+        "diagnosis alone." in text
+    )
     assert "Findings: Seizure (HP:0001250), Global developmental delay (HP:0001263)" in text
     assert "Ruled out: Microcephaly (HP:0000252)" in text
     assert "Against" in out
@@ -175,6 +178,18 @@ def test_json_output_is_the_candidates_and_the_model_goes_to_stderr(
     assert "study alpha, version 3" in err
     code, out, _ = run("diagnose", "--model", str(model_file), "--hpo", "HP:0001250", "--json")
     assert json.loads(out)[:4] == from_store  # the same model, the same differential
+
+
+def test_a_downloaded_model_shows_the_card_beside_it(tmp_path: Path, model_file: Path) -> None:
+    downloaded = tmp_path / "rare.alliance"
+    downloaded.write_bytes(model_file.read_bytes())
+    card = {"card": {**CARD["card"], "revision": 5, "not_intended_use": "No clinical use."}}
+    (tmp_path / "rare.card.json").write_text(json.dumps(card), encoding="utf-8")
+    code, out, _ = run("diagnose", "--model", str(downloaded), "--hpo", "seizure", "--top", "1")
+    text = " ".join(out.split())
+    assert code == 0
+    assert f"Model: model file {downloaded}, card revision 5" in text
+    assert "ranking candidate rare diseases. No clinical use." in text
 
 
 def test_no_model_received_yet_is_a_clear_error(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 ``alliance diagnose``/``evaluate --config site.toml`` and the clinician's page use the newest
 model in the hospital's :class:`~alliance.site.model_store.ModelStore` (the ``[state] dir`` of
 ``site.toml``); ``--model FILE`` uses a model file instead (``alliance demo``'s, or one the
-operator downloaded). :func:`model_in_use` takes exactly one of the two.
+operator downloaded with ``alliance study model``, whose card ``<name>.card.json`` beside it
+gives the notice). :func:`model_in_use` takes exactly one of the two.
 
 Every answer given with a model carries its *notice*: what the model is for and not for. A
 received model's card says it (the card is verified by the hospital before it keeps the model,
@@ -62,9 +63,9 @@ class ModelInUse:
 
     def describe(self) -> str:
         """One line naming the model: study and version, or the file."""
-        if self.stored is None:
-            return f"model file {self.path}"
         card = f", card revision {self.revision}" if self.revision is not None else ""
+        if self.stored is None:
+            return f"model file {self.path}{card}"
         received = self.stored.received_at.strftime("%Y-%m-%d %H:%M UTC")
         return (
             f"study {self.stored.study}, version {self.stored.version}{card} (received {received})"
@@ -102,7 +103,10 @@ def model_in_use(
         )
     onto = ontology or load_ontology()
     if model is not None:
-        return ModelInUse(load_model(model, onto), model, RESEARCH_USE)
+        # `alliance study model --out m.alliance` writes the verified card beside it.
+        card = model.with_name(model.stem + ".card.json")
+        notice, revision = card_notice(card) if card.is_file() else (RESEARCH_USE, None)
+        return ModelInUse(load_model(model, onto), model, notice, None, revision)
     assert state_dir is not None
     return received_model(state_dir, onto)
 
@@ -142,12 +146,8 @@ def card_notice(card_path: Path) -> tuple[str, int | None]:
     number = revision if isinstance(revision, int) and not isinstance(revision, bool) else None
     notice = _text(fields.get("notice"))
     if not notice:
-        use, not_use = _text(fields.get("intended_use")), _text(fields.get("not_intended_use"))
-        notice = " ".join(
-            part
-            for part in (use and f"Intended use: {use}.", not_use and f"Not for: {not_use}.")
-            if part
-        )
+        parts = (_text(fields.get("intended_use")), _text(fields.get("not_intended_use")))
+        notice = " ".join(f"{part}." for part in parts if part)
     return (notice or RESEARCH_USE), number
 
 
