@@ -125,8 +125,8 @@ def test_diagnose_with_the_newest_received_model_and_term_names(
 ) -> None:
     site = hospital(tmp_path / "bch", model_file)
     code, out, _ = run(
-        "diagnose", "--config", str(site), "--hpo", "Seizures, HP:0001263", "--excluded",
-        "microcephaly", "--top", "5",
+        "diagnose", "--config", str(site), "--hpo", "Seizures, 全面发育迟缓, HP:0001252",
+        "--excluded", "microcephaly", "--top", "5",
     )  # fmt: skip
     assert code == 0, out
     text = " ".join(out.split())
@@ -136,7 +136,10 @@ def test_diagnose_with_the_newest_received_model_and_term_names(
         "Research use: ranking candidate rare diseases. Not a medical device. Not for making a "
         "diagnosis alone." in text
     )
-    assert "Findings: Seizure (HP:0001250), Global developmental delay (HP:0001263)" in text
+    assert (
+        "Findings: Seizure (HP:0001250), Global developmental delay (HP:0001263), Hypotonia "
+        "(HP:0001252)" in text
+    )
     assert "Ruled out: Microcephaly (HP:0000252)" in text
     assert "Against" in out
     assert max(len(line) for line in out.splitlines()) <= 100

@@ -62,9 +62,12 @@ def test_a_resolver_for_ids_only_builds_no_index(ontology: Ontology) -> None:
     assert resolver._index is None
 
 
-@pytest.mark.xfail(
-    strict=True, reason="needs LabelIndex Chinese labels (wip-data, the Chinese-data work)"
-)
 def test_official_chinese_labels_resolve(ontology: Ontology) -> None:
-    found = TermResolver(ontology).resolve_all(["全面发育迟缓", "HP:0001250"])
-    assert [t.hpo_id for t in found] == ["HP:0001263", "HP:0001250"]
+    resolver = TermResolver(ontology)
+    found = resolver.resolve_all(["全面发育迟缓", "HP:0001252", "癫痫发作"])
+    assert [t.hpo_id for t in found] == ["HP:0001263", "HP:0001252", "HP:0001250"]
+    assert found[0].name == "Global developmental delay"
+    # A common spelling that is not the official label (肌张力减退) is not guessed.
+    with pytest.raises(UnknownCodeError) as info:
+        resolver.resolve("肌张力低下")
+    assert "closest: Hypotonia (HP:0001252, as '肌张力减退')" in str(info.value)

@@ -62,7 +62,13 @@ def _is_id(text: str) -> bool:
 
 
 def _show(suggestions: Iterable[Suggestion]) -> str:
-    return ", ".join(f"{s.name} ({s.hpo_id})" for s in suggestions)
+    """Candidates by name and id, with the synonym or label that matched when it differs."""
+    return ", ".join(
+        f"{s.name} ({s.hpo_id})"
+        if normalise_label(s.matched) == normalise_label(s.name)
+        else f"{s.name} ({s.hpo_id}, as {s.matched!r})"
+        for s in suggestions
+    )
 
 
 class TermResolver:
