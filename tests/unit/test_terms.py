@@ -19,6 +19,11 @@ def resolver(ontology: Ontology) -> TermResolver:
 def test_split_terms_drops_empty_parts() -> None:
     assert split_terms(" seizure, ,Microcephaly ,") == ["seizure", "Microcephaly"]
     assert split_terms("") == []
+    assert split_terms("全面发育迟缓，第二、三脚趾并趾,癫痫发作") == [
+        "全面发育迟缓",
+        "第二、三脚趾并趾",
+        "癫痫发作",
+    ]
 
 
 def test_ids_and_names_mixed_resolve_in_order(resolver: TermResolver) -> None:
