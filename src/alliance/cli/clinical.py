@@ -152,7 +152,7 @@ def evaluate(
     on: Annotated[
         CaseChoice | None,
         typer.Option(
-            help="With --config: the held-out cases ([data] test, the default: the model was "
+            help="With --config: the held-out cases (\\[data] test, the default: the model was "
             "trained on the others) or all the hospital's cases."
         ),
     ] = None,
