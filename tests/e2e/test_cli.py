@@ -64,7 +64,7 @@ def test_evaluate_prints_topk_and_json(small_demo: Path, tmp_path: Path) -> None
         "evaluate", "--model", str(small_demo / "model.alliance"), "--cases", str(cases)
     )
     assert done.returncode == 0, done.stderr
-    assert "2 cases ranked (1 rejected)" in done.stdout
+    assert "2 cases ranked (1 rejected: malformed 1)" in done.stdout
     assert f"{cases}:2" in done.stderr  # the malformed line is named by file and line
     as_json = alliance(
         "evaluate", "--model", str(small_demo / "model.alliance"), "--cases", str(cases), "--json"
@@ -105,7 +105,8 @@ def test_diagnose_lists_candidates_with_supporting_phenotypes(small_demo: Path) 
     ("args", "message"),
     [
         (["--hpo", "HP:0001250,HP:9999999"], "HP:9999999 is not in HPO release"),
-        (["--hpo", "seizure"], "not an HPO id"),
+        (["--hpo", "seizur"], "'seizur' is not the name of an HPO term (closest: Seizure"),
+        (["--hpo", "HP:12"], "not an HPO id"),
         (["--hpo", ""], "at least one observed HPO term"),
     ],
 )

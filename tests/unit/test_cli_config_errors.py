@@ -62,6 +62,7 @@ def test_study_hash_of_a_deeply_nested_study_file(tmp_path: Path) -> None:
         (["consortium", "init"], "[coordinator] and one [[site]] each"),
         (["data", "check"], "only its [data] table"),
         (["study"], "puts in [policy] approved_studies"),
+        (["evaluate"], "the held-out cases ([data] test, the default"),
     ],
 )
 def test_help_shows_table_names_in_brackets(command: list[str], words: str) -> None:

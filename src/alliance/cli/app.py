@@ -7,7 +7,6 @@ traceback is shown only with ``--verbose``.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from alliance.cli import courier as _courier  # noqa: F401 - registers export/im
 from alliance.cli import enrolment as _enrolment  # noqa: F401 - site init, sign-request...
 from alliance.cli import models as _models  # noqa: F401 - study model, site models
 from alliance.cli.audit import app as audit_app
+from alliance.cli.clinical import diagnose, evaluate
 from alliance.cli.common import console, err, errors, state
 from alliance.cli.consortium import app as consortium_app
 from alliance.cli.data import app as data_app
@@ -48,6 +48,8 @@ app.add_typer(site_app, name="site")
 app.add_typer(study_app, name="study")
 app.add_typer(audit_app, name="audit")
 app.add_typer(data_app, name="data")
+app.command()(evaluate)
+app.command()(diagnose)
 
 
 @app.callback()
@@ -361,103 +363,6 @@ def _print_demo(m: dict[str, Any]) -> None:
     _print_site_files(m)
     _print_offline(m)
     _print_offline_async(m)
-
-
-def _load(model: Path) -> Any:
-    from alliance.data.ontology import load_ontology
-    from alliance.store.modelfile import load_model
-
-    return load_model(model, load_ontology())
-
-
-@app.command()
-def evaluate(
-    model: Annotated[
-        Path, typer.Option(help="Model file written by 'alliance demo' (model.alliance).")
-    ],
-    cases: Annotated[
-        Path,
-        typer.Option(help="Phenopacket JSON file, folder of them, or JSON-lines of compact cases."),
-    ],
-    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
-) -> None:
-    """Rank diseases for every case of a file and print top-1/3/10 accuracy."""
-    from alliance.data.loading import load_cases
-    from alliance.evaluation.metrics import top_k
-    from alliance.evaluation.ranking import rank_dataset
-    from alliance.models.ranker import CaseDataset
-
-    with errors():
-        loaded = _load(model)
-        result = load_cases(
-            cases, ontology=loaded.features.ontology, catalogue=loaded.features.catalogue
-        )
-        data = CaseDataset(loaded.features.encode(result.cases))
-        scores = top_k(rank_dataset(loaded.model, data, collate_fn=loaded.features.collate))
-    issues = [str(i) for i in result.issues]
-    if as_json:
-        print(
-            json.dumps(
-                {
-                    "cases": str(cases),
-                    **scores.as_dict(),
-                    "rejected": result.rejected,
-                    "issues": issues,
-                }
-            )
-        )
-        return
-    for line in issues[:20]:
-        err.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
-    if len(issues) > 20:
-        err.print(f"[yellow]… and {len(issues) - 20} more issues[/] (use --json to see all)")
-    console.print(
-        f"{scores.n} cases ranked ({result.rejected} rejected): top-1 {_pct(scores.top1)}%, "
-        f"top-3 {_pct(scores.top3)}%, top-10 {_pct(scores.top10)}%"
-    )
-
-
-def _split_terms(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-@app.command()
-def diagnose(
-    model: Annotated[Path, typer.Option(help="Model file (model.alliance).")],
-    hpo: Annotated[
-        str, typer.Option(help="Observed HPO terms, comma-separated: HP:0001250,HP:0001263")
-    ],
-    excluded: Annotated[str, typer.Option(help="Excluded HPO terms, comma-separated.")] = "",
-    top: Annotated[int, typer.Option(min=1, max=100, help="How many candidates.")] = 10,
-    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
-) -> None:
-    """A ranked differential diagnosis for one patient, with the phenotypes that support each."""
-    from alliance.models.diagnosis import diagnose as rank
-
-    with errors():
-        loaded = _load(model)
-        candidates = rank(
-            loaded.model, loaded.features, _split_terms(hpo), _split_terms(excluded), top=top
-        )
-    onto = loaded.features.ontology
-    if as_json:
-        print(json.dumps([c.__dict__ for c in candidates], default=list))
-        return
-    table = Table(title="Differential diagnosis")
-    for col in ("#", "Disease", "Name", "Prob.", "Supporting phenotypes"):
-        table.add_column(col)
-    for c in candidates:
-        support = ", ".join(f"{onto.name(t)}" for t in c.supporting[:4]) + (
-            " …" if len(c.supporting) > 4 else ""
-        )
-        table.add_row(
-            str(c.rank),
-            escape(c.disease_id),
-            escape(c.name),
-            f"{c.probability:.3f}",
-            escape(support) or "—",
-        )
-    console.print(table)
 
 
 @cohort_app.command("synth")
