@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from alliance.cli import clinic as _clinic  # noqa: F401 - registers site clinic
 from alliance.cli import courier as _courier  # noqa: F401 - registers export/import
 from alliance.cli import enrolment as _enrolment  # noqa: F401 - site init, sign-request...
 from alliance.cli.audit import app as audit_app
