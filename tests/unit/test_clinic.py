@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.clinic_site import CARD, hospital_site_toml
 from typer.testing import CliRunner
 
 from alliance.cli.app import app as cli_app
@@ -28,7 +29,6 @@ from alliance.site.config import SiteConfig
 from alliance.site.model_store import ModelStore
 from alliance.web.clinic import RESEARCH_NOTICE, Clinic, load_clinic_model
 from alliance.web.clinic_app import create_clinic_app, serve_clinic
-from tests.clinic_site import CARD, hospital_site_toml
 
 with warnings.catch_warnings():
     # Starlette 1.x prefers its httpx2 fork for TestClient, which the project does not install.
@@ -101,12 +101,15 @@ def test_the_page_and_its_assets_are_served_under_a_same_origin_policy(
     page = client.get("/")
     assert page.status_code == 200
     assert 'src="/static/clinic.js"' in page.text
-    assert "http://" not in page.text and "https://" not in page.text
+    assert "http://" not in page.text
+    assert "https://" not in page.text
     policy = page.headers["content-security-policy"]
-    assert "default-src 'none'" in policy and "connect-src 'self'" in policy
+    assert "default-src 'none'" in policy
+    assert "connect-src 'self'" in policy
     for name in ("clinic.js", "clinic.css"):
         asset = client.get(f"/static/{name}")
-        assert asset.status_code == 200 and asset.text
+        assert asset.status_code == 200
+        assert asset.text
         assert "http" not in asset.text, f"{name} must name no other host"
     assert client.get("/static/other.js").status_code == 404
     assert client.get("/docs").status_code == 404  # FastAPI's docs load from a CDN
@@ -168,7 +171,8 @@ def test_the_differential_names_findings_for_and_against(
     assert probabilities == sorted(probabilities, reverse=True)
     assert 0 < sum(probabilities) <= 1.0
     for c in candidates:
-        assert c["disease_id"].startswith("OMIM:") and c["name"]
+        assert c["disease_id"].startswith("OMIM:")
+        assert c["name"]
         named = {t["id"] for t in c["supporting"] + c["against"]}
         assert named <= {SEIZURE, GDD, against}
         assert all(t["name"] for t in c["supporting"] + c["against"])
@@ -249,15 +253,14 @@ def test_the_real_server_logs_no_request_and_refuses_a_port_in_use(
     # The server's loggers only: httpx, the test's own client, names what it sent.
     server_side = [r for r in caplog.records if not r.name.startswith(("httpx", "httpcore"))]
     logged = "\n".join(r.getMessage() for r in server_side)
-    assert "hypotonia" not in logged and "HP:0001252" not in logged
+    assert "hypotonia" not in logged
+    assert "HP:0001252" not in logged
     assert "/api/terms" not in logged, "uvicorn's access log must be off"
     with socket.create_server(("127.0.0.1", bound[0])):  # released on exit
         pass
 
 
-def test_diagnoses_through_the_library_equal_the_routes(
-    clinic: Clinic, client: TestClient
-) -> None:
+def test_diagnoses_through_the_library_equal_the_routes(clinic: Clinic, client: TestClient) -> None:
     direct = clinic.differential([SEIZURE], top=3)
     routed = client.post("/api/differential", json={"observed": [SEIZURE], "top": 3}).json()
     assert json.loads(json.dumps(direct)) == routed["candidates"]

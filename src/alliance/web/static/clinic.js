@@ -88,7 +88,8 @@ function renderResults(terms) {
   }
   list.replaceChildren(...terms.map((match) => {
     const label = termLabel(match);
-    if (match.matched && match.matched !== match.name && match.matched !== match.name_zh) {
+    const shown = [match.hpo_id, match.name, match.name_zh];
+    if (match.matched && !shown.includes(match.matched)) {
       label.append(el("span", { class: "via" }, `matched “${match.matched}”`));
     }
     return el("li", { "data-id": match.hpo_id }, label,
