@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.clinic_site import hospital_site_toml
 
 from alliance.models.features import PhenotypeFeatures
-from tests.clinic_site import hospital_site_toml
 
 CHROMIUM = Path(os.environ.get("ALLIANCE_CHROMIUM", "/usr/bin/chromium"))
 SEIZURE, GDD, CLEFT_PALATE, MICROCEPHALY = "HP:0001250", "HP:0001263", "HP:0000175", "HP:0000252"
@@ -40,9 +40,7 @@ def _browser_or_skip() -> Any:
     except ImportError:
         missing = "Playwright is not installed (pip install -e '.[dev]')"
     if missing is None and not CHROMIUM.is_file():
-        missing = (
-            f"no Chromium at {CHROMIUM} (apt-get install chromium; scripts/check installs it)"
-        )
+        missing = f"no Chromium at {CHROMIUM} (apt-get install chromium; scripts/check installs it)"
     if missing is not None:
         if os.environ.get("ALLIANCE_REQUIRE_BROWSER") == "1":
             pytest.fail(f"ALLIANCE_REQUIRE_BROWSER=1 but {missing}")
@@ -82,7 +80,7 @@ def clinic(
     env = {**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "alliance.cli.app", "site", "clinic"]
     with output.open("wb") as sink:
-        process = subprocess.Popen(  # noqa: S603 - our own CLI
+        process = subprocess.Popen(
             [*command, "--config", str(site_toml), "--port", "0"],
             stdout=sink,
             stderr=subprocess.STDOUT,
