@@ -190,3 +190,19 @@ def test_each_code_is_mapped_once(ontology: Ontology, monkeypatch: pytest.Monkey
         with pytest.raises(UnknownCodeError):
             mapper.map(parse_code("HP:9999999"), P)
     assert calls == [SEIZURE, "HP:9999999"]
+
+
+def test_a_row_with_an_empty_target_is_not_mapped_yet_rather_than_missing(
+    tmp_path: Path, ontology: Ontology
+) -> None:
+    table = LocalMapping.read(
+        write(tmp_path / "m.csv", "code,target,label\nNEU-2,,肌张力低下\nDX-9,,\n")
+    )
+    assert table.pending == {Code(CodeSystem.LOCAL, "NEU-2"), Code(CodeSystem.LOCAL, "DX-9")}
+    mapper = CodeMapper(ontology, local=table)
+    with pytest.raises(UnknownCodeError, match=r"'NEU-2' is not mapped yet: its row in .*m\.csv"):
+        mapper.map(parse_code("NEU-2"), P)
+    with pytest.raises(UnknownCodeError, match=r"'DX-9' is not mapped yet.*OMIM: or ORPHA: id"):
+        mapper.map(parse_code("DX-9"), D)
+    with pytest.raises(UnknownCodeError, match="'NEU-3' is not in the mapping table"):
+        mapper.map(parse_code("NEU-3"), P)

@@ -19,7 +19,7 @@ from alliance.data.suggest import LabelIndex, Suggestion, normalise_label
 
 @pytest.fixture(scope="module")
 def names_index(ontology: Ontology) -> LabelIndex:
-    """Names only: no release file."""
+    """Names and the shipped Chinese labels: no release file."""
     return LabelIndex(ontology)
 
 
@@ -90,7 +90,7 @@ def test_results_are_ranked_one_per_term_within_limits(names_index: LabelIndex) 
     assert names_index.suggest("seizure", limit=0) == []
 
 
-@pytest.mark.parametrize("label", ["zzzz qqq", "癫痫发作", "xq7 vvv"])
+@pytest.mark.parametrize("label", ["zzzz qqq", "Судороги", "xq7 vvv", "桌子椅子"])
 def test_nonsense_and_foreign_labels_score_low(names_index: LabelIndex, label: str) -> None:
     assert all(s.score < 0.3 for s in names_index.suggest(label))
 
@@ -163,9 +163,63 @@ def test_synonyms_only_for_current_terms() -> None:
         '[Term]\nid: HP:0000010\nname: Renal cyst\nsynonym: "Kidney cyst" EXACT []\n\n'
         '[Term]\nid: HP:0000011\nname: Old term\nsynonym: "Bone cyst" EXACT []\n'
     )
-    index = LabelIndex(tiny, release)  # type: ignore[arg-type]
+    index = LabelIndex(tiny, release, chinese={})  # type: ignore[arg-type]
     assert len(index) == 2
     assert index.suggest("kidney cysts") == [
         Suggestion("HP:0000010", "Renal cyst", "Kidney cyst", 1.0)
     ]
     assert all(s.hpo_id == "HP:0000010" for s in index.suggest("bone cyst"))
+
+
+# The most frequent unmapped codes of the Chinese hospitals (issue 15), as they write them.
+CHINESE_LABELS = [
+    ("肌张力低下", "HP:0001252", "肌张力减退"),  # hypotonia: officially 肌张力减退
+    ("智力障碍", "HP:0001249", "智力障碍"),  # intellectual disability
+    ("全面发育迟缓", "HP:0001263", "全面发育迟缓"),  # global developmental delay
+    ("共济失调", "HP:0001251", "共济失调"),  # ataxia
+]
+
+
+@pytest.mark.parametrize(("label", "expected", "official"), CHINESE_LABELS)
+def test_chinese_hospital_labels_find_their_term_first(
+    names_index: LabelIndex, label: str, expected: str, official: str
+) -> None:
+    best, *others = names_index.suggest(label, limit=3)
+    assert (best.hpo_id, best.matched) == (expected, official)
+    assert best.score == (1.0 if label == official else 0.99)
+    assert all(s.score < best.score for s in others)
+
+
+def test_a_chinese_label_with_english_words_is_matched_in_both(names_index: LabelIndex) -> None:
+    best = names_index.suggest("肌张力低下 (hypotonia)")[0]
+    assert (best.hpo_id, best.score) == ("HP:0001252", 1.0)
+
+
+def test_full_width_and_spaced_chinese_matches_exactly(names_index: LabelIndex) -> None:
+    best = names_index.suggest(" 共济 失调。")[0]
+    assert (best.hpo_id, best.score) == ("HP:0001251", 1.0)
+
+
+def test_without_chinese_labels_a_chinese_label_gets_nothing(ontology: Ontology) -> None:
+    assert LabelIndex(ontology, chinese={}).suggest("共济失调") == []
+
+
+@pytest.mark.parametrize(
+    ("label", "wanted", "opposite"),
+    [
+        ("Decreased body weight", "HP:0004325", "HP:0004324"),  # not Increased body weight
+        ("Increased body weight", "HP:0004324", "HP:0004325"),
+        ("Tall stature", "HP:0000098", "HP:0004322"),  # not Short stature
+        ("hypertonia", "HP:0001276", "HP:0001252"),  # not Hypotonia
+        ("Macrocephaly, progressive", "HP:0004481", "HP:0000253"),  # not Progressive microcephaly
+        ("肌张力增高", "HP:0001276", "HP:0001252"),  # hypertonia, not 肌张力减退
+        ("低血压", "HP:0002615", "HP:0000822"),  # hypotension, not 高血压
+        ("体重增加", "HP:0004324", "HP:0004325"),  # not 体重下降
+    ],
+)
+def test_a_term_saying_the_opposite_is_never_a_strong_candidate(
+    names_index: LabelIndex, label: str, wanted: str, opposite: str
+) -> None:
+    found = names_index.suggest(label, limit=20)
+    assert found[0].hpo_id == wanted
+    assert all(s.score < 0.3 for s in found if s.hpo_id == opposite)

@@ -1,13 +1,17 @@
 """``alliance data``: a hospital checks its own data and maps its codes before anything is trained.
 
 - ``alliance data check --config site.toml`` reads the ``[data]`` sources of the site config
-  through their adapters and prints the data-quality report (:mod:`alliance.data.quality`);
+  through their adapters and prints the data-quality report (:mod:`alliance.data.quality`),
+  then the first unreadable values (a sex, an age) with where they are and what is accepted,
+  which the report itself only locates;
   ``--html`` also writes it as a page, ``--json`` prints it as JSON. Counts below the hospital's
   ``report_min_count`` are suppressed everywhere, since the report may be shared.
 - ``alliance data map --config site.toml`` lists the codes that could not be mapped, with
   candidate HPO terms for each local code that has a label (from the data or the mapping table),
-  found by label similarity over the ontology's names and synonyms; ``--out`` writes them as rows
-  ready to complete and add to the mapping table.
+  found by label similarity over the ontology's names, synonyms and official Chinese labels (a
+  Chinese label's candidates show the term's Chinese label too); ``--out`` writes them as rows
+  ready to complete and add to the mapping table. Codes whose mapping-table row has no target
+  yet are counted apart from codes the table lacks.
 
 Only ``[data]`` of the config is read: a hospital can check its data before it has certificates.
 """
@@ -31,6 +35,7 @@ if TYPE_CHECKING:
     from alliance.data.codes import Code, CodeRole
     from alliance.data.ontology import DiseaseCatalogue
     from alliance.data.quality import QualityReport
+    from alliance.data.suggest import Suggestion
 
 __all__ = ["app"]
 
@@ -41,6 +46,7 @@ app = typer.Typer(
 
 _SOURCES_HELP = "Disease catalogues a study would use, comma-separated (OMIM, ORPHA)."
 _UNMAPPED_SHOWN = 20
+_UNREADABLE_SHOWN = 5
 _MAP_COLUMNS = ["code", "target", "label", "role", "count", "suggestions", "why"]
 _MAP_SHOWN = ("code", "role", "count", "label", "suggestions")
 
@@ -70,17 +76,20 @@ def check(
     from alliance.data.loading import DataConfig, read_source
     from alliance.data.ontology import load_ontology
     from alliance.data.quality import QualityReport, html_page
+    from alliance.data.records import IssueKind
 
     with errors():
         data = DataConfig.load(config)
         catalogue = _catalogue(sources)
         reports: dict[str, QualityReport] = {}
+        unreadable: dict[str, list[str]] = {}
         for role, source in (("train", data.train), ("test", data.test)):
             if source is None:
                 continue
             result = read_source(
                 source, ontology=load_ontology(), catalogue=catalogue, allow_empty=True
             )
+            unreadable[role] = [str(i) for i in result.issues if i.kind is IssueKind.BAD_VALUE]
             reports[role] = QualityReport.build(
                 result,
                 source=f"{role}: {source.location}",
@@ -92,8 +101,9 @@ def check(
     if as_json:
         print(json.dumps({role: r.to_dict() for role, r in reports.items()}, indent=2))
     else:
-        for report in reports.values():
+        for role, report in reports.items():
             _print_report(report)
+            _print_unreadable(unreadable[role])
         if html is not None:
             console.print(f"HTML report written to {escape(str(html))}")
     if any(r.loaded == 0 for r in reports.values()):
@@ -147,6 +157,17 @@ def _print_report(report: QualityReport) -> None:
     )
 
 
+def _print_unreadable(messages: list[str]) -> None:
+    """The unreadable values themselves, on this terminal only: the report may be shared."""
+    if not messages:
+        return
+    console.print("Unreadable values (shown here only, not in the report):", highlight=False)
+    for message in messages[:_UNREADABLE_SHOWN]:
+        console.print(f"  {escape(message)}", highlight=False)
+    if len(messages) > _UNREADABLE_SHOWN:
+        console.print(f"  … and {len(messages) - _UNREADABLE_SHOWN} more", highlight=False)
+
+
 def _table(title: str, columns: tuple[str, ...]) -> Table:
     table = Table(title=title)
     for column in columns:
@@ -180,6 +201,7 @@ def map_codes(
     from alliance.data.hpo_release import HpoRelease
     from alliance.data.loading import DataConfig, code_mapper, local_labels, read_source
     from alliance.data.ontology import load_ontology
+    from alliance.data.polarity import has_han
     from alliance.data.quality import suppress
     from alliance.data.suggest import LabelIndex
 
@@ -192,6 +214,7 @@ def map_codes(
         counts: dict[tuple[CodeRole, Code], int] = {}
         reasons: dict[tuple[CodeRole, Code], str] = {}
         labels: dict[Code, str] = {}
+        pending: set[Code] = set()
         for source in sources:
             result = read_source(
                 source, ontology=ontology, require_diagnosis=False, allow_empty=True
@@ -205,6 +228,7 @@ def map_codes(
             mapper = code_mapper(source, ontology=ontology, catalogue=None)
             if mapper.local is not None:
                 labels.update({k: v for k, v in mapper.local.labels.items() if k not in labels})
+                pending |= mapper.local.pending
         references = code_mapper(sources[0], ontology=ontology, catalogue=None).references
         release = references if isinstance(references, HpoRelease) else None
         index = LabelIndex(ontology, release) if any(labels.get(c) for _, c in counts) else None
@@ -223,7 +247,7 @@ def map_codes(
                 "label": label,
                 "role": role.value,
                 "count": str(suppress(count, data.report_min_count)),
-                "suggestions": "; ".join(f"{s.hpo_id} {s.name} ({s.score:.2f})" for s in found),
+                "suggestions": "; ".join(_candidate(s, chinese=has_han(label)) for s in found),
                 "why": reasons[(role, code)],
             }
         )
@@ -243,6 +267,13 @@ def map_codes(
     console.print(table)
     if len(rows) > 50:
         err.print(f"… and {len(rows) - 50} more; --out writes them all")
+    not_yet = sum(1 for _, code in counts if code in pending)
+    if not_yet:
+        console.print(
+            f"{not_yet} of them not mapped yet: their row in the mapping table has an empty "
+            f"'target'; {len(rows) - not_yet} not in the mapping table at all",
+            highlight=False,
+        )
     if out is not None:
         console.print(
             f"wrote {len(rows)} rows to {escape(str(out))}: fill in 'target' (HP:, OMIM: or "
@@ -250,6 +281,14 @@ def map_codes(
             "the rows to the mapping table named by \\[data] mapping",
             highlight=False,
         )
+
+
+def _candidate(found: Suggestion, *, chinese: bool) -> str:
+    """``HP:0001252 Hypotonia (0.99)``; with the term's Chinese label for a Chinese label."""
+    from alliance.data.chinese import chinese_label
+
+    zh = chinese_label(found.hpo_id) if chinese else None
+    return f"{found.hpo_id} {found.name}{f' {zh}' if zh else ''} ({found.score:.2f})"
 
 
 def _write_atomically(path: Path, text: str) -> None:

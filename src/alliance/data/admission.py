@@ -26,15 +26,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from alliance.core.errors import UnknownCodeError
-from alliance.data.cases import Case, Sex
+from alliance.data.cases import Case, Sex, accepted_sex_values, is_unknown_on_purpose
 from alliance.data.codes import Code, CodeMapper, CodeRole
 from alliance.data.phenopacket import _parse_duration, _show
 from alliance.data.records import IssueKind, Location, RecordError, SourceRecord
 
 __all__ = ["CodeUse", "LoadIssue", "LoadResult", "admit"]
-
-# Sex values that mean "unknown" on purpose and so raise no warning.
-_UNKNOWN_SEX_WORDS = frozenset({"", "UNKNOWN", "UNKNOWN_SEX"})
 
 
 @dataclass(frozen=True)
@@ -230,10 +227,11 @@ class _Admission:
                 IssueKind.NO_PHENOTYPE,
             )
         sex = Sex.parse(record.sex)
-        if sex is Sex.UNKNOWN_SEX and (record.sex or "").strip().upper() not in _UNKNOWN_SEX_WORDS:
+        if sex is Sex.UNKNOWN_SEX and not is_unknown_on_purpose(record.sex):
             self._note(
                 record,
-                f"sex {_show(record.sex)} not recognised; recorded as UNKNOWN_SEX",
+                f"sex {_show(record.sex)} not recognised; recorded as UNKNOWN_SEX; accepted "
+                f"(any letter case): {accepted_sex_values()}",
                 IssueKind.BAD_VALUE,
                 rejected=False,
             )

@@ -8,9 +8,10 @@ leaves its site; the protocol layer has no field that could carry one.
 from __future__ import annotations
 
 import enum
+import unicodedata
 from dataclasses import dataclass, field
 
-__all__ = ["Case", "Sex"]
+__all__ = ["SEX_SPELLINGS", "Case", "Sex", "accepted_sex_values", "is_unknown_on_purpose"]
 
 
 class Sex(enum.Enum):
@@ -23,22 +24,42 @@ class Sex(enum.Enum):
 
     @classmethod
     def parse(cls, value: object) -> Sex:
-        """Map a recorded value (``"MALE"``, ``"male"``, ``"M"``, ``None``...) to a :class:`Sex`."""
+        """Map a recorded value (``"MALE"``, ``"m"``, ``"男"``, ``None``...) to a :class:`Sex`.
+
+        Every spelling in :data:`SEX_SPELLINGS` is accepted; anything else (numeric codes
+        included: they differ between hospitals) is :attr:`UNKNOWN_SEX`, which
+        :func:`is_unknown_on_purpose` tells apart from an empty or "unknown" value.
+        """
         if value is None:
             return cls.UNKNOWN_SEX
-        text = str(value).strip().upper()
-        aliases = {
-            "M": "MALE",
-            "F": "FEMALE",
-            "OTHER": "OTHER_SEX",
-            "UNKNOWN": "UNKNOWN_SEX",
-            "": "UNKNOWN_SEX",
-        }
-        text = aliases.get(text, text)
-        try:
-            return cls(text)
-        except ValueError:
-            return cls.UNKNOWN_SEX
+        return _SPELLINGS.get(_fold(value), cls.UNKNOWN_SEX)
+
+
+def _fold(value: object) -> str:
+    return unicodedata.normalize("NFKC", str(value)).strip().upper()
+
+
+SEX_SPELLINGS: dict[Sex, tuple[str, ...]] = {
+    Sex.MALE: ("MALE", "M", "男", "男性"),
+    Sex.FEMALE: ("FEMALE", "F", "女", "女性"),
+    Sex.OTHER_SEX: ("OTHER_SEX", "OTHER", "其他"),
+    Sex.UNKNOWN_SEX: ("UNKNOWN_SEX", "UNKNOWN", "未知", "不详", ""),
+}
+"""Every accepted spelling of each sex, in any letter case; the one place sex is parsed."""
+
+_SPELLINGS = {spelling: sex for sex, spellings in SEX_SPELLINGS.items() for spelling in spellings}
+
+
+def is_unknown_on_purpose(value: object) -> bool:
+    """Whether a recorded sex says "unknown" (or nothing), rather than something unreadable."""
+    return value is None or _SPELLINGS.get(_fold(value)) is Sex.UNKNOWN_SEX
+
+
+def accepted_sex_values() -> str:
+    """The accepted spellings, as a message names them (``MALE, M, 男, 男性; FEMALE...``)."""
+    return "; ".join(
+        ", ".join(s or "empty" for s in spellings) for spellings in SEX_SPELLINGS.values()
+    )
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,9 @@ The mapping table is a CSV file the hospital maintains (UTF-8), with a header ro
 columns ``code`` (as written in its data, system prefix included where the data has one),
 ``target`` (``HP:``, ``OMIM:`` or ``ORPHA:`` id) and optionally ``label`` (the local meaning,
 used by ``alliance data map`` to suggest targets). A wrong row stops the load with its line
-number: a broken mapping table must be fixed, not half-used.
+number: a broken mapping table must be fixed, not half-used. A row with an empty target is one
+still to be filled in: its code is *not mapped yet*, which its message says, rather than *not in
+the table*.
 """
 
 from __future__ import annotations
@@ -161,6 +163,8 @@ class LocalMapping:
     path: str
     targets: dict[Code, str]
     labels: dict[Code, str]
+    pending: frozenset[Code] = frozenset()
+    """Codes whose row has no target yet (as ``alliance data map`` writes them): not mapped yet."""
 
     @classmethod
     def read(cls, path: str | Path) -> LocalMapping:
@@ -190,6 +194,7 @@ class LocalMapping:
             )
         targets: dict[Code, str] = {}
         labels: dict[Code, str] = {}
+        pending: set[Code] = set()
         problems: list[str] = []
         for row in reader:
             line = reader.line_num
@@ -203,6 +208,7 @@ class LocalMapping:
             code = parse_code(raw)
             if not target_text:
                 # A row still to be filled in (as `alliance data map` writes them): not an error.
+                pending.add(code)
                 if label:
                     labels[code] = label
                 continue
@@ -225,7 +231,7 @@ class LocalMapping:
             shown = "; ".join(problems[:10])
             more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
             raise DataError(f"{file}: mapping table has wrong rows: {shown}{more}; fix them")
-        return cls(str(file), targets, labels)
+        return cls(str(file), targets, labels, frozenset(pending - targets.keys()))
 
 
 class CodeMapper:
@@ -311,6 +317,7 @@ class CodeMapper:
         if code.system in (CodeSystem.SNOMED, CodeSystem.UMLS, CodeSystem.ICD10):
             return self._cross_reference(code)
         if code.system is CodeSystem.LOCAL:
+            self._not_yet(code, "HPO term")
             raise UnknownCodeError(
                 f"local code {_cut(code.value)!r} is not in the mapping table"
                 + (f" {self.local.path}" if self.local else "")
@@ -375,6 +382,7 @@ class CodeMapper:
             return self._disease(local, via=f"{code} (mapping table)")
         if code.system in (CodeSystem.OMIM, CodeSystem.ORPHA):
             return self._disease(str(code), via=None)
+        self._not_yet(code, "OMIM: or ORPHA: id")
         if code.system is CodeSystem.ICD10:
             raise UnknownCodeError(
                 f"ICD-10 diagnosis {_cut(code.value)!r} has no one-to-one OMIM or ORPHA id; add a "
@@ -399,6 +407,17 @@ class CodeMapper:
             except UnknownCodeError as exc:
                 raise UnknownCodeError(prefix + str(exc)) from None
         return normal
+
+    def _not_yet(self, code: Code, target: str) -> None:
+        """Raise if the mapping table has a row for ``code`` whose target is still empty."""
+        if self.local is None:
+            return
+        if code in self.local.pending or Code(CodeSystem.LOCAL, code.value) in self.local.pending:
+            raise UnknownCodeError(
+                f"{_cut(str(code) if code.system is not CodeSystem.LOCAL else code.value)!r} is "
+                f"not mapped yet: its row in the mapping table {self.local.path} has an empty "
+                f"target; fill in its {target} (`alliance data map` suggests HPO terms)"
+            )
 
     def _local(self, code: Code) -> str | None:
         if self.local is None:

@@ -28,9 +28,11 @@ and the ``[data.table]`` key to set). Everything else costs one row, as a
 :class:`~alliance.data.records.RecordError` located by file and line (the spreadsheet row number
 in Excel): a row with fewer cells than the header, an empty id or code, an unrecognised status or
 kind, a date as age, and a line whose bytes are not text in the configured encoding
-(:attr:`~alliance.data.records.IssueKind.ENCODING`). Messages name columns, never a cell's
-content; files, lines and case ids are in the error's location and record. Repeated case ids are
-yielded as they are: admission rejects duplicates.
+(:attr:`~alliance.data.records.IssueKind.ENCODING`). Messages name the column and quote a coded
+cell (status, kind; a long one is only measured) with the values accepted there, never another
+cell's content; files, lines and case ids are in the error's location and record. Status and kind
+accept English and Chinese words (有/无, 阳性/阴性, 表型/诊断 ...). Repeated case ids are yielded as
+they are: admission rejects duplicates.
 
 Bytes, encodings and Excel workbooks are the business of :mod:`alliance.data.spreadsheet`; this
 module gives the cells their meaning.
@@ -68,15 +70,20 @@ _FIELDS = {
     RowLayout.FINDING: ("id", "sex", "age", "code", "status", "kind", "label"),
 }
 _REQUIRED = {RowLayout.CASE: ("id", "observed"), RowLayout.FINDING: ("id", "code")}
-_STATUS = {
-    **dict.fromkeys(("", "present", "yes", "y", "1", "true", "observed", "+"), True),
-    **dict.fromkeys(("absent", "no", "n", "0", "false", "excluded", "-"), False),
+_PRESENT = ("present", "yes", "y", "1", "true", "observed", "+", "有", "是", "阳性", "存在")
+_ABSENT = ("absent", "no", "n", "0", "false", "excluded", "-", "无", "否", "阴性", "排除", "不存在")
+_STATUS = {**dict.fromkeys(("", *_PRESENT), True), **dict.fromkeys(_ABSENT, False)}
+_STATUS_HELP = f"accepted: {', '.join(_PRESENT)} or {', '.join(_ABSENT)}; empty means present"
+_KINDS = {
+    **dict.fromkeys(("phenotype", "finding", "表型", "症状", "体征"), False),
+    **dict.fromkeys(("diagnosis", "disease", "诊断", "疾病"), True),
 }
-_STATUS_HELP = (
-    "accepted: present, yes, y, 1, true, observed, + or absent, no, n, 0, false, excluded, -; "
-    "empty means present"
+_KIND_HELP = (
+    f"accepted: {', '.join(k for k, d in _KINDS.items() if not d)} or "
+    f"{', '.join(k for k, d in _KINDS.items() if d)}; empty means a diagnosis for OMIM, ORPHA "
+    "and ICD-10 codes"
 )
-_KINDS = {"phenotype": False, "finding": False, "diagnosis": True, "disease": True}
+_QUOTED = 12  # longest coded cell quoted in a message: codes are short, names and notes longer
 _DIAGNOSIS_SYSTEMS = frozenset({CodeSystem.OMIM, CodeSystem.ORPHA, CodeSystem.ICD10})
 _NUMBER = re.compile(r"^[+-]?(?:\d+(?:[.,]\d*)?|[.,]\d+)(?:[eE][+-]?\d+)?$")
 _DATES = (datetime.date, datetime.time, datetime.timedelta)  # datetime is a date
@@ -360,6 +367,11 @@ class _Table:
         return text or None
 
 
+def _quote(value: str) -> str:
+    """A coded cell as a message quotes it; a long one (free text typed there) is only measured."""
+    return repr(value) if len(value) <= _QUOTED else f"a text of {len(value)} characters"
+
+
 def _blank(cells: Sequence[object]) -> bool:
     return not any(cell_text(cell) for cell in cells)
 
@@ -448,16 +460,16 @@ def _finding(table: _Table, cells: Sequence[object]) -> tuple[Code, bool, bool, 
     if not text:
         raise _RowError(f"column {layout.code!r} is empty; every finding row needs a code")
     code = parse_code(text, default=layout.code_system)
-    present = _STATUS.get(table.text(cells, "status").lower())
+    status = table.text(cells, "status")
+    present = _STATUS.get(status.lower())
     if present is None:
-        raise _RowError(f"column {layout.status!r} holds an unrecognised value; {_STATUS_HELP}")
-    kind = table.text(cells, "kind").lower()
-    diagnosis = _KINDS.get(kind) if kind else code.system in _DIAGNOSIS_SYSTEMS
-    if diagnosis is None:
         raise _RowError(
-            f"column {layout.kind!r} holds an unrecognised value; accepted: phenotype, finding, "
-            "diagnosis, disease; empty means a diagnosis for OMIM, ORPHA and ICD-10 codes"
+            f"column {layout.status!r} holds {_quote(status)}, not a status; {_STATUS_HELP}"
         )
+    kind = table.text(cells, "kind")
+    diagnosis = _KINDS.get(kind.lower()) if kind else code.system in _DIAGNOSIS_SYSTEMS
+    if diagnosis is None:
+        raise _RowError(f"column {layout.kind!r} holds {_quote(kind)}, not a kind; {_KIND_HELP}")
     return code, present, diagnosis, table.age(cells)
 
 
