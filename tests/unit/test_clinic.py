@@ -130,6 +130,13 @@ def test_terms_are_found_by_english_name_with_their_chinese_label(client: TestCl
     assert len(found) > 1
 
 
+def test_terms_are_found_by_chinese_label(client: TestClient) -> None:
+    assert terms(client, "全面发育迟缓")[0]["hpo_id"] == GDD
+    hypotonia = terms(client, "肌张力低下")[0]  # the official label says 肌张力减退
+    assert (hypotonia["hpo_id"], hypotonia["name"]) == ("HP:0001252", "Hypotonia")
+    assert hypotonia["name_zh"] == "肌张力减退"
+
+
 def test_terms_are_found_by_id_and_obsolete_ids_are_followed(client: TestClient) -> None:
     (found,) = terms(client, " hp:0001263 ")
     assert (found["hpo_id"], found["name"], found["name_zh"]) == (
