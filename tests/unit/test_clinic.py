@@ -254,6 +254,8 @@ def test_the_real_server_logs_no_request_and_refuses_a_port_in_use(
             assert answer.status_code == 200
             with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{bound[0]}"):
                 serve_clinic(clinic, port=bound[0])
+            with pytest.raises(ConfigError, match="not an address of this machine"):
+                serve_clinic(clinic, host="no-such-host.invalid", port=0)
         finally:
             stop.set()
             server.join(10)

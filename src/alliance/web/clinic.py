@@ -56,6 +56,7 @@ from alliance.store.modelfile import LoadedModel, load_model
 
 __all__ = [
     "MAX_FINDINGS",
+    "MAX_QUERY",
     "RESEARCH_NOTICE",
     "Clinic",
     "ClinicModel",

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -166,11 +167,18 @@ def _current(clinic: Clinic, terms: list[str]) -> list[str]:
 def _listen(host: str, port: int) -> socket.socket:
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as exc:
+        raise ConfigError(
+            f"the clinic cannot listen on {host!r}: not an address of this machine "
+            f"({exc.strerror}); give --host an address such as 127.0.0.1 or 0.0.0.0"
+        ) from None
+    try:
         return socket.create_server((host, port), family=family)
     except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise ConfigError(
-            f"the clinic cannot listen on {host}:{port} ({exc.strerror or exc}); "
-            "choose another --port, or stop what uses it"
+            f"the clinic cannot listen on {host}:{port} ({reason}); "
+            "choose another --host or --port, or stop what uses the port"
         ) from None
 
 
