@@ -203,6 +203,7 @@ def test_the_differential_names_findings_for_and_against(
         ({"observed": "HP:0001250"}, 422, "bad request: observed"),
         ({"observed": [SEIZURE], "top": 0}, 422, "bad request: top"),
         ({"observed": [SEIZURE] * 101}, 422, "bad request: observed"),
+        ({"observed": [SEIZURE], "note": "x" * 70_000}, 413, "request body over 65536 bytes"),
     ],
 )
 def test_bad_findings_are_a_json_error_the_page_can_show(

@@ -45,6 +45,8 @@ __all__ = ["create_clinic_app", "serve_clinic"]
 
 logger = logging.getLogger(__name__)
 
+#: The largest request body read: a hundred findings fit many times over.
+MAX_BODY = 64 * 1024
 _ASSETS = {
     "clinic.js": "text/javascript; charset=utf-8",
     "clinic.css": "text/css; charset=utf-8",
@@ -116,7 +118,14 @@ def create_clinic_app(clinic: Clinic) -> FastAPI:
     async def headers(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
-        response = await call_next(request)
+        declared = request.headers.get("content-length", "0")
+        if not declared.isdigit() or int(declared) > MAX_BODY:
+            response: Response = JSONResponse(
+                {"error": f"request body over {MAX_BODY} bytes; send fewer findings"},
+                status_code=413,
+            )
+        else:
+            response = await call_next(request)
         response.headers.update(_HEADERS)
         return response
 
