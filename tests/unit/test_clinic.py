@@ -27,7 +27,13 @@ from alliance.data.suggest import LabelIndex
 from alliance.models.features import PhenotypeFeatures
 from alliance.site.config import SiteConfig
 from alliance.site.model_store import ModelStore
-from alliance.web.clinic import RESEARCH_NOTICE, Clinic, load_clinic_model
+from alliance.web.clinic import (
+    RESEARCH_NOTICE,
+    Clinic,
+    _card_fields,
+    _card_notices,
+    load_clinic_model,
+)
 from alliance.web.clinic_app import create_clinic_app, serve_clinic
 
 with warnings.catch_warnings():
@@ -77,6 +83,21 @@ def test_an_unreadable_card_still_shows_the_research_notice(
     described = load_clinic_model(config=copy, ontology=ontology).describe()
     assert described["notices"] == [RESEARCH_NOTICE]
     assert (described["study"], described["version"]) == ("s", 1)
+
+
+@pytest.mark.parametrize(
+    ("card", "shown"),
+    [
+        ({"card": {"intended_use": ["research", "teaching"]}}, "Intended use: research; teaching"),
+        ({"not_intended_use": {"en": "care", "zh": "诊疗"}}, "Not intended use: care; 诊疗"),
+        ({"notice": 3, "limitations": "synthetic cohort"}, "Limitations: synthetic cohort"),
+        ([1, 2], None),
+    ],
+)
+def test_the_card_is_read_field_by_field(card: object, shown: str | None) -> None:
+    notices = _card_notices(_card_fields(json.dumps(card).encode()))
+    assert notices[0] == RESEARCH_NOTICE
+    assert list(notices[1:]) == ([] if shown is None else [shown])
 
 
 def test_a_hospital_without_a_model_or_a_wrong_choice_is_told_what_to_do(

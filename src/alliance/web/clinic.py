@@ -135,6 +135,9 @@ def _card_fields(raw: bytes) -> Mapping[str, Any]:
 
 
 def _card_text(value: object) -> str | None:
+    """A text, a list of texts or texts by language (``{"en": ..., "zh": ...}``), as one line."""
+    if isinstance(value, dict):
+        value = list(value.values())
     if isinstance(value, str) and value.strip():
         return value.strip()
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
