@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.clinic_site import CARD, hospital_site_toml
+from tests.clinic_site import CARD, hospital_site_toml, write_model
 from typer.testing import CliRunner
 
 from alliance.cli.app import app as cli_app
@@ -83,6 +83,17 @@ def test_an_unreadable_card_still_shows_the_research_notice(
     described = load_clinic_model(config=copy, ontology=ontology).describe()
     assert described["notices"] == [RESEARCH_NOTICE]
     assert (described["study"], described["version"]) == ("s", 1)
+
+
+def test_a_model_file_is_served_without_a_card(
+    tmp_path: Path, features: PhenotypeFeatures, ontology: Ontology
+) -> None:
+    path = write_model(tmp_path / "demo.alliance", features)
+    described = load_clinic_model(model=path, ontology=ontology).describe()
+    assert described["source"] == "demo.alliance"
+    assert (described["study"], described["version"]) == (None, None)
+    assert described["notices"] == [RESEARCH_NOTICE]
+    assert described["diseases"] == features.n_diseases
 
 
 @pytest.mark.parametrize(
