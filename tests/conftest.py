@@ -38,6 +38,7 @@ SLOWEST_FIRST = (
     "tests/integration/test_async_offline.py",
     "tests/integration/test_secure_federation.py",
     "tests/e2e/test_crl_renewal.py",
+    "tests/e2e/test_clinic_browser.py",
 )
 
 

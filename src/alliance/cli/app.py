@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from alliance.cli import clinic as _clinic  # noqa: F401 - registers site clinic
 from alliance.cli import courier as _courier  # noqa: F401 - registers export/import
 from alliance.cli import enrolment as _enrolment  # noqa: F401 - site init, sign-request...
 from alliance.cli import models as _models  # noqa: F401 - study model, site models

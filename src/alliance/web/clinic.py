@@ -1,0 +1,288 @@
+"""The clinician's page without the web: which model, finding terms, the differential.
+
+At a hospital, a clinician looks a patient's findings up by name (in English or in Chinese),
+marks each as observed or excluded, and reads the ranked differential of the model the hospital
+received at a study's end. This module is that page's logic; :mod:`alliance.web.clinic_app`
+serves it over HTTP, and ``alliance site clinic`` starts it.
+
+Which model
+-----------
+- :func:`load_clinic_model` with ``config=site.toml``: the newest model in the hospital's own
+  store (:class:`~alliance.site.model_store.ModelStore` of ``[state] dir``), with its card. The
+  site verified the card's signature before it kept the model; here the card (JSON) is only read,
+  field by field and defensively, for its version, study and intended-use texts.
+- with ``model=FILE``: a model file, such as the one ``alliance demo`` writes; no card.
+
+Either way the page shows :data:`RESEARCH_NOTICE` ("research use, not a medical device"), and
+beside it whatever the card itself says about intended use.
+
+Search
+------
+:meth:`Clinic.search`: a text that is an HPO id (``HP:0001250``; an obsolete id is followed to
+its current term) gives that term; any other text goes to
+:meth:`~alliance.data.suggest.LabelIndex.suggest`, the package's one label index (names, the
+release file's synonyms when one is installed, and Chinese labels where the index knows them).
+Every match carries the term's official Chinese label (:mod:`alliance.data.chinese`) for display.
+
+Differential
+------------
+:meth:`Clinic.differential` ranks the catalogue with :func:`~alliance.models.diagnosis.diagnose`
+and names each candidate's supporting and contradicting findings in English and Chinese.
+
+Privacy
+-------
+There is no patient identifier anywhere: a request holds findings only, and nothing of it is
+kept or logged (this module logs no query, term or result at any level).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alliance.core.errors import ConfigError, DataError, UnknownCodeError
+from alliance.data.chinese import chinese_label
+from alliance.data.hpo_release import HpoRelease, find_release
+from alliance.data.ontology import Ontology, load_ontology
+from alliance.data.suggest import LabelIndex
+from alliance.models.diagnosis import diagnose
+from alliance.site.config import SiteConfig
+from alliance.site.model_store import ModelStore
+from alliance.store.modelfile import LoadedModel, load_model
+
+__all__ = [
+    "MAX_FINDINGS",
+    "MAX_QUERY",
+    "RESEARCH_NOTICE",
+    "Clinic",
+    "ClinicModel",
+    "TermMatch",
+    "load_clinic_model",
+]
+
+RESEARCH_NOTICE = (
+    "Research use only, not a medical device: the differential supports, and never replaces, "
+    "a clinician's judgement. 仅供研究使用，不是医疗器械。"
+)
+#: At most this many findings (observed and excluded together) in one request.
+MAX_FINDINGS = 100
+#: At most this many characters in one search text.
+MAX_QUERY = 200
+_HPO_ID = re.compile(r"^\s*(HP:\d{7})\s*$", re.IGNORECASE)
+# Card fields that describe what a model is (not) for, in the order the page shows them.
+_CARD_USE_FIELDS = ("intended_use", "not_intended_use", "notice", "limitations")
+
+
+@dataclass(frozen=True)
+class ClinicModel:
+    """The model a clinic serves, with what the page says about it.
+
+    Attributes
+    ----------
+    loaded
+        The ranker, its feature space and file metadata.
+    source
+        Where it came from, for people: ``"study rare-2026 version 12"`` or the file's name.
+    study, version
+        The study and model version it came from, when known (from the store or its card).
+    notices
+        The card's own texts on intended use, after :data:`RESEARCH_NOTICE`.
+    """
+
+    loaded: LoadedModel
+    source: str
+    study: str | None = None
+    version: int | None = None
+    notices: tuple[str, ...] = (RESEARCH_NOTICE,)
+
+    def describe(self) -> dict[str, Any]:
+        """What the page shows about the model (no path of the hospital's machine)."""
+        return {
+            "source": self.source,
+            "study": self.study,
+            "version": self.version,
+            "hpo_version": self.loaded.features.catalogue.hpo_version,
+            "diseases": self.loaded.features.n_diseases,
+            "notices": list(self.notices),
+        }
+
+
+@dataclass(frozen=True)
+class TermMatch:
+    """A term found by :meth:`Clinic.search`."""
+
+    hpo_id: str
+    name: str
+    name_zh: str | None
+    matched: str
+    score: float
+
+
+def _card_fields(raw: bytes) -> Mapping[str, Any]:
+    """The card's fields: a flat JSON object, or one under ``"card"`` beside a signature."""
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    inner = data.get("card")
+    return inner if isinstance(inner, dict) else data
+
+
+def _card_text(value: object) -> str | None:
+    """A text, a list of texts or texts by language (``{"en": ..., "zh": ...}``), as one line."""
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return "; ".join(v.strip() for v in value if v.strip()) or None
+    return None
+
+
+def _card_notices(fields: Mapping[str, Any]) -> tuple[str, ...]:
+    texts = [RESEARCH_NOTICE]
+    for key in _CARD_USE_FIELDS:
+        text = _card_text(fields.get(key))
+        if text and text not in texts:
+            label = key.replace("_", " ")
+            texts.append(f"{label[:1].upper()}{label[1:]}: {text}")
+    return tuple(texts)
+
+
+def load_clinic_model(
+    *, config: Path | None = None, model: Path | None = None, ontology: Ontology | None = None
+) -> ClinicModel:
+    """The model to serve: the hospital's newest (``config``) or a file (``model``).
+
+    Raises
+    ------
+    ConfigError
+        Neither or both given, or the hospital has received no model yet.
+    ModelError
+        The model file cannot be read as a ranker of the installed HPO release.
+    """
+    if (config is None) == (model is None):
+        raise ConfigError(
+            "give either --config site.toml (the newest model the hospital received) or "
+            "--model FILE (a model file), not both and not neither"
+        )
+    onto = ontology if ontology is not None else load_ontology()
+    if model is not None:
+        return ClinicModel(load_model(model, onto), source=model.name)
+    assert config is not None
+    store = ModelStore(SiteConfig.load(config).state_dir)
+    newest = store.newest()
+    if newest is None:
+        raise ConfigError(
+            f"this hospital has received no model yet ({store.root} holds none): a model "
+            "arrives when a study the hospital took part in ends (`alliance site run`); "
+            "until then use --model FILE"
+        )
+    try:
+        fields = _card_fields(newest.card_path.read_bytes())
+    except OSError:
+        fields = {}
+    return ClinicModel(
+        load_model(newest.model_path, onto),
+        source=f"study {newest.study} version {newest.version}",
+        study=newest.study,
+        version=newest.version,
+        notices=_card_notices(fields),
+    )
+
+
+class Clinic:
+    """Term search and differential diagnosis over one model, keeping nothing between calls.
+
+    Parameters
+    ----------
+    model
+        The model to rank with.
+    index
+        The label index to search; by default one over the model's ontology, with the synonyms
+        of the HPO release file when one is installed.
+    """
+
+    def __init__(self, model: ClinicModel, index: LabelIndex | None = None) -> None:
+        self.model = model
+        self.ontology = model.loaded.features.ontology
+        if index is None:
+            release_path = find_release()
+            release = HpoRelease.read(release_path) if release_path is not None else None
+            index = LabelIndex(self.ontology, release)
+        self.index = index
+
+    def term(self, term_id: str) -> dict[str, str | None]:
+        """A term as the page names it: id, English name, Chinese label (or ``None``)."""
+        return {
+            "id": term_id,
+            "name": self.ontology.name(term_id),
+            "name_zh": chinese_label(term_id),
+        }
+
+    def search(self, text: str, *, limit: int = 10) -> list[TermMatch]:
+        """Terms for a search text (an HPO id, or a name in English or Chinese), best first.
+
+        Raises
+        ------
+        DataError
+            The text is longer than :data:`MAX_QUERY` characters, or names an HPO id that is
+            not in the installed release.
+        """
+        if len(text) > MAX_QUERY:
+            raise DataError(
+                f"search text of {len(text)} characters; search with at most {MAX_QUERY}"
+            )
+        by_id = _HPO_ID.match(text)
+        if by_id:
+            given = by_id[1].upper()
+            try:
+                current = self.ontology.resolve(given)
+            except UnknownCodeError as exc:
+                raise DataError(f"{exc}; check the id or search the term by its name") from None
+            found = self.term(current)
+            return [TermMatch(current, str(found["name"]), found["name_zh"], given, 1.0)]
+        return [
+            TermMatch(s.hpo_id, s.name, chinese_label(s.hpo_id), s.matched, s.score)
+            for s in self.index.suggest(text, limit=limit)
+        ]
+
+    def differential(
+        self, observed: Sequence[str], excluded: Sequence[str] = (), *, top: int = 10
+    ) -> list[dict[str, Any]]:
+        """The ranked differential: each candidate with its findings for and against.
+
+        Raises
+        ------
+        DataError
+            No observed finding, too many findings, a term both observed and excluded, or an
+            id the installed release does not know (the message names it).
+        """
+        if len(observed) + len(excluded) > MAX_FINDINGS:
+            raise DataError(
+                f"{len(observed) + len(excluded)} findings; give at most {MAX_FINDINGS}"
+            )
+        both = sorted(set(observed) & set(excluded))
+        if both:
+            raise DataError(
+                f"{', '.join(both)} is both observed and excluded; keep it in one of the lists"
+            )
+        features = self.model.loaded.features
+        candidates = diagnose(self.model.loaded.model, features, observed, excluded, top=top)
+        return [
+            {
+                "rank": c.rank,
+                "disease_id": c.disease_id,
+                "name": c.name,
+                "probability": c.probability,
+                "supporting": [self.term(t) for t in c.supporting],
+                "against": [self.term(t) for t in c.against],
+            }
+            for c in candidates
+        ]
