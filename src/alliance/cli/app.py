@@ -132,11 +132,20 @@ def demo(
             "CSV, Excel, OMOP, local codes) under OUT/hospitals/, read back by the adapters."
         ),
     ] = True,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace an earlier demo's results in --out (only what a demo wrote there; a "
+            "folder holding anything else is refused).",
+        ),
+    ] = False,
 ) -> None:
     """Run the 12-hospital demo: local-only vs federated vs pooled, with a report."""
     from alliance.algorithms.strategies import make_strategy
     from alliance.data.synth import CohortConfig, scaled_hospitals
     from alliance.sim.demo import DemoConfig, run_demo, write_demo_outputs
+    from alliance.sim.demo_folder import prepare_output
 
     with errors():
         make_strategy(strategy)
@@ -144,6 +153,7 @@ def demo(
         offline_modes = _offline_modes(offline_aggregation)
         if cases is not None and not cases.exists():
             raise DataError(f"cases file {cases} does not exist")
+        prepare_output(out, force=force)
         cfg = DemoConfig(
             rounds=rounds,
             server_lr=server_lr,
