@@ -70,7 +70,10 @@ def test_sites_on_files_give_the_same_model_as_all_online(tmp_path: Path) -> Non
         assert len(done) == 4  # three tasks and the end of the study
         assert not (tmp_path / site / "inbox" / "rejected").exists()
     received = list((tmp_path / "coordinator" / "inbox" / "done").iterdir())
-    assert len(received) == 6  # three rounds, two sites
+    updates = [p for p in received if ".model_update." in p.name]
+    assert len(updates) == 6  # three rounds, two sites
+    # and each one's evaluation of the final model it received with the study's end
+    assert len([p for p in received if ".final_evaluation." in p.name]) == 2
     assert not (tmp_path / "coordinator" / "inbox" / "rejected").exists()
 
 

@@ -117,6 +117,17 @@ def test_no_message_leaving_a_site_carries_a_case_level_field(
     params = {n: p.shape for n, p in result.model.named_parameters()}
     case_ids = {case.id.encode() for c in cohorts for case in (*c.train, *c.test)}
     from_sites = [data for sender, data in sent if sender != "coordinator"]
+    # Two rounds' updates, then each hospital's evaluation of the final model it received.
+    finals = [d for d in from_sites if opened(d).header.kind is MessageKind.FINAL_EVALUATION]
+    from_sites = [d for d in from_sites if d not in finals]
+    assert len(finals) == len(cohorts)
+    for data in finals:
+        env = opened(data)
+        assert set(env.body) == {"model_version", "metrics", "privacy"}
+        assert set(env.body["metrics"]) <= _ALLOWED_METRICS
+        assert not env.arrays
+        assert _CODE.search(data) is None, "a phenotype or disease code left a site"
+        assert not any(cid in data for cid in case_ids), "a case id left a site"
     assert len(from_sites) == 2 * len(cohorts)
     for data in from_sites:
         env = opened(data)

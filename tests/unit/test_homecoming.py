@@ -242,3 +242,15 @@ def test_simulated_hospitals_receive_verify_and_evaluate_the_final_model() -> No
     for counts in result.final_evaluation.values():
         assert counts["eval_n"] == 12
         assert 0 <= counts["eval_top1"] <= counts["eval_top10"] <= 12
+
+
+def test_a_hospital_not_on_the_card_keeps_the_model_but_reports_no_evaluation(
+    home: Home,
+) -> None:
+    home.hospital.handle(task())
+    data = final_model()
+    card = card_for(data)
+    signed = sign_card(ModelCard(**{**card.to_json(), "hospitals": ("site-b",)}), home.coordinator)
+    outcome = home.hospital.handle(end(data, signed))
+    assert (outcome.action, outcome.replies) == (Action.ENDED, ())
+    assert home.models.get(STUDY, VERSION) is not None

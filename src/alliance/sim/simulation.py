@@ -472,13 +472,14 @@ class _Network:
             stalled = step is Step.WAITING
             self.now = deadline
         final = None
+        contributed = {s for record in self.coordinator.history for s in record.sites}
         if self.signer is not None and self.coordinator.version > 0:
             final = FinalModel(
                 self.sim.spec,
                 federation=self.coordinator.federation,
                 version=self.coordinator.version,
                 weights=self.coordinator.weights,
-                cases=self.cases,
+                cases={s: n for s, n in self.cases.items() if s in contributed},
                 signer=self.signer,
             )
         for site in self.sites:

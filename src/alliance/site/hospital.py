@@ -234,7 +234,8 @@ class Hospital:
             came = self._receive(end)
             if came.refused is not None:
                 return ignored  # nothing kept, the end not recorded: a true copy may follow
-            if came.new:
+            if came.new and came.card is not None and self.id in came.card.hospitals:
+                # Only a hospital whose updates made the model is asked how it does.
                 site = self._site_for(h.study)
                 replies = (evaluate_final(site, end, site_id=self.id, federation=self.federation),)
         if "study_ended" in events:
