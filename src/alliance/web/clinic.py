@@ -8,13 +8,12 @@ serves it over HTTP, and ``alliance site clinic`` starts it.
 Which model
 -----------
 - :func:`load_clinic_model` with ``config=site.toml``: the newest model in the hospital's own
-  store (:class:`~alliance.site.model_store.ModelStore` of ``[state] dir``), with its card. The
-  site verified the card's signature before it kept the model; here the card (JSON) is only read,
-  field by field and defensively, for its version, study and intended-use texts.
-- with ``model=FILE``: a model file, such as the one ``alliance demo`` writes; no card.
+  store, or with ``model=FILE`` a model file (the one ``alliance demo`` writes, or one the
+  operator downloaded with its card beside it). Both are found and their cards read by
+  :func:`alliance.site.received.model_in_use`, as ``alliance diagnose`` does.
 
-Either way the page shows :data:`RESEARCH_NOTICE` ("research use, not a medical device"), and
-beside it whatever the card itself says about intended use.
+Either way the page shows :data:`RESEARCH_NOTICE` ("research use, not a medical device", in
+English and Chinese), and beside it what the model's card says about its intended use.
 
 Search
 ------
@@ -37,22 +36,21 @@ kept or logged (this module logs no query, term or result at any level).
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alliance.core.errors import ConfigError, DataError, UnknownCodeError
+from alliance.core.errors import DataError, UnknownCodeError
 from alliance.data.chinese import chinese_label
 from alliance.data.hpo_release import HpoRelease, find_release
-from alliance.data.ontology import Ontology, load_ontology
+from alliance.data.ontology import Ontology
 from alliance.data.suggest import LabelIndex
 from alliance.models.diagnosis import diagnose
 from alliance.site.config import SiteConfig
-from alliance.site.model_store import ModelStore
-from alliance.store.modelfile import LoadedModel, load_model
+from alliance.site.received import RESEARCH_USE, model_in_use
+from alliance.store.modelfile import LoadedModel
 
 __all__ = [
     "MAX_FINDINGS",
@@ -73,8 +71,6 @@ MAX_FINDINGS = 100
 #: At most this many characters in one search text.
 MAX_QUERY = 200
 _HPO_ID = re.compile(r"^\s*(HP:\d{7})\s*$", re.IGNORECASE)
-# Card fields that describe what a model is (not) for, in the order the page shows them.
-_CARD_USE_FIELDS = ("intended_use", "not_intended_use", "notice", "limitations")
 
 
 @dataclass(frozen=True)
@@ -122,39 +118,6 @@ class TermMatch:
     score: float
 
 
-def _card_fields(raw: bytes) -> Mapping[str, Any]:
-    """The card's fields: a flat JSON object, or one under ``"card"`` beside a signature."""
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    inner = data.get("card")
-    return inner if isinstance(inner, dict) else data
-
-
-def _card_text(value: object) -> str | None:
-    """A text, a list of texts or texts by language (``{"en": ..., "zh": ...}``), as one line."""
-    if isinstance(value, dict):
-        value = list(value.values())
-    if isinstance(value, str) and value.strip():
-        return value.strip()
-    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-        return "; ".join(v.strip() for v in value if v.strip()) or None
-    return None
-
-
-def _card_notices(fields: Mapping[str, Any]) -> tuple[str, ...]:
-    texts = [RESEARCH_NOTICE]
-    for key in _CARD_USE_FIELDS:
-        text = _card_text(fields.get(key))
-        if text and text not in texts:
-            label = key.replace("_", " ")
-            texts.append(f"{label[:1].upper()}{label[1:]}: {text}")
-    return tuple(texts)
-
-
 def load_clinic_model(
     *, config: Path | None = None, model: Path | None = None, ontology: Ontology | None = None
 ) -> ClinicModel:
@@ -163,37 +126,23 @@ def load_clinic_model(
     Raises
     ------
     ConfigError
-        Neither or both given, or the hospital has received no model yet.
+        Neither or both given, or ``config`` cannot be read.
     ModelError
-        The model file cannot be read as a ranker of the installed HPO release.
+        The hospital has received no model yet, or the model file cannot be read as a ranker of
+        the installed HPO release.
     """
-    if (config is None) == (model is None):
-        raise ConfigError(
-            "give either --config site.toml (the newest model the hospital received) or "
-            "--model FILE (a model file), not both and not neither"
-        )
-    onto = ontology if ontology is not None else load_ontology()
-    if model is not None:
-        return ClinicModel(load_model(model, onto), source=model.name)
-    assert config is not None
-    store = ModelStore(SiteConfig.load(config).state_dir)
-    newest = store.newest()
-    if newest is None:
-        raise ConfigError(
-            f"this hospital has received no model yet ({store.root} holds none): a model "
-            "arrives when a study the hospital took part in ends (`alliance site run`); "
-            "until then use --model FILE"
-        )
-    try:
-        fields = _card_fields(newest.card_path.read_bytes())
-    except OSError:
-        fields = {}
+    state_dir = SiteConfig.load(config).state_dir if config is not None else None
+    used = model_in_use(model=model, state_dir=state_dir, ontology=ontology)
+    notices = (RESEARCH_NOTICE,) if used.notice == RESEARCH_USE else (RESEARCH_NOTICE, used.notice)
+    stored = used.stored
+    if stored is None:
+        return ClinicModel(used.loaded, source=used.path.name, notices=notices)
     return ClinicModel(
-        load_model(newest.model_path, onto),
-        source=f"study {newest.study} version {newest.version}",
-        study=newest.study,
-        version=newest.version,
-        notices=_card_notices(fields),
+        used.loaded,
+        source=f"study {stored.study} version {stored.version}",
+        study=stored.study,
+        version=stored.version,
+        notices=notices,
     )
 
 
