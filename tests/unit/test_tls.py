@@ -7,6 +7,7 @@ and checks that the handshake is accepted or refused, and for the reason expecte
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -319,4 +320,30 @@ def test_unusable_files_raise_config_errors(pki: Path, tmp_path: Path) -> None:
             key=pki / "coordinator" / "party.key",
             ca=pki / "ca" / "ca.crt",
             crl=tmp_path / "none.pem",
+        )
+
+
+def test_a_folder_or_an_unreadable_file_in_place_of_a_tls_file_is_named(
+    pki: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "party.key"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match=r"TLS key file .*party\.key is not a file"):
+        server_context(
+            certificate=pki / "coordinator" / "party.crt",
+            key=folder,
+            ca=pki / "ca" / "ca.crt",
+            crl=None,
+        )
+    if os.geteuid() == 0:
+        return  # root reads any file: the unreadable case needs an ordinary user
+    locked = tmp_path / "locked.key"
+    locked.write_bytes((pki / "coordinator" / "party.key").read_bytes())
+    locked.chmod(0)
+    with pytest.raises(ConfigError, match=r"locked\.key cannot be read by this user"):
+        server_context(
+            certificate=pki / "coordinator" / "party.crt",
+            key=locked,
+            ca=pki / "ca" / "ca.crt",
+            crl=None,
         )

@@ -26,6 +26,7 @@ another CA's, not a CRL) is logged once and the context keeps the CRL it has.
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 import tempfile
 from pathlib import Path
@@ -50,8 +51,16 @@ logger = logging.getLogger(__name__)
 
 
 def _require(path: Path, what: str) -> str:
+    if Path(path).exists() and not Path(path).is_file():
+        raise ConfigError(f"TLS {what} file {path} is not a file; check the [tls] section")
     if not Path(path).is_file():
         raise ConfigError(f"TLS {what} file {path} does not exist; check the [tls] section")
+    if not os.access(path, os.R_OK):
+        # OpenSSL would raise a bare PermissionError from deep inside the context.
+        raise ConfigError(
+            f"TLS {what} file {path} cannot be read by this user (permission denied); give "
+            "the service's user read access to it"
+        )
     return str(path)
 
 

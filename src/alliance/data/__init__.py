@@ -10,7 +10,9 @@
   (CSV and Excel, over the bytes-level :mod:`~alliance.data.spreadsheet`),
   :mod:`~alliance.data.omop` (OMOP CDM files or database);
 - :mod:`~alliance.data.codes`: codes as written and their mapping (the hospital's mapping table);
-  :mod:`~alliance.data.suggest`: candidate HPO terms for a local code's label;
+  :mod:`~alliance.data.suggest`: candidate HPO terms for a local code's label (English or
+  Chinese: :mod:`~alliance.data.chinese`), with :mod:`~alliance.data.polarity` keeping terms
+  that say the opposite away;
 - :mod:`~alliance.data.admission`: the checks every record passes;
   :mod:`~alliance.data.loading`: a hospital's ``[data]`` sources, read and admitted in one call;
 - :mod:`~alliance.data.quality`: the data-quality report (``alliance data check``);

@@ -56,7 +56,10 @@ Shown = int | str
 """A count as the report shows it: the number, or ``"<k"`` when suppressed."""
 
 _EXAMPLES = 3
-_BAD_VALUE = "an unreadable sex or age, recorded as unknown (see the locations)"
+_BAD_VALUE = (
+    "an unreadable sex or age, recorded as unknown (see the locations; `alliance data check` "
+    "shows the values and the accepted ones on its terminal)"
+)
 _BUCKETS = ((1, 1, "1"), (2, 3, "2–3"), (4, 6, "4–6"), (7, 10, "7–10"), (11, None, "11+"))
 
 

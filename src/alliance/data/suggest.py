@@ -246,15 +246,14 @@ class LabelIndex:
         self._zh_keys: list[str] = []
         self._zh_exact: dict[str, list[int]] = {}
         for number, tid in enumerate(self._ids):
-            label = labels.get(tid)
-            key = _HAN_OR_MARK.sub("", chinese_key(label)) if label else ""
-            if key:
-                self._zh_exact.setdefault(normalise_chinese(label or ""), []).append(
-                    len(self._zh_texts)
-                )
-                self._zh_texts.append(label or "")
-                self._zh_owner.append(number)
-                self._zh_keys.append(key)
+            label = labels.get(tid, "")
+            key = _HAN_OR_MARK.sub("", chinese_key(label))
+            if not key:
+                continue
+            self._zh_exact.setdefault(normalise_chinese(label), []).append(len(self._zh_texts))
+            self._zh_texts.append(label)
+            self._zh_owner.append(number)
+            self._zh_keys.append(key)
         self._zh_grams = _Grams([_han_grams(key) for key in self._zh_keys])
 
     def suggest(self, label: str, *, limit: int = 5) -> list[Suggestion]:
