@@ -30,6 +30,8 @@ def deep_file(tmp_path: Path) -> Path:
     "command",
     [
         ["site", "budget", "--config"],
+        ["site", "models", "--config"],
+        ["study", "model", "rare", "--out", "OUT", "--config"],
         ["data", "check", "--config"],
         ["coordinator", "serve", "--config"],
         ["study", "status", "--config"],

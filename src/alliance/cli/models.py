@@ -99,13 +99,13 @@ def site_models(
         )
         return
     table = Table(title=f"Models kept by {escape(cfg.site)}")
-    for col in ("Study", "Version", "Received", "Card", "Evaluation", "SHA-256"):
-        table.add_column(col)
+    for col in ("Study", "Version", "Received (UTC)", "Card", "Evaluation", "SHA-256"):
+        table.add_column(col, no_wrap=col != "Evaluation")
     for r in rows:
         table.add_row(
             escape(r["study"]),
             str(r["version"]),
-            r["received"],
+            r["received"][:16].replace("T", " "),
             f"r{r['card_revision']}",
             escape(r["evaluation"]),
             r["model_sha256"][7:19] + "…",

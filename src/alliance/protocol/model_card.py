@@ -38,7 +38,7 @@ import binascii
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from alliance.core.errors import IntegrityError, ProtocolError
@@ -184,7 +184,6 @@ class ModelCard:
     intended_use: str = INTENDED_USE
     not_intended_use: str = NOT_INTENDED_USE
     format: str = CARD_FORMAT
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -221,7 +220,7 @@ class ModelCard:
         for key in ("version", "revision", "rounds", "model_bytes"):
             if not isinstance(raw[key], int) or isinstance(raw[key], bool) or raw[key] < 0:
                 raise ProtocolError(f"model card field {key!r} must be an integer >= 0")
-        for key in ("model", "catalogue", "strategy", "cases", "evaluation", "privacy", "extra"):
+        for key in ("model", "catalogue", "strategy", "cases", "evaluation", "privacy"):
             if not isinstance(raw[key], dict):
                 raise ProtocolError(f"model card field {key!r} must be an object")
         hospitals = raw["hospitals"]
