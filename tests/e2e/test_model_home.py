@@ -12,6 +12,8 @@ Real processes: ``alliance coordinator serve``, two hospitals online over mutual
   with every hospital's evaluation; the hospitals get that card too (the agents online while they
   run, the hospital on files by the courier's next trip);
 - ``alliance site models`` lists the model; the audit logs say ``model_received``;
+- a hospital diagnoses a patient with the model it received (``alliance diagnose --config``) and
+  gets the very differential of the operator's downloaded file;
 - a tampered study-end bundle imported at the hospital on files is refused with its reason and
   changes nothing.
 """
@@ -27,7 +29,9 @@ from typing import Any
 import pytest
 from tests.e2e.deployment import Deployment, approve, provision, study_text
 from tests.e2e.test_offline_deployment import OFFLINE, cli, events, put_on_files
+from typer.testing import CliRunner
 
+from alliance.cli.app import app
 from alliance.crypto.pki import Role, TrustStore
 from alliance.crypto.verifier import MessageVerifier
 from alliance.data.ontology import load_ontology
@@ -84,6 +88,13 @@ class Courier:
 def kept(d: Deployment, site: str) -> tuple[bytes, bytes]:
     folder = d.site_dir(site) / "state" / "models" / STUDY / f"v{ROUNDS}"
     return (folder / "model.alliance").read_bytes(), (folder / "card.json").read_bytes()
+
+
+def diagnosis(*args: str) -> Any:
+    """``alliance diagnose ... --json``: the candidates it prints (its notice goes to stderr)."""
+    result = CliRunner().invoke(app, ["diagnose", *args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
 
 
 def wait_for(what: str, check: Any, d: Deployment, timeout_s: float = 120) -> None:
@@ -165,6 +176,11 @@ def test_every_hospital_holds_the_final_model_the_operator_downloads(
     (row,) = json.loads(listed)
     assert (row["study"], row["version"]) == (STUDY, ROUNDS)
     assert row["card_revision"] == 1 + len(SITES)
+    # A hospital diagnoses a patient with the model it received: the downloaded file's answer.
+    patient = ["--hpo", "Seizure, Global developmental delay, HP:0001252", "--json"]
+    at_hospital = diagnosis("--config", str(d.site_dir(ONLINE[0]) / "site.toml"), *patient)
+    assert at_hospital == diagnosis("--model", str(out), *patient)
+    assert len(at_hospital) == 10
     c_events = [e["event"] for e in events(d.coordinator_dir / "audit.log")]
     assert c_events.count("model_published") == 1
     assert c_events.count("final_evaluation_received") == len(SITES)
