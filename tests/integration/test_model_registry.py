@@ -37,7 +37,7 @@ FED = "one-engine"
 def finished(tmp_path_factory: pytest.TempPathFactory) -> ServiceRun:
     root = tmp_path_factory.mktemp("registry")
     run = ServiceRun(Scenario("registry", rounds=2), root)
-    run.service.registry = ModelRegistry(
+    run.service.home.registry = ModelRegistry(
         root / "models", signer=run.service.signer, audit=run.service.audit
     )
     run.run()
@@ -52,8 +52,8 @@ def evaluation(site: str, n: int, *, top1: int = 1) -> Envelope:
 
 def test_the_final_model_is_published_when_the_study_finishes(finished: ServiceRun) -> None:
     service = finished.service
-    assert service.registry is not None
-    published = service.registry.get(STUDY)
+    assert service.home.registry is not None
+    published = service.home.registry.get(STUDY)
     assert published is not None
     assert published.version == 2
     _, weights, _ = service.store.latest_model(STUDY)
@@ -77,14 +77,14 @@ def test_the_final_model_is_published_when_the_study_finishes(finished: ServiceR
 
 def test_final_evaluations_revise_the_card_once_per_participant(finished: ServiceRun) -> None:
     service = finished.service
-    assert service.registry is not None
+    assert service.home.registry is not None
     for i, site in enumerate(SITES):
         data = encode_signed(evaluation(site, 3 if site == "d" else 8 + i), finished.signers[site])
         assert service.submit_update(site, data) == "accepted"
         assert service.submit_update(site, data) == "duplicate"
     with pytest.raises(IntegrityError, match="did not take part"):
         service.final_evaluation("zz", evaluation("zz", 8), 100)
-    published = service.registry.get(STUDY)
+    published = service.home.registry.get(STUDY)
     assert published is not None
     card = published.card
     assert card.revision == 1 + len(SITES)
@@ -113,8 +113,8 @@ def test_the_model_and_card_are_served_to_operators_and_participants_only(
     finished: ServiceRun,
 ) -> None:
     service = finished.service
-    assert service.registry is not None
-    published = service.registry.get(STUDY)
+    assert service.home.registry is not None
+    published = service.home.registry.get(STUDY)
     assert published is not None
     assert service.study_model(STUDY, None, site=None) == published.model
     assert service.study_model(STUDY, 2, site="a") == published.model
@@ -129,12 +129,12 @@ def test_the_model_and_card_are_served_to_operators_and_participants_only(
 
 def test_a_model_altered_on_disk_is_refused_on_read(finished: ServiceRun, tmp_path: Path) -> None:
     service = finished.service
-    assert service.registry is not None
-    path = service.registry.root / STUDY / "v2" / "model.alliance"
+    assert service.home.registry is not None
+    path = service.home.registry.root / STUDY / "v2" / "model.alliance"
     original = path.read_bytes()
     try:
         path.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
         with pytest.raises(StoreDamaged, match="does not match its card"):
-            service.registry.get(STUDY)
+            service.home.registry.get(STUDY)
     finally:
         path.write_bytes(original)

@@ -29,10 +29,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from alliance.coordinator.distribution import checked_evaluation, find_published, publish_final
+from alliance.coordinator.distribution import Homecoming
 from alliance.coordinator.driver import Step
 from alliance.coordinator.queue import fail_study, last_ended, next_study, queue_study
-from alliance.coordinator.registry import ModelRegistry, PublishedModel
+from alliance.coordinator.registry import ModelRegistry
 from alliance.coordinator.rounds import Receipt
 from alliance.coordinator.running import UPLOAD_MARGIN, RunningStudy
 from alliance.coordinator.status import describe_privacy, list_studies, study_logs, study_status
@@ -42,8 +42,7 @@ from alliance.crypto.pki import Role, TrustStore
 from alliance.crypto.verifier import MessageVerifier
 from alliance.models.tasks import StudyModel, check_model_options, make_study_model
 from alliance.protocol.codec import MessageSigner, decode_signed, encode_signed
-from alliance.protocol.envelope import COORDINATOR, Envelope, Header, MessageKind
-from alliance.protocol.messages import StudyEnd
+from alliance.protocol.envelope import Envelope, MessageKind
 from alliance.store.audit import AuditLog
 from alliance.store.state import CoordinatorStore, StoredEvent, StudyRecord, StudyStatus
 from alliance.transport.http import NotFoundError, PermissionDenied
@@ -103,9 +102,10 @@ class CoordinatorService:
         registry: ModelRegistry | None = None,
     ) -> None:
         self.federation = federation
-        self.registry = registry
-        #: The last finished study's published model (newest card), as sent home.
-        self._published: PublishedModel | None = None
+        #: The last finished study's model on its way to the participants.
+        self.home = Homecoming(
+            registry, store, federation=federation, model_kind=model_kind, audit=audit, clock=clock
+        )
         self.offline = offline
         self.store = store
         self.signer = signer
@@ -121,10 +121,6 @@ class CoordinatorService:
         self.changes = self._changed
         self._seen: dict[str, float] = {}
         self._running: RunningStudy | None = None
-        # The last finished study, whose participants are told so when they next poll.
-        self._finished: tuple[str, int, set[str]] | None = None
-        #: Sites told of the last study's end, and the card revision they were sent (0: none).
-        self._ended_sent: dict[str, int] = {}
         self._stop = threading.Event()
         self._identities: dict[bytes, tuple[str, str]] = {}
 
@@ -189,37 +185,12 @@ class CoordinatorService:
         return polled | (self.offline.sites if self.offline is not None else set())
 
     def _finish(self, study_id: str) -> None:
-        rounds = self.store.rounds(study_id)
-        # A cancelled study may end with its round open: its summary is still empty.
-        last = rounds[-1] if rounds else None
-        version = 0 if last is None else int(last.summary.get("model_version", last.model_version))
-        self._finished = (study_id, version, {s for r in rounds for s in r.participants})
-        self._ended_sent = {}
-        self._published = self._publish(study_id, version)
+        self.home.finish(study_id)  # its participants are told when they next poll
         self._running = None
         self._changed.notify_all()
 
-    def _publish(self, study_id: str, version: int) -> PublishedModel | None:
-        """Publish a finished study's final model (once); a failure is logged, never fatal."""
-        if self.registry is None:
-            return None
-        try:
-            return publish_final(
-                self.registry,
-                self.store,
-                study_id,
-                version,
-                federation=self.federation,
-                model_kind=self.model_kind,
-                now=self.clock(),
-            )
-        except (AllianceError, OSError, ValueError) as exc:
-            logger.error("study %s: the final model could not be published: %s", study_id, exc)
-            self.audit.append("model_publish_failed", study=study_id, reason=str(exc))
-            return None
-
     def _start_next_study(self) -> RunningStudy | None:
-        if self._finished is None and (ended := last_ended(self.store)) is not None:
+        if self.home.ended is None and (ended := last_ended(self.store)) is not None:
             self._finish(ended)
         record = next_study(self.store)
         if record is None:
@@ -299,21 +270,7 @@ class CoordinatorService:
         message = None if run is None else run.coordinator.outgoing(site)
         if message is not None:
             return message
-        if self._finished is None or site not in self._finished[2]:
-            return None
-        study_id, version, _ = self._finished
-        published = self._published
-        revision = 0 if published is None else published.card.revision
-        sent = self._ended_sent.get(site)
-        # Sent once; sent again with the card once every hospital's evaluation is on it.
-        complete = published is not None and not published.card.evaluation.get("pending")
-        if sent is not None and not (complete and sent < revision):
-            return None
-        self._ended_sent[site] = revision
-        header = Header(MessageKind.STUDY_END, self.federation, study_id, 0, COORDINATOR, site)
-        if published is None:
-            return StudyEnd(header, version).to_envelope()
-        return StudyEnd(header, version, published.model, published.card_bytes).to_envelope()
+        return self.home.study_end_for(site)
 
     # --- hospitals on files ------------------------------------------------------------------
     def _read_bundles(self, run: RunningStudy | None) -> None:
@@ -372,46 +329,17 @@ class CoordinatorService:
             one that has not finished, or a version never published.
         """
         with self._changed:
-            try:
-                evaluation = checked_evaluation(
-                    envelope, site=site, federation=self.federation, store=self.store
-                )
-                h = evaluation.header
-                if self.registry is None:
-                    raise FederationError("this coordinator publishes no models")
-                revised = self.registry.record_evaluation(site, evaluation, now=self.clock())
-            except AllianceError as exc:
-                self.audit.append(
-                    "final_evaluation_rejected", site=site, bytes=size, reason=str(exc)
-                )
-                raise
-            if revised is None:
-                return Receipt.DUPLICATE.value
-            self.audit.append(
-                "final_evaluation_received",
-                study=h.study,
-                site=site,
-                version=evaluation.model_version,
-                bytes=size,
-            )
-            current = self._published
-            if current is not None and (current.study, current.version) == (
-                revised.study,
-                revised.version,
-            ):
-                self._published = revised
+            receipt = self.home.record_evaluation(site, envelope, size)
             self._changed.notify_all()
-        return Receipt.ACCEPTED.value
+        return receipt
 
     def study_model(self, study_id: str, version: int | None, *, site: str | None) -> bytes:
         """The published model file's bytes (:func:`find_published`)."""
-        found = find_published(self.registry, self.store, study_id, version, site=site)
-        return bytes(found.model)
+        return bytes(self.home.find(study_id, version, site=site).model)
 
     def study_model_card(self, study_id: str, version: int | None, *, site: str | None) -> bytes:
         """The published model's newest signed card (:func:`find_published`)."""
-        found = find_published(self.registry, self.store, study_id, version, site=site)
-        return bytes(found.card_bytes)
+        return bytes(self.home.find(study_id, version, site=site).card_bytes)
 
     def _count(
         self, run: RunningStudy | None, site: str, envelope: Envelope, size: int, via: str = ""
