@@ -152,7 +152,7 @@ def load_corpus(path: Path, ontology: Ontology, catalogue: DiseaseCatalogue) -> 
     cohorts = split_by_publication(cases, demo.hospitals, seed=demo.seed)
     trained = {c.disease_ids[0] for cohort in cohorts for c in cohort.train}
     test_ids = {c.id for cohort in cohorts for c in cohort.test}
-    held_out_pubs = {c.publication for cohort in cohorts for c in cohort.test}
+    held_out_pubs = {c.publication for cohort in cohorts for c in cohort.test if c.publication}
     admitted = {c.id for c in cases}
     rejected = [r for r in records if r.id not in admitted]
     pos = {c.id: i for i, c in enumerate(cases)}
