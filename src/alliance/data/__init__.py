@@ -3,7 +3,8 @@
 - :mod:`~alliance.data.cases`: the common case model;
 - :mod:`~alliance.data.ontology`: HPO terms and the OMIM/ORPHA disease catalogue;
   :mod:`~alliance.data.hpo_release`: alternative ids, synonyms and cross-references of an HPO
-  release file;
+  release file; :mod:`~alliance.data.frequencies`: how often a disease shows each annotated
+  phenotype (``phenotype.hpoa``);
 - adapters, each turning one format into :mod:`~alliance.data.records`:
   :mod:`~alliance.data.compact` (JSON lines), :mod:`~alliance.data.phenopacket` (GA4GH
   Phenopacket v2), :mod:`~alliance.data.fhir` (FHIR R4 Bundles), :mod:`~alliance.data.tabular`
