@@ -18,6 +18,7 @@ from alliance.crypto import CertificateAuthority, IssuedParty, Role, Signer, Tru
 from alliance.crypto.verifier import MessageVerifier
 from alliance.protocol.model_card import (
     NOT_INTENDED_USE,
+    UNDISCLOSED,
     EvaluationCounts,
     ModelCard,
     canonical_json,
@@ -203,3 +204,11 @@ def test_the_evaluation_pools_counts_and_names_who_is_pending() -> None:
     assert summary["pending"] == ["site-c"]
     with pytest.raises(ProtocolError, match="top1 <= top3"):
         EvaluationCounts(n=4, top1=3, top3=2, top10=2)
+
+
+def test_case_counts_under_secure_aggregation_say_undisclosed_not_zero() -> None:
+    shown = case_counts({"site-a": None, "site-b": None}, total=57)
+    assert shown == {"per_hospital": {"site-a": UNDISCLOSED, "site-b": UNDISCLOSED}, "total": 57}
+    # A small count is still protected, and its complement hidden with it.
+    mixed = case_counts({"site-a": 3, "site-b": 40, "site-c": 12})
+    assert mixed["per_hospital"] == {"site-a": "<5", "site-b": 40, "site-c": "*"}

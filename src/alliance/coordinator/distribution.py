@@ -170,10 +170,15 @@ def publish_final(
         return None
     spec = StudySpec.parse(record.spec, where=f"study {study_id}")
     rounds = store.rounds(study_id)
-    cases: dict[str, int] = {}
-    for r in rounds:
+    cases: dict[str, int | None] = {}
+    total: int | None = None
+    if spec.secagg.enabled:
+        # Each hospital's count is inside the masked sum; the sum is the round's total.
+        cases = {s: None for r in rounds for s in r.participants}
+        total = max((int(r.summary.get("num_examples", 0)) for r in rounds), default=0)
+    for r in rounds if total is None else ():
         for meta in store.updates(study_id, r.round):
-            cases[meta.site] = max(cases.get(meta.site, 0), meta.num_examples)
+            cases[meta.site] = max(cases.get(meta.site) or 0, meta.num_examples)
     for r in rounds if not cases else ():
         cases.update({s: 0 for s in r.participants})
     return registry.publish(
@@ -183,6 +188,7 @@ def publish_final(
         weights=store.model(study_id, version),
         kind=model_kind(spec.model.to_table()),
         cases=cases,
+        total_cases=total,
         now=now,
     )
 

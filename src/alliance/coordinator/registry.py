@@ -123,11 +123,13 @@ class ModelRegistry:
         version: int,
         weights: Mapping[str, npt.NDArray[Any]],
         kind: StudyModel,
-        cases: Mapping[str, int],
+        cases: Mapping[str, int | None],
         now: float,
+        total_cases: int | None = None,
     ) -> PublishedModel:
         """Publish ``spec``'s model version ``version`` (a version already published is
-        returned as it is)."""
+        returned as it is); ``cases`` gives each hospital's training cases (``None`` where
+        secure aggregation hid them, ``total_cases`` then giving their sum)."""
         found = self.get(spec.study_id, version)
         if found is not None:
             return found
@@ -170,7 +172,7 @@ class ModelRegistry:
             strategy=spec.strategy.to_table(),
             rounds=spec.rounds,
             hospitals=hospitals,
-            cases=case_counts(cases),
+            cases=case_counts(cases, total=total_cases),
             evaluation=evaluation_summary(hospitals, {}),
             privacy={},
             model_sha256=model_sha256(model),

@@ -146,12 +146,25 @@ def evaluation_summary(
     }
 
 
-def case_counts(counts: Mapping[str, int]) -> dict[str, Any]:
+#: How a card shows a hospital's training cases that the coordinator never learned (secure
+#: aggregation hides each hospital's count inside the masked sum).
+UNDISCLOSED = "not disclosed (secure aggregation)"
+
+
+def case_counts(counts: Mapping[str, int | None], *, total: int | None = None) -> dict[str, Any]:
     """A card's ``cases``: each hospital's training cases (protected as the quality report
-    does, so no small count can be worked out from the total) and the total."""
+    does, so no small count can be worked out from the total) and the total.
+
+    A count of ``None`` is one the coordinator does not know (secure aggregation); ``total``
+    then gives the total, which the masked sum revealed.
+    """
     names = sorted(counts)
-    shown: list[Shown] = protect([counts[s] for s in names], MIN_COUNT)
-    return {"per_hospital": dict(zip(names, shown, strict=True)), "total": sum(counts.values())}
+    known = [s for s in names if counts[s] is not None]
+    shown: list[Shown] = protect([int(counts[s] or 0) for s in known], MIN_COUNT)
+    per_site: dict[str, Any] = {s: UNDISCLOSED for s in names}
+    per_site.update(zip(known, shown, strict=True))
+    whole = sum(int(counts[s] or 0) for s in known) if total is None else total
+    return {"per_hospital": per_site, "total": whole}
 
 
 @dataclass(frozen=True)
