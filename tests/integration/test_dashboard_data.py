@@ -93,7 +93,9 @@ def test_a_hospital_sees_the_consortium_and_its_own_figures_only(server: Running
         }
     assert [e["source"] for e in data["network"]["edges"]] == ["alpha"]
     assert data["privacy"]["refusals"] == []
-    assert data["studies"][0]["accuracy"][0]["sites"] == {"alpha": round(7 / 41, 4)}
+    (point,) = data["studies"][0]["accuracy"]
+    assert point["sites"] == {"alpha": round(7 / 41, 4)}
+    assert point["top1"] == round(320 / 1018, 4)  # the consortium's pooled figure
     text = json.dumps(data)
     for figure in ("313", "977", "500", "0.875", "9.5", "privacy budget of beta"):
         assert figure not in text, figure

@@ -168,11 +168,15 @@ def _site_studies(
 
 
 def accuracy_series(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Top-1 per closed round: pooled over the hospitals and for each hospital listed."""
+    """Top-1 per closed round: pooled over the hospitals and for each hospital listed.
+
+    A hospital's history (:func:`~alliance.coordinator.visibility.site_round`) lists only its
+    own metrics but carries the consortium's pooled ``evaluation``, which is used then.
+    """
     out = []
     for entry in history:
         metrics: Mapping[str, Mapping[str, float]] = entry.get("site_metrics", {})
-        pooled = topk_from_counts(list(metrics.values())).as_dict()
+        pooled = entry.get("evaluation") or topk_from_counts(list(metrics.values())).as_dict()
         per_site = {s: topk_from_counts([m]).as_dict()["top1"] for s, m in metrics.items()}
         out.append(
             {

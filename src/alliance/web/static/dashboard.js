@@ -54,10 +54,10 @@ function rings(count) {
   return out;
 }
 
-function layout(nodes, size) {
+function layout(nodes, size, margin) {
   const centre = size / 2;
   const capacity = rings(nodes.length);
-  const step = (centre - 40) / Math.max(capacity.length, 1);
+  const step = (centre - margin) / Math.max(capacity.length, 1);
   const placed = [];
   let index = 0;
   capacity.forEach((take, ring) => {
@@ -81,7 +81,8 @@ function drawMap(network, viewer) {
   const size = 620;
   const nodes = network.nodes;
   const many = nodes.length > 40;
-  const { placed, step, centre, rings: count } = layout(nodes, size);
+  // Labels are drawn only up to 40 hospitals: they need room outside the outer ring.
+  const { placed, step, centre, rings: count } = layout(nodes, size, many ? 16 : 125);
   const largest = Math.max(0, ...nodes.map((n) => (typeof n.cases === "number" ? n.cases : 0)));
   const svg = el("svg:svg", { viewBox: `0 0 ${size} ${size}`, role: "img" });
   for (let k = 1; k <= count; k++) svg.append(el("svg:circle", { class: "ring", cx: centre, cy: centre, r: step * k }));
@@ -90,8 +91,9 @@ function drawMap(network, viewer) {
     const from = where.get(edge.source);
     if (!from) continue;
     const width = edge.weight === null || edge.weight === undefined ? null : 1 + 6 * edge.weight;
+    // Past 40 hospitals the lines are drawn faint and still, or they would hide the nodes.
     const line = el("svg:line", {
-      class: edge.live ? "edge live" : "edge", x1: from.x, y1: from.y, x2: centre, y2: centre,
+      class: ["edge", edge.live ? "live" : "", many ? "many" : ""].join(" ").trim(), x1: from.x, y1: from.y, x2: centre, y2: centre,
       "data-source": edge.source, "stroke-width": width,
     });
     line.append(el("svg:title", {}, `${edge.source} → coordinator, round ${edge.round}` +
@@ -180,7 +182,7 @@ function chart(study, host) {
     axes: [{ label: "round", incrs: [1, 2, 5, 10, 20, 50, 100], values: (u, ticks) => ticks.map((t) => String(t)) }, { values: (u, ticks) => ticks.map((t) => `${Math.round(t * 100)}%`) }],
     series: [{ label: "round" }, { label: "overall", stroke: "#1d2733", width: 3 },
       ...sites.map((s, i) => ({ label: s, stroke: palette[i % palette.length], width: 1, show: sites.length <= 20 }))],
-    legend: { show: sites.length <= 20 },
+    legend: { show: sites.length <= 20, live: false },
   };
   host.replaceChildren();
   charts.set(study.study, { key, host, plot: new window.uPlot(opts, data, host) });
