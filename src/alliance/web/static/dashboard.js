@@ -9,7 +9,7 @@ const SVG = "http://www.w3.org/2000/svg";
 const STATES = [
   ["online", "online 在线"], ["files", "on files 离线文件"], ["refused", "refused 拒绝"],
   ["revoked", "revoked 已吊销"], ["away", "away 未连接"], ["unseen", "not seen 未见"],
-  ["member", "member 成员"],
+  ["member", "member 成员"], ["simulated", "simulated 模拟"],
 ];
 const charts = new Map();
 
@@ -260,6 +260,12 @@ function drawModels(models) {
 
 function drawAudit(audit) {
   const badge = document.getElementById("audit-badge");
+  if (audit.ok === null) {
+    badge.textContent = "simulation: no audit log";
+    document.getElementById("audit-status").replaceChildren(
+      el("p", { class: "muted" }, "A simulation runs in one process: there is no coordinator audit log to verify."));
+    return;
+  }
   badge.className = `badge ${audit.ok ? "ok" : "bad"}`;
   badge.textContent = audit.ok ? `audit log verified · ${audit.entries} entries` : "audit log: problems found";
   const host = document.getElementById("audit-status");
@@ -269,25 +275,36 @@ function drawAudit(audit) {
 }
 
 // --- polling ---------------------------------------------------------------------------------
+function render(data) {
+  document.getElementById("federation").textContent = `consortium ${data.federation}`;
+  document.getElementById("viewer").textContent = `${data.viewer.role} ${data.viewer.name}`;
+  drawMap(data.network, data.viewer);
+  drawStudies(data.studies);
+  drawPrivacy(data.privacy);
+  drawModels(data.models);
+  drawAudit(data.audit);
+  document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
+}
+
 async function refresh() {
   const status = document.getElementById("updated");
   try {
     const response = await fetch("/v1/dashboard", { cache: "no-store" });
     const data = await response.json();
     if (!response.ok) throw new Error(data.detail || `HTTP ${response.status}`);
-    document.getElementById("federation").textContent = `consortium ${data.federation}`;
-    document.getElementById("viewer").textContent = `${data.viewer.role} ${data.viewer.name}`;
-    drawMap(data.network, data.viewer);
-    drawStudies(data.studies);
-    drawPrivacy(data.privacy);
-    drawModels(data.models);
-    drawAudit(data.audit);
+    render(data);
     status.textContent = `updated ${new Date().toLocaleTimeString()}`;
-    document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
   } catch (error) {
     status.textContent = `cannot reach the coordinator: ${error.message}`;
   }
 }
 
-refresh();
-setInterval(refresh, POLL_MS);
+// A static copy (alliance demo's dashboard.html) carries its data and is drawn once.
+const embedded = document.getElementById("dashboard-data");
+if (embedded) {
+  render(JSON.parse(embedded.textContent));
+  document.getElementById("updated").textContent = "updated at the end of the demo's run (static page)";
+} else {
+  refresh();
+  setInterval(refresh, POLL_MS);
+}
