@@ -9,7 +9,6 @@ later appears, the rounds close on the page as they close at the coordinator, an
 view shows each hospital's ε once the model is published. A hospital's certificate sees its own
 figures and no other hospital's. The browser's network log holds no request to any other host,
 and the page raises no error (a resource refused by its Content-Security-Policy would be one).
-``alliance demo``'s static ``dashboard.html`` opens from a file and requests nothing else.
 
 Screenshots go to ``<tmp>/screenshots`` and, when ``ALLIANCE_SCREENSHOTS=DIR`` is set, to DIR
 too. Without Chromium or Playwright the tests skip, unless ``ALLIANCE_REQUIRE_BROWSER=1``.
@@ -27,9 +26,6 @@ from typing import Any
 import pytest
 from tests.e2e.deployment import Deployment, approve, provision, study_text
 from tests.e2e.test_clinic_browser import CHROMIUM, _browser_or_skip, screenshot
-from tests.unit.test_dashboard_static import demo_metrics
-
-from alliance.web.dashboard_static import write_static_dashboard
 
 pytestmark = pytest.mark.slow
 
@@ -207,25 +203,3 @@ def test_a_hospital_sees_its_own_figures_only(federation: Federation, tmp_path: 
     assert other not in page.locator("#privacy-list").inner_text()
     screenshot(page, tmp_path / "screenshots", "dashboard-hospital.png")
     hospital.only_the_coordinator()
-
-
-def test_the_demo_dashboard_opens_from_a_file(tmp_path: Path) -> None:
-    sync_playwright = _browser_or_skip()
-    path = write_static_dashboard(demo_metrics(), tmp_path / "dashboard.html")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM))
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        seen = Browser(path.as_uri(), None)
-        page.on("request", lambda request: seen.requests.append(request.url))
-        page.on("pageerror", lambda error: seen.errors.append(str(error)))
-        page.goto(path.as_uri())
-        page.wait_for_selector("#updated:has-text('static page')")
-        assert page.locator("#map g.node").count() == 4
-        assert page.locator("#map g.node.suppressed").count() == 2
-        assert page.locator("#study-list .chart canvas").count() >= 1
-        assert page.locator("#privacy-list table.spent tbody tr").count() == 2
-        assert "no audit log" in page.inner_text("#audit-badge")
-        screenshot(page, tmp_path / "screenshots", "dashboard-demo.png")
-        browser.close()
-    assert seen.requests == [path.as_uri()]
-    assert seen.errors == []
