@@ -147,7 +147,6 @@ def test_the_operator_follows_a_study_live(federation: Federation, tmp_path: Pat
     study = page.locator(f"#study-list .study[data-study='{STUDY}']")
     study.locator(".progress[data-round]").wait_for()
     first_round = int(study.locator(".progress[data-round]").get_attribute("data-round") or 0)
-    screenshot(page, tmp_path / "screenshots", "dashboard-map.png")
 
     d.start_site(federation.joiner)
     wait_until("the joining hospital", lambda: federation.joiner in node_ids(page))
@@ -157,6 +156,8 @@ def test_the_operator_follows_a_study_live(federation: Federation, tmp_path: Pat
         return int(text.split("rounds ")[1].split(" /")[0])
 
     wait_until("a round closing on the page", lambda: closed() > 0 or first_round > 1)
+    wait_until("updates drawn", lambda: page.locator("#map line.edge").count() > 0)
+    screenshot(page, tmp_path / "screenshots", "dashboard-map.png")
     wait_until("the study's end on the page", lambda: closed() == 3, timeout_s=400)
     assert page.evaluate("window.notReloaded") is True, "the page was reloaded"
     assert study.locator(".history tbody tr").count() == 3
