@@ -48,7 +48,7 @@ from alliance.evaluation.ranking import topk_from_counts
 from alliance.store.audit_check import verify_audit_log
 from alliance.store.state import CoordinatorStore, StudyRecord
 
-__all__ = ["COORDINATOR_NODE", "AuditWatch", "Presence", "dashboard_view"]
+__all__ = ["COORDINATOR_NODE", "AuditWatch", "Presence", "PublishedModels", "dashboard_view"]
 
 #: The smallest count shown as a number (the quality report's default threshold).
 MIN_CASES = 5
@@ -115,7 +115,7 @@ def dashboard_view(
     presence: Presence,
     trust: TrustStore,
     audit: AuditWatch,
-    registry: ModelRegistry | None = None,
+    published: PublishedModels | None = None,
     viewer: tuple[str, str],
     live: tuple[str, RoundDriver] | None = None,
 ) -> dict[str, Any]:
@@ -129,7 +129,7 @@ def dashboard_view(
         _study(store, r, live[1] if live is not None and live[0] == r.study_id else None)
         for r in records
     ]
-    models = _models(registry, records)
+    models = [] if published is None else published.entries(records)
     view = {
         "federation": federation,
         "viewer": {"name": viewer[0], "role": viewer[1]},
@@ -307,27 +307,50 @@ def _revoked(der: bytes | None, trust: TrustStore) -> bool:
     return crl.get_revoked_certificate_by_serial_number(serial) is not None
 
 
-def _models(registry: ModelRegistry | None, records: list[StudyRecord]) -> list[dict[str, Any]]:
-    if registry is None:
-        return []
-    out = []
-    for record in records:
-        for version in registry.versions(record.study_id):
-            published = registry.get(record.study_id, version)
-            if published is None:
-                continue
-            base = f"/v1/studies/{record.study_id}/model"
-            out.append(
-                {
-                    "study": record.study_id,
-                    "version": version,
-                    "card": published.card.to_json(),
-                    "model_url": f"{base}?version={version}",
-                    "card_url": f"{base}/card?version={version}",
-                    "bytes": len(published.model),
-                }
-            )
-    return out
+class PublishedModels:
+    """The registry's published models as the dashboard lists them.
+
+    Reading a model verifies its file against its signed card, so a version is read again only
+    while its card still awaits hospitals' evaluations (a new revision may come); once complete,
+    its entry is kept.
+    """
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+        self._done: dict[tuple[str, int], dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def entries(self, records: list[StudyRecord]) -> list[dict[str, Any]]:
+        """Every published version of the studies of ``records``, oldest first."""
+        out = []
+        for record in records:
+            for version in self.registry.versions(record.study_id):
+                entry = self._entry(record.study_id, version)
+                if entry is not None:
+                    out.append(entry)
+        return out
+
+    def _entry(self, study: str, version: int) -> dict[str, Any] | None:
+        with self._lock:
+            kept = self._done.get((study, version))
+        if kept is not None:
+            return kept
+        published = self.registry.get(study, version)
+        if published is None:
+            return None
+        base = f"/v1/studies/{study}/model"
+        entry = {
+            "study": study,
+            "version": version,
+            "card": published.card.to_json(),
+            "model_url": f"{base}?version={version}",
+            "card_url": f"{base}/card?version={version}",
+            "bytes": len(published.model),
+        }
+        if not published.card.evaluation.get("pending"):
+            with self._lock:
+                self._done[(study, version)] = entry
+        return entry
 
 
 def _privacy(

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from alliance.coordinator.dashboard import AuditWatch, Presence, dashboard_view
+from alliance.coordinator.dashboard import AuditWatch, Presence, PublishedModels, dashboard_view
 from alliance.coordinator.distribution import checked_evaluation, find_published, publish_final
 from alliance.coordinator.driver import Step
 from alliance.coordinator.queue import fail_study, last_ended, next_study, queue_study
@@ -131,6 +131,7 @@ class CoordinatorService:
         #: The certificate each party last connected with (the dashboard shows revocations).
         self._certificates: dict[str, bytes] = {}
         self._audit_watch = AuditWatch(audit.path)
+        self._listed = None if registry is None else PublishedModels(registry)
 
     # --- identity ------------------------------------------------------------------------------
     def identify(self, peer_certificate_der: bytes | None) -> tuple[str, str]:
@@ -546,7 +547,7 @@ class CoordinatorService:
             presence=presence,
             trust=self.trust,
             audit=self._audit_watch,
-            registry=self.registry,
+            published=self._listed,
             viewer=(name, role),
             live=None if run is None else (run.spec.study_id, run.driver),
         )
