@@ -47,6 +47,8 @@ def test_demo_writes_metrics_report_and_model(small_demo: Path) -> None:
     assert "West China Hospital" in html
     assert html.count("data:image/png;base64,") >= 3
     assert (small_demo / "model.alliance").stat().st_size > 1000
+    dashboard = (small_demo / "dashboard.html").read_text(encoding="utf-8")
+    assert all(site["id"] in dashboard for site in metrics["sites"])
 
 
 def test_evaluate_prints_topk_and_json(small_demo: Path, tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ from alliance.protocol.envelope import COORDINATOR
 from alliance.store.audit import AuditLog
 from alliance.store.sql import SqlStore
 from alliance.transport.http import create_app
+from alliance.web.dashboard_app import add_dashboard
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +57,7 @@ kind = "phenotype-ranker"
 dim = 8
 """
 IDENTITIES = ("site", "operator", "anonymous")
-#: Generated cases per operation and identity (nine operations, three identities: 2,700
+#: Generated cases per operation and identity (twelve operations, three identities: 3,600
 #: requests); the coverage phase adds its own, derived from each schema's edges.
 MAX_EXAMPLES = 100
 FUZZ = settings(
@@ -106,7 +107,7 @@ class TlsPeer:
 
 # The spec does not depend on the service, so the schema is read at import (the pytest plugin
 # needs it then) from an app over none; the `coordinator` fixture puts the real one in place.
-PEER = TlsPeer(create_app(None))  # type: ignore[arg-type]
+PEER = TlsPeer(create_app(None, pages=add_dashboard))  # type: ignore[arg-type]
 schema = schemathesis.openapi.from_asgi(
     "/openapi.json",
     PEER,
@@ -171,7 +172,7 @@ def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     service, peers = _service(tmp_path_factory.mktemp("fuzz"))
     service.submit_study("operator", STUDY)
     service.stop()  # nothing ticks: a long-poll can never get a message, so it returns at once
-    spec_only, PEER.app = PEER.app, create_app(service)
+    spec_only, PEER.app = PEER.app, create_app(service, pages=add_dashboard)
     PEER.statuses.clear()  # not the schema's own download
     try:
         yield peers

@@ -146,6 +146,7 @@ def demo(
     from alliance.data.synth import CohortConfig, scaled_hospitals
     from alliance.sim.demo import DemoConfig, run_demo, write_demo_outputs
     from alliance.sim.demo_folder import prepare_output
+    from alliance.web.dashboard_static import write_static_dashboard
 
     with errors():
         make_strategy(strategy)
@@ -189,6 +190,7 @@ def demo(
 
             result = run_demo(cfg, progress=progress)
         paths = write_demo_outputs(result, out)
+        paths["dashboard"] = write_static_dashboard(result.metrics, Path(out) / "dashboard.html")
     _print_demo(result.metrics)
     for name, path in paths.items():
         console.print(f"  {name:<8} {escape(str(path))}")

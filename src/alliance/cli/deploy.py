@@ -35,6 +35,7 @@ ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="The party's 
 def coordinator_serve(config: ConfigOption = Path("coordinator.toml")) -> None:
     """Serve the coordinator API over mutual TLS until interrupted."""
     from alliance.coordinator.serve import CoordinatorConfig, serve
+    from alliance.web.dashboard_app import add_dashboard
 
     configure_logging(verbose=state["verbose"], service=True)
     with errors():
@@ -44,10 +45,11 @@ def coordinator_serve(config: ConfigOption = Path("coordinator.toml")) -> None:
             console.print(
                 f"coordinator of [bold]{escape(cfg.federation)}[/] listening on "
                 f"https://{escape(cfg.host)}:{port} (mutual TLS 1.3); store "
-                f"{escape(_masked(cfg.store_url))}; audit log {escape(str(cfg.audit))}"
+                f"{escape(_masked(cfg.store_url))}; audit log {escape(str(cfg.audit))}; "
+                f"dashboard https://{escape(cfg.host)}:{port}/dashboard"
             )
 
-        serve(cfg, ready=ready)
+        serve(cfg, ready=ready, pages=add_dashboard)
 
 
 def _masked(url: str) -> str:

@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from alliance.coordinator.offline import FilesConfig, OfflineSites
 from alliance.coordinator.registry import ModelRegistry
@@ -34,7 +35,7 @@ from alliance.crypto.tls import follow_crl, server_context
 from alliance.protocol.envelope import COORDINATOR
 from alliance.store.audit import AuditLog
 from alliance.store.sql import SqlStore
-from alliance.transport.http import create_app, run_server
+from alliance.transport.http import CoordinatorEndpoints, create_app, run_server
 
 __all__ = [
     "CoordinatorConfig",
@@ -166,8 +167,11 @@ def serve(
     *,
     ready: Callable[[int], None] | None = None,
     should_exit: Callable[[], bool] | None = None,
+    pages: Callable[[Any, CoordinatorEndpoints], None] | None = None,
 ) -> None:
-    """Run the coordinator until interrupted (``ready`` gets the bound port)."""
+    """Run the coordinator until interrupted (``ready`` gets the bound port); ``pages`` adds
+    the routes of pages served beside the API (the CLI adds the dashboard of
+    :mod:`alliance.web.dashboard_app`)."""
     service = build_service(config)
     context = server_context(
         certificate=config.certificate, key=config.key, ca=config.ca, crl=config.crl
@@ -178,7 +182,7 @@ def serve(
     driver.start()
     try:
         run_server(
-            create_app(service),
+            create_app(service, pages=pages),
             host=config.host,
             port=config.port,
             ssl_context=context,

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from alliance.coordinator.dashboard import AuditWatch, Presence, PublishedModels, dashboard_view
 from alliance.coordinator.distribution import Homecoming
 from alliance.coordinator.driver import Step
 from alliance.coordinator.queue import fail_study, last_ended, next_study, queue_study
@@ -123,6 +124,10 @@ class CoordinatorService:
         self._running: RunningStudy | None = None
         self._stop = threading.Event()
         self._identities: dict[bytes, tuple[str, str]] = {}
+        #: The certificate each party last connected with (the dashboard shows revocations).
+        self._certificates: dict[str, bytes] = {}
+        self._audit_watch = AuditWatch(audit.path)
+        self._listed = None if registry is None else PublishedModels(registry)
 
     # --- identity ------------------------------------------------------------------------------
     def identify(self, peer_certificate_der: bytes | None) -> tuple[str, str]:
@@ -138,6 +143,8 @@ class CoordinatorService:
             raise PermissionDenied(
                 f"certificate of consortium {identity.consortium!r}, this is {self.federation!r}"
             )
+        if identity.role is Role.SITE:
+            self._certificates[identity.name] = peer_certificate_der
         return identity.name, identity.role.value
 
     # --- the round driver ------------------------------------------------------------------------
@@ -450,6 +457,28 @@ class CoordinatorService:
         run = self._running
         live = run.driver if run is not None and run.spec.study_id == study_id else None
         return study_status(self.store, record, live=live, site=site)
+
+    def dashboard(self, name: str, role: str) -> dict[str, Any]:
+        """The consortium dashboard's document (:mod:`alliance.coordinator.dashboard`) as the
+        party ``name`` of ``role`` may see it."""
+        run = self._running
+        presence = Presence(
+            now=self.clock(),
+            alive_s=ALIVE_S,
+            polled=dict(self._seen),
+            files=self.offline.sites if self.offline is not None else frozenset(),
+            certificates=dict(self._certificates),
+        )
+        return dashboard_view(
+            self.store,
+            federation=self.federation,
+            presence=presence,
+            trust=self.trust,
+            audit=self._audit_watch,
+            published=self._listed,
+            viewer=(name, role),
+            live=None if run is None else (run.spec.study_id, run.driver),
+        )
 
     def study_spec(self, study_id: str) -> str:
         """The study file exactly as submitted."""

@@ -15,7 +15,7 @@ from typing import Any
 
 from alliance.coordinator.rounds import RoundRecord
 
-__all__ = ["site_log", "site_status"]
+__all__ = ["site_card", "site_dashboard", "site_log", "site_status"]
 
 #: Log lines about the consortium as a whole, with no per-site figure in them.
 CONSORTIUM_EVENTS = frozenset(
@@ -77,3 +77,61 @@ def site_log(lines: list[dict[str, Any]], site: str) -> list[dict[str, Any]]:
         elif kind in OWN_EVENTS and message.startswith((f"{site}:", f"{site} ")):
             out.append(line)
     return out
+
+
+def site_dashboard(
+    view: dict[str, Any], site: str, *, studies: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The dashboard's document (:mod:`alliance.coordinator.dashboard`) as ``site`` may see it.
+
+    ``studies`` are the studies' statuses already cut for ``site`` (:func:`site_status`).
+    Other hospitals stay on the map as members, with no state, cases or last contact; only
+    ``site``'s own update is drawn; privacy, refusals and models are its own (each card cut by
+    :func:`site_card`); the audit log's verification is reported without its findings (they
+    may name other hospitals).
+    """
+    network = view["network"]
+    hidden = {"state": "member", "reason": None, "last_seen": None, "cases": None}
+    nodes = [
+        {**n, "own": True} if n["id"] == site else {"id": n["id"], **hidden, "last_round": None}
+        for n in network["nodes"]
+    ]
+    edges = [e for e in network["edges"] if e["source"] == site]
+    privacy = view["privacy"]
+    refusals = site_log(privacy["refusals"], site)
+    spent = [
+        {**p, "spent": {k: v for k, v in p["spent"].items() if k == site}}
+        for p in privacy["studies"]
+    ]
+    audit = view["audit"]
+    return {
+        **view,
+        "viewer": {"name": site, "role": "site"},
+        "network": {**network, "nodes": nodes, "edges": edges},
+        "studies": studies,
+        "privacy": {"studies": spent, "refusals": refusals},
+        "models": [
+            {**m, "card": site_card(m["card"], site)}
+            for m in view["models"]
+            if site in m["card"].get("hospitals", ())
+        ],
+        "audit": {"ok": audit["ok"], "entries": audit["entries"]},
+    }
+
+
+def site_card(card: dict[str, Any], site: str) -> dict[str, Any]:
+    """A model card's JSON as the dashboard shows it to ``site``: the consortium's figures
+    and its own hospital's cases, evaluation and ε, none of another hospital's."""
+    evaluation = dict(card.get("evaluation") or {})
+    per_hospital = evaluation.get("per_hospital") or {}
+    evaluation["per_hospital"] = {k: v for k, v in per_hospital.items() if k == site}
+    cases = dict(card.get("cases") or {})
+    hospitals = cases.get("per_hospital")
+    if isinstance(hospitals, dict):
+        cases["per_hospital"] = {k: v for k, v in hospitals.items() if k == site}
+    return {
+        **card,
+        "evaluation": evaluation,
+        "cases": cases,
+        "privacy": {k: v for k, v in (card.get("privacy") or {}).items() if k == site},
+    }

@@ -78,6 +78,8 @@ __all__ = [
     "RequestLimits",
     "RetryPolicy",
     "create_app",
+    "error_responses",
+    "identify_caller",
     "run_server",
 ]
 
@@ -150,6 +152,30 @@ class CoordinatorEndpoints(Protocol):
         """The published model's newest signed card, as JSON bytes."""
         ...
 
+    def dashboard(self, name: str, role: str) -> dict[str, Any]:
+        """The consortium dashboard's document as party ``name`` of ``role`` may see it."""
+        ...
+
+
+async def identify_caller(
+    service: CoordinatorEndpoints, request: Request, *roles: str
+) -> tuple[str, str]:
+    """``(name, role)`` of the caller, if its role is one of ``roles``.
+
+    Raises
+    ------
+    PermissionDenied
+        No valid client certificate, or one of another role.
+    """
+    known: tuple[str, str] | None = getattr(request.state, CALLER_KEY, None)
+    if known is None:
+        peer = getattr(request.state, "tls_peer_der", None)
+        known = await run_in_threadpool(service.identify, peer)
+    name, role = known
+    if role not in roles:
+        raise PermissionDenied(f"a {role} certificate ({name!r}) cannot call {request.url.path}")
+    return name, role
+
 
 # --- server ---------------------------------------------------------------------------------
 
@@ -207,6 +233,11 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return out
 
 
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` of a route that answers the error ``codes`` (and 429, 503)."""
+    return _errors(*codes)
+
+
 def _invalid(exc: RequestValidationError | ValidationError, what: str) -> ProtocolError:
     """What was wrong with a request's parameters or body, naming where and never the input."""
     problems = []
@@ -228,8 +259,14 @@ _STUDY_BODY = {
 }
 
 
-def create_app(service: CoordinatorEndpoints, *, limits: RequestLimits | None = None) -> FastAPI:
-    """The coordinator's HTTP API over ``service``, with per-caller ``limits``."""
+def create_app(
+    service: CoordinatorEndpoints,
+    *,
+    limits: RequestLimits | None = None,
+    pages: Callable[[FastAPI, CoordinatorEndpoints], None] | None = None,
+) -> FastAPI:
+    """The coordinator's HTTP API over ``service``, with per-caller ``limits``; ``pages``
+    adds the routes of pages served beside it (the dashboard, :mod:`alliance.web`)."""
     limits = limits or RequestLimits()
     app = FastAPI(
         title="Guardian Alliance coordinator",
@@ -282,16 +319,7 @@ def create_app(service: CoordinatorEndpoints, *, limits: RequestLimits | None = 
         return (await caller_and_role(request, *roles))[0]
 
     async def caller_and_role(request: Request, *roles: str) -> tuple[str, str]:
-        known: tuple[str, str] | None = getattr(request.state, CALLER_KEY, None)
-        if known is None:
-            peer = getattr(request.state, "tls_peer_der", None)
-            known = await run_in_threadpool(service.identify, peer)
-        name, role = known
-        if role not in roles:
-            raise PermissionDenied(
-                f"a {role} certificate ({name!r}) cannot call {request.url.path}"
-            )
-        return name, role
+        return await identify_caller(service, request, *roles)
 
     poll_threads: list[anyio.CapacityLimiter] = []
 
@@ -452,6 +480,18 @@ def create_app(service: CoordinatorEndpoints, *, limits: RequestLimits | None = 
         )
         return Response(content=data, media_type="application/json")
 
+    @app.get(
+        "/v1/dashboard",
+        summary="The consortium dashboard's data (a hospital sees its own figures only)",
+        responses=_errors(400, 403),
+    )
+    async def dashboard(request: Request) -> JSONResponse:
+        name, role = await caller_and_role(request, "operator", "site")
+        data = await run_in_threadpool(service.dashboard, name, role)
+        return JSONResponse(data, headers={"Cache-Control": "no-store"})
+
+    if pages is not None:
+        pages(app, service)
     return app
 
 
