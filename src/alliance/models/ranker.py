@@ -18,13 +18,19 @@ travel between sites and the coordinator; the profile matrix is rebuilt from the
 
 from __future__ import annotations
 
-import numpy as np
-import numpy.typing as npt
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from alliance.models.features import EncodedCases, PhenotypeFeatures
+from alliance.models.features import (
+    CaseBatch,
+    CaseCollate,
+    CaseItem,
+    EncodedCases,
+    PhenotypeFeatures,
+)
 
 __all__ = ["CaseDataset", "CaseItem", "PhenotypeRanker"]
 
@@ -77,15 +83,6 @@ class PhenotypeRanker(nn.Module):
         return scores
 
 
-CaseItem = tuple[
-    npt.NDArray[np.int64],
-    npt.NDArray[np.float32],
-    npt.NDArray[np.int64],
-    npt.NDArray[np.float32],
-    int,
-]
-
-
 class CaseDataset(Dataset[CaseItem]):
     """Encoded cases as a map-style dataset of sparse rows.
 
@@ -100,6 +97,11 @@ class CaseDataset(Dataset[CaseItem]):
 
     def __len__(self) -> int:
         return len(self.encoded)
+
+    def batcher(self, collate_fn: object) -> Callable[[torch.Tensor], CaseBatch] | None:
+        """Batches by index, as ``collate_fn`` builds them from items, for the study's
+        :class:`~alliance.models.features.CaseCollate`; ``None`` for another collate_fn."""
+        return collate_fn.gatherer(self.encoded) if isinstance(collate_fn, CaseCollate) else None
 
     def __getitem__(self, i: int) -> CaseItem:
         e = self.encoded
