@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from alliance.data.ontology import DiseaseCatalogue, Ontology
 from alliance.data.synth import CohortConfig, generate_consortium, scaled_hospitals
-from alliance.models.features import EncodedCases, PhenotypeFeatures
+from alliance.models.features import EncodedCases, FixedSparse, PhenotypeFeatures
 from alliance.models.ranker import CaseDataset, PhenotypeRanker
 from alliance.models.training import (
     Optimiser,
@@ -95,9 +95,11 @@ def small_ranker_study(ontology: Ontology) -> tuple[PhenotypeFeatures, CaseDatas
 @pytest.mark.parametrize("n", [1, 7, 32, 64, 100])
 def test_epoch_order_draws_what_the_dataloader_draws(n: int) -> None:
     ours, theirs = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
-    loader = DataLoader(range(n), batch_size=32, shuffle=True, generator=theirs)
+    loader = DataLoader(
+        TensorDataset(torch.arange(n)), batch_size=32, shuffle=True, generator=theirs
+    )
     for _ in range(3):
-        expected = torch.cat([batch for batch in loader])
+        expected = torch.cat([batch for (batch,) in loader])
         assert torch.equal(shuffled_order(n, ours), expected)
         assert torch.equal(ours.get_state(), theirs.get_state())
 
@@ -136,15 +138,25 @@ def test_mlp_trains_to_the_bit_as_the_dataloader_loop(
     assert result.mean_loss == total / result.steps
 
 
+class SparseMM:
+    """The ranker's profile product as it was: ``torch.sparse.mm`` and its own backward."""
+
+    def __init__(self, matrix: torch.Tensor) -> None:
+        self.matrix = matrix
+
+    def mm(self, dense: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = torch.sparse.mm(self.matrix, dense)
+        return out
+
+
 def test_ranker_trains_to_the_bit_as_the_dataloader_loop(
-    small_ranker_study: tuple[PhenotypeFeatures, CaseDataset],
+    small_ranker_study: tuple[PhenotypeFeatures, CaseDataset], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     features, data = small_ranker_study
     assert len(data) > 40
-    fast, reference = (
-        PhenotypeRanker(features, dim=8, seed=2),
-        PhenotypeRanker(features, dim=8, seed=2),
-    )
+    fast = PhenotypeRanker(features, dim=8, seed=2)
+    reference = PhenotypeRanker(features, dim=8, seed=2)
+    monkeypatch.setattr(reference, "_profile_product", SparseMM(reference.profiles))
     train_locally(
         fast,
         data,
@@ -157,6 +169,29 @@ def test_ranker_trains_to_the_bit_as_the_dataloader_loop(
     )
     dataloader_loop(reference, data, epochs=2, batch_size=16, seed=9, collate_fn=features.collate)
     assert_same_weights(fast, reference)
+
+
+def test_fixed_sparse_product_and_gradient_are_torch_sparse_mm_to_the_bit(
+    features: PhenotypeFeatures,
+) -> None:
+    profiles = features.profiles()
+    product = FixedSparse(profiles)
+    gen = torch.Generator().manual_seed(0)
+    dense = torch.randn(features.n_terms, 16, generator=gen, requires_grad=True)
+    upstream = torch.randn(features.n_diseases, 16, generator=gen)
+    for _ in range(2):  # the second pass reuses the transposed matrix built by the first
+        dense.grad = None
+        mine = product.mm(dense)
+        mine.backward(upstream)  # type: ignore[no-untyped-call]
+        mine_grad = dense.grad
+        dense.grad = None
+        theirs = torch.sparse.mm(profiles, dense)
+        theirs.backward(upstream)
+        assert torch.equal(mine, theirs)
+        assert mine_grad is not None
+        assert torch.equal(mine_grad, dense.grad)
+    with torch.no_grad():
+        assert torch.equal(product.mm(dense), torch.sparse.mm(profiles, dense))
 
 
 def test_gathered_case_batches_equal_collated_items(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -24,7 +25,14 @@ import torch
 from alliance.data.cases import Case
 from alliance.data.ontology import DiseaseCatalogue, Ontology
 
-__all__ = ["CaseBatch", "CaseCollate", "CaseItem", "EncodedCases", "PhenotypeFeatures"]
+__all__ = [
+    "CaseBatch",
+    "CaseCollate",
+    "CaseItem",
+    "EncodedCases",
+    "FixedSparse",
+    "PhenotypeFeatures",
+]
 
 _MIN_IC = 0.05
 
@@ -205,6 +213,53 @@ class _SparseRows:
         # A row's columns are distinct, so the scatter writes each cell at most once.
         out[which, self.idx[pos]] = self.w[pos]
         return out
+
+
+class FixedSparse:
+    """A fixed sparse CSR matrix ``A`` (never trained) times dense matrices, with autograd.
+
+    ``torch.sparse.mm(A, X)`` rebuilds ``Aᵀ`` as CSR (a sort of every entry) in each backward
+    pass, which for the disease profiles costs more than the rest of a ranker's training step.
+    Here ``Aᵀ`` is built once, on the first product that needs a gradient, and kept; the
+    gradient is the same product on the same CSR, so every number is as before, to the bit.
+
+    Parameters
+    ----------
+    matrix
+        The sparse CSR matrix.
+    """
+
+    def __init__(self, matrix: torch.Tensor) -> None:
+        self.matrix = matrix
+        self._transposed: torch.Tensor | None = None
+
+    def mm(self, dense: torch.Tensor) -> torch.Tensor:
+        """``A @ dense``; its gradient with respect to ``dense`` is ``Aᵀ @ grad``."""
+        if not (dense.requires_grad and torch.is_grad_enabled()):
+            plain: torch.Tensor = torch.sparse.mm(self.matrix, dense)
+            return plain
+        if self._transposed is None:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+                self._transposed = self.matrix.t().to_sparse_csr()
+        out: torch.Tensor = _FixedProduct.apply(  # type: ignore[no-untyped-call]
+            self.matrix, self._transposed, dense
+        )
+        return out
+
+
+class _FixedProduct(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any, matrix: torch.Tensor, transposed: torch.Tensor, dense: torch.Tensor
+    ) -> torch.Tensor:
+        ctx.transposed = transposed
+        product: torch.Tensor = torch.sparse.mm(matrix, dense)
+        return product
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, torch.Tensor]:
+        return None, None, torch.sparse.mm(ctx.transposed, grad)
 
 
 def _pack(

@@ -29,6 +29,7 @@ from alliance.models.features import (
     CaseCollate,
     CaseItem,
     EncodedCases,
+    FixedSparse,
     PhenotypeFeatures,
 )
 
@@ -58,6 +59,7 @@ class PhenotypeRanker(nn.Module):
         n_terms, n_diseases = features.n_terms, features.n_diseases
         self.dim = dim
         self.profiles = features.profiles()
+        self._profile_product = FixedSparse(self.profiles)
         self.prior_obs = nn.Parameter(torch.tensor(20.0))
         # Starts at 0: in curated cases most excluded terms belong to the true disease's spectrum
         # (a listed feature this patient lacks), so their sign is learned, not assumed.
@@ -78,7 +80,7 @@ class PhenotypeRanker(nn.Module):
     def forward(self, observed: torch.Tensor, excluded: torch.Tensor) -> torch.Tensor:
         """Scores (logits) of shape ``(batch, n_diseases)`` for dense case vectors."""
         case = observed @ self.term_obs + excluded @ self.term_exc
-        disease = torch.sparse.mm(self.profiles, self.term_out) + self.disease_emb
+        disease = self._profile_product.mm(self.term_out) + self.disease_emb
         scores: torch.Tensor = self.prior(observed, excluded) + case @ disease.T + self.disease_bias
         return scores
 
