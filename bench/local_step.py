@@ -5,9 +5,10 @@ three ways with the same model, data, optimiser and batch size:
 
 - ``project``: :func:`alliance.models.training.train_locally`, the sites' default step
   (batches gathered by index from the whole site's data);
-- ``dataloader`` (the baseline, ``--no-baseline`` to skip): the loop as it was before, Adam or
-  SGD over a ``DataLoader`` of single items with the study's collate, written out here; it must
-  end with the same weights as ``project``, to the bit;
+- ``dataloader`` (the baseline, ``--no-baseline`` to skip): the step as it was before, Adam or
+  SGD over a ``DataLoader`` of single items with the study's collate, written out here, and the
+  ranker's profile product through ``torch.sparse.mm``'s own backward (which re-sorts the
+  profile matrix's transpose every step); it must end with ``project``'s weights, to the bit;
 - ``plain``: what a PyTorch user writes with the whole site's data already in tensors:
   ``randperm``, index, forward, backward, step. The ranker's cases are made dense once, before
   the clock starts (a cost ``project`` pays inside it, every round).
@@ -168,12 +169,27 @@ def run_plain(model: nn.Module, w: Workload, site: int, opt: Optimiser, seed: in
 VARIANTS = {"project": run_project, "dataloader": run_dataloader, "plain": run_plain}
 
 
+class SparseMM:
+    """The ranker's profile product before this change: ``torch.sparse.mm`` and its backward."""
+
+    def __init__(self, matrix: torch.Tensor) -> None:
+        self.matrix = matrix
+
+    def mm(self, dense: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = torch.sparse.mm(self.matrix, dense)
+        return out
+
+
 def time_round(
     w: Workload, variant: str, opt: Optimiser, start: dict[str, Any]
 ) -> tuple[float, Any]:
     """Seconds for one round (every site one epoch from ``start``) and the last site's weights."""
     run = VARIANTS[variant]
     models = [w.fresh(start) for _ in w.sites]
+    if variant == "dataloader":
+        for model in models:
+            if isinstance(model, PhenotypeRanker):
+                model._profile_product = SparseMM(model.profiles)  # type: ignore[assignment]
     began = time.perf_counter()
     for site, model in enumerate(models):
         run(model, w, site, opt, seed=100 + site)
