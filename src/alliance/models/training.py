@@ -48,11 +48,18 @@ class Optimiser(Enum):
     SGD = "sgd"
 
     def build(
-        self, params: list[nn.Parameter], *, learning_rate: float, weight_decay: float
+        self,
+        params: list[nn.Parameter],
+        *,
+        learning_rate: float,
+        weight_decay: float,
+        momentum: float = 0.0,
     ) -> torch.optim.Optimizer:
-        """A fresh optimiser of this kind over ``params``."""
+        """A fresh optimiser of this kind over ``params`` (``momentum``: SGD's only)."""
         if self is Optimiser.SGD:
-            return torch.optim.SGD(params, lr=learning_rate, weight_decay=weight_decay)
+            return torch.optim.SGD(
+                params, lr=learning_rate, weight_decay=weight_decay, momentum=momentum
+            )
         return torch.optim.Adam(params, lr=learning_rate, weight_decay=weight_decay)
 
 
@@ -102,6 +109,7 @@ def train_locally(
     collate_fn: Callable[[list[Any]], Any] | None = None,
     loss_fn: LossFn | None = None,
     optimiser: Optimiser = Optimiser.ADAM,
+    momentum: float = 0.0,
 ) -> LocalResult:
     """Train ``model`` in place for ``epochs`` passes over ``dataset`` (Adam by default).
 
@@ -121,8 +129,8 @@ def train_locally(
         Batch builder: ``collate_fn(items)`` is a batch (the DataLoader default when ``None``).
     loss_fn
         ``loss(outputs, targets)``; cross-entropy by default.
-    optimiser
-        The local optimiser; Adam by default.
+    optimiser, momentum
+        The local optimiser, Adam by default; SGD's momentum.
 
     Returns
     -------
@@ -137,7 +145,9 @@ def train_locally(
     batch_of = index_batches(dataset, collate_fn)
     params = [p for p in model.parameters() if p.requires_grad]
     start = [p.detach().clone() for p in params] if proximal_mu > 0 else []
-    opt = optimiser.build(params, learning_rate=learning_rate, weight_decay=weight_decay)
+    opt = optimiser.build(
+        params, learning_rate=learning_rate, weight_decay=weight_decay, momentum=momentum
+    )
     model.train()
     total, steps = 0.0, 0
     for _ in range(epochs):

@@ -39,7 +39,7 @@ from torch.utils.data import Dataset
 
 from alliance.core.errors import ConfigError
 from alliance.models.steps import ClassifierStep, StepSettings, TrainStep
-from alliance.models.training import get_weights
+from alliance.models.training import Optimiser, get_weights
 from alliance.privacy.accountant import SampledGaussian, calibrate_noise
 from alliance.privacy.dpsgd import DPSGDConfig, train_privately
 from alliance.privacy.ledger import Charge, PrivacyLedger
@@ -124,6 +124,11 @@ def train_under_plan(
     step.check(model, dataset, collate_fn=collate_fn)
     if privacy.patient_level:
         loss_fn = step.private_loss()
+        if plan.optimiser != "adam":
+            raise ConfigError(
+                f"the plan asks for optimiser {plan.optimiser!r} but this study trains with "
+                "DP-SGD, whose private steps use Adam; the study must not name another"
+            )
         if ledger is None:
             raise ConfigError(
                 "this study trains with DP-SGD but the site has no privacy ledger; set "
@@ -157,6 +162,8 @@ def train_under_plan(
             weight_decay=plan.weight_decay,
             proximal_mu=plan.proximal_mu,
             seed=seed,
+            optimiser=Optimiser(plan.optimiser),
+            momentum=plan.momentum,
         )
         loss = step.train(model, dataset, settings=settings, collate_fn=collate_fn).mean_loss
     after = get_weights(model)
