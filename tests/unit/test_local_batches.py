@@ -3,6 +3,7 @@ same model, to the bit, as the DataLoader loop it replaced (written here as the 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from alliance.data.ontology import DiseaseCatalogue, Ontology
 from alliance.data.synth import CohortConfig, generate_consortium, scaled_hospitals
-from alliance.models.features import EncodedCases, FixedSparse, PhenotypeFeatures
+from alliance.models.features import EncodedCases, PhenotypeFeatures, SparseProduct
 from alliance.models.ranker import CaseDataset, PhenotypeRanker
 from alliance.models.training import (
     Optimiser,
@@ -141,11 +142,8 @@ def test_mlp_trains_to_the_bit_as_the_dataloader_loop(
 class SparseMM:
     """The ranker's profile product as it was: ``torch.sparse.mm`` and its own backward."""
 
-    def __init__(self, matrix: torch.Tensor) -> None:
-        self.matrix = matrix
-
-    def mm(self, dense: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = torch.sparse.mm(self.matrix, dense)
+    def mm(self, matrix: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = torch.sparse.mm(matrix, dense)
         return out
 
 
@@ -156,7 +154,7 @@ def test_ranker_trains_to_the_bit_as_the_dataloader_loop(
     assert len(data) > 40
     fast = PhenotypeRanker(features, dim=8, seed=2)
     reference = PhenotypeRanker(features, dim=8, seed=2)
-    monkeypatch.setattr(reference, "_profile_product", SparseMM(reference.profiles))
+    monkeypatch.setattr(reference, "_profile_product", SparseMM())
     train_locally(
         fast,
         data,
@@ -171,17 +169,17 @@ def test_ranker_trains_to_the_bit_as_the_dataloader_loop(
     assert_same_weights(fast, reference)
 
 
-def test_fixed_sparse_product_and_gradient_are_torch_sparse_mm_to_the_bit(
+def test_sparse_product_and_gradient_are_torch_sparse_mm_to_the_bit(
     features: PhenotypeFeatures,
 ) -> None:
     profiles = features.profiles()
-    product = FixedSparse(profiles)
+    product = SparseProduct()
     gen = torch.Generator().manual_seed(0)
     dense = torch.randn(features.n_terms, 16, generator=gen, requires_grad=True)
     upstream = torch.randn(features.n_diseases, 16, generator=gen)
     for _ in range(2):  # the second pass reuses the transposed matrix built by the first
         dense.grad = None
-        mine = product.mm(dense)
+        mine = product.mm(profiles, dense)
         mine.backward(upstream)  # type: ignore[no-untyped-call]
         mine_grad = dense.grad
         dense.grad = None
@@ -190,8 +188,27 @@ def test_fixed_sparse_product_and_gradient_are_torch_sparse_mm_to_the_bit(
         assert torch.equal(mine, theirs)
         assert mine_grad is not None
         assert torch.equal(mine_grad, dense.grad)
+    first_grad = mine_grad
     with torch.no_grad():
-        assert torch.equal(product.mm(dense), torch.sparse.mm(profiles, dense))
+        assert torch.equal(product.mm(profiles, dense), torch.sparse.mm(profiles, dense))
+    # The kept transpose belongs to that matrix: another one, or a dense one, is not mixed up.
+    doubled = torch.sparse_csr_tensor(
+        profiles.crow_indices(),
+        profiles.col_indices(),
+        2 * profiles.values(),
+        profiles.shape,
+        check_invariants=True,
+    )
+    for other in (doubled, 2 * profiles.to_dense()):
+        dense.grad = None
+        product.mm(other, dense).backward(upstream)  # type: ignore[no-untyped-call]
+        mine_grad = dense.grad
+        dense.grad = None
+        torch.sparse.mm(other, dense).backward(upstream)
+        assert mine_grad is not None
+        assert torch.equal(mine_grad, dense.grad)
+        assert torch.allclose(mine_grad, 2 * first_grad, rtol=1e-5, atol=1e-4)
+    assert copy.deepcopy(product)._transposed is None  # derived data, not copied
 
 
 def test_gathered_case_batches_equal_collated_items(

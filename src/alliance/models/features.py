@@ -30,8 +30,8 @@ __all__ = [
     "CaseCollate",
     "CaseItem",
     "EncodedCases",
-    "FixedSparse",
     "PhenotypeFeatures",
+    "SparseProduct",
 ]
 
 _MIN_IC = 0.05
@@ -215,35 +215,39 @@ class _SparseRows:
         return out
 
 
-class FixedSparse:
-    """A fixed sparse CSR matrix ``A`` (never trained) times dense matrices, with autograd.
+class SparseProduct:
+    """Products ``A @ X`` with a fixed sparse CSR matrix ``A`` (never trained), with autograd.
 
     ``torch.sparse.mm(A, X)`` rebuilds ``Aᵀ`` as CSR (a sort of every entry) in each backward
     pass, which for the disease profiles costs more than the rest of a ranker's training step.
-    Here ``Aᵀ`` is built once, on the first product that needs a gradient, and kept; the
-    gradient is the same product on the same CSR, so every number is as before, to the bit.
+    Here ``Aᵀ`` is built on the first product that needs a gradient and kept while ``A`` is the
+    same tensor; the gradient is the same product on the same CSR, so every number is as
+    before, to the bit. A matrix that is not sparse CSR is multiplied as before.
 
-    Parameters
-    ----------
-    matrix
-        The sparse CSR matrix.
+    The kept transpose is derived data: a copy of the owner (``copy.deepcopy``) starts
+    without it.
     """
 
-    def __init__(self, matrix: torch.Tensor) -> None:
-        self.matrix = matrix
+    def __init__(self) -> None:
+        self._for: torch.Tensor | None = None
         self._transposed: torch.Tensor | None = None
 
-    def mm(self, dense: torch.Tensor) -> torch.Tensor:
-        """``A @ dense``; its gradient with respect to ``dense`` is ``Aᵀ @ grad``."""
-        if not (dense.requires_grad and torch.is_grad_enabled()):
-            plain: torch.Tensor = torch.sparse.mm(self.matrix, dense)
+    def __deepcopy__(self, memo: dict[int, Any]) -> SparseProduct:
+        return SparseProduct()
+
+    def mm(self, matrix: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """``matrix @ dense``; its gradient with respect to ``dense`` is ``matrixᵀ @ grad``."""
+        needs_grad = dense.requires_grad and torch.is_grad_enabled()
+        if not needs_grad or matrix.layout != torch.sparse_csr:
+            plain: torch.Tensor = torch.sparse.mm(matrix, dense)
             return plain
-        if self._transposed is None:
+        if self._for is not matrix or self._transposed is None:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-                self._transposed = self.matrix.t().to_sparse_csr()
+                self._transposed = matrix.t().to_sparse_csr()
+            self._for = matrix
         out: torch.Tensor = _FixedProduct.apply(  # type: ignore[no-untyped-call]
-            self.matrix, self._transposed, dense
+            matrix, self._transposed, dense
         )
         return out
 

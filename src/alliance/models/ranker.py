@@ -29,8 +29,8 @@ from alliance.models.features import (
     CaseCollate,
     CaseItem,
     EncodedCases,
-    FixedSparse,
     PhenotypeFeatures,
+    SparseProduct,
 )
 
 __all__ = ["CaseDataset", "CaseItem", "PhenotypeRanker"]
@@ -59,7 +59,7 @@ class PhenotypeRanker(nn.Module):
         n_terms, n_diseases = features.n_terms, features.n_diseases
         self.dim = dim
         self.profiles = features.profiles()
-        self._profile_product = FixedSparse(self.profiles)
+        self._profile_product = SparseProduct()
         self.prior_obs = nn.Parameter(torch.tensor(20.0))
         # Starts at 0: in curated cases most excluded terms belong to the true disease's spectrum
         # (a listed feature this patient lacks), so their sign is learned, not assumed.
@@ -80,7 +80,7 @@ class PhenotypeRanker(nn.Module):
     def forward(self, observed: torch.Tensor, excluded: torch.Tensor) -> torch.Tensor:
         """Scores (logits) of shape ``(batch, n_diseases)`` for dense case vectors."""
         case = observed @ self.term_obs + excluded @ self.term_exc
-        disease = self._profile_product.mm(self.term_out) + self.disease_emb
+        disease = self._profile_product.mm(self.profiles, self.term_out) + self.disease_emb
         scores: torch.Tensor = self.prior(observed, excluded) + case @ disease.T + self.disease_bias
         return scores
 
