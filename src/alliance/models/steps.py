@@ -10,8 +10,9 @@ A site runs each round through two hooks, which a researcher chooses in the Pyth
   in the update's ``metrics``.
 
 The default train step, :class:`ClassifierStep`, is the loop every site ran before the hook
-existed (:func:`~alliance.models.training.train_locally`: Adam, cross-entropy, shuffled
-batches), result for result. Cross-entropy over a single output is identically zero, so a
+existed (:func:`~alliance.models.training.train_locally`: cross-entropy, shuffled batches,
+the study's optimiser: Adam unless its ``[plan]`` names SGD), result for result.
+Cross-entropy over a single output is identically zero, so a
 regression model would train to nothing without a word; the default therefore refuses, before
 anything is trained or charged, a model whose output is not a score per class or targets that
 are not class indices. :class:`LossStep` trains any loss (``mse_loss`` for regression, say)

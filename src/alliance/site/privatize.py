@@ -15,7 +15,8 @@ from a cryptographically secure source) and the round is one event
 3. the round is charged before training starts, so a crash can never release an uncharged update.
 
 The round's training is the study's :class:`~alliance.models.steps.TrainStep` (the default:
-cross-entropy with Adam). It checks first that it can train the model, before anything is
+cross-entropy with the plan's optimiser, Adam unless ``[plan] optimiser`` says
+otherwise). It checks first that it can train the model, before anything is
 charged; under DP-SGD the site's own mechanism trains, with the step's loss
 (:meth:`~alliance.models.steps.TrainStep.private_loss`).
 
