@@ -6,10 +6,11 @@ federation it (1) loads the global weights, (2) evaluates them on its held-out c
 evaluation step and keeps only aggregate counts (top-k by default), (3) trains locally with its
 training step (:mod:`alliance.models.steps`; cross-entropy and the plan's optimiser, Adam by
 default), the task's plan and the study's privacy plan (:mod:`alliance.site.privatize`:
-DP-SGD charged to the hospital's ledger, client-level clipping and noise), and (4) submits the parameter delta, its number of
-training examples and those counts — or, under secure aggregation, takes part in the masking stages
-(:mod:`alliance.site.secure`) so that the coordinator only ever sees the sum. A task that would
-take the hospital past its privacy budget is declined with a
+DP-SGD charged to the hospital's ledger, client-level clipping and noise), and (4) submits the
+parameter delta, its number of training examples and those counts — or, under secure
+aggregation, takes part in the masking stages (:mod:`alliance.site.secure`) so that the
+coordinator only ever sees the sum. A task that would take the hospital past its privacy budget
+is declined with a
 :class:`~alliance.protocol.messages.Refusal` that says only "budget". Nothing else leaves the
 site.
 
