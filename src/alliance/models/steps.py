@@ -217,8 +217,8 @@ class ClassifierStep:
     Parameters
     ----------
     optimiser
-        Adam or SGD, whatever the study's plan says; ``None`` (default): the plan's
-        (:attr:`StepSettings.optimiser`).
+        Adam or SGD every round, overriding the study's ``[plan] optimiser``; ``None``
+        (default): the plan's (:attr:`StepSettings.optimiser`).
     """
 
     optimiser: Optimiser | None = None
@@ -275,8 +275,8 @@ class LossStep:
         ``loss(outputs, targets)``, the batch mean of per-example losses, e.g.
         ``torch.nn.functional.mse_loss`` for regression (targets shaped as the outputs).
     optimiser
-        Adam or SGD, fresh each round, whatever the study's plan says; ``None`` (default): the
-        plan's (:attr:`StepSettings.optimiser`).
+        Adam or SGD, fresh each round, overriding the study's ``[plan] optimiser``; ``None``
+        (default): the plan's (:attr:`StepSettings.optimiser`).
     """
 
     loss: LossFn

@@ -7,6 +7,13 @@ FedProx's proximal term is added when ``proximal_mu`` > 0. The optimiser is Adam
 another :class:`Optimiser` is chosen. Shuffling uses an explicit generator, so the same seed
 gives the same model.
 
+Batches are built by indexing the whole site's data, with no DataLoader and no Python work per
+item where the data allows (:func:`index_batches`: an :class:`IndexedDataset` such as the
+ranker's cases gathers its own batches; a ``TensorDataset`` is indexed whole). The order is
+drawn from the generator exactly as ``DataLoader(shuffle=True)`` drew it (:func:`shuffled_order`)
+and the batches hold the same values, so the loop trains the same model, to the bit, as the
+DataLoader loop it replaced (tests/unit/test_local_batches.py keeps that loop as the reference).
+
 This is the loop behind the sites' default training step
 (:class:`~alliance.models.steps.ClassifierStep`); a study whose task it does not fit passes its
 own :class:`~alliance.models.steps.TrainStep`.
