@@ -18,13 +18,20 @@ travel between sites and the coordinator; the profile matrix is rebuilt from the
 
 from __future__ import annotations
 
-import numpy as np
-import numpy.typing as npt
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from alliance.models.features import EncodedCases, PhenotypeFeatures
+from alliance.models.features import (
+    CaseBatch,
+    CaseCollate,
+    CaseItem,
+    EncodedCases,
+    PhenotypeFeatures,
+    SparseProduct,
+)
 
 __all__ = ["CaseDataset", "CaseItem", "PhenotypeRanker"]
 
@@ -52,6 +59,7 @@ class PhenotypeRanker(nn.Module):
         n_terms, n_diseases = features.n_terms, features.n_diseases
         self.dim = dim
         self.profiles = features.profiles()
+        self._profile_product = SparseProduct()
         self.prior_obs = nn.Parameter(torch.tensor(20.0))
         # Starts at 0: in curated cases most excluded terms belong to the true disease's spectrum
         # (a listed feature this patient lacks), so their sign is learned, not assumed.
@@ -72,18 +80,9 @@ class PhenotypeRanker(nn.Module):
     def forward(self, observed: torch.Tensor, excluded: torch.Tensor) -> torch.Tensor:
         """Scores (logits) of shape ``(batch, n_diseases)`` for dense case vectors."""
         case = observed @ self.term_obs + excluded @ self.term_exc
-        disease = torch.sparse.mm(self.profiles, self.term_out) + self.disease_emb
+        disease = self._profile_product.mm(self.profiles, self.term_out) + self.disease_emb
         scores: torch.Tensor = self.prior(observed, excluded) + case @ disease.T + self.disease_bias
         return scores
-
-
-CaseItem = tuple[
-    npt.NDArray[np.int64],
-    npt.NDArray[np.float32],
-    npt.NDArray[np.int64],
-    npt.NDArray[np.float32],
-    int,
-]
 
 
 class CaseDataset(Dataset[CaseItem]):
@@ -100,6 +99,11 @@ class CaseDataset(Dataset[CaseItem]):
 
     def __len__(self) -> int:
         return len(self.encoded)
+
+    def batcher(self, collate_fn: object) -> Callable[[torch.Tensor], CaseBatch] | None:
+        """Batches by index, as ``collate_fn`` builds them from items, for the study's
+        :class:`~alliance.models.features.CaseCollate`; ``None`` for another collate_fn."""
+        return collate_fn.gatherer(self.encoded) if isinstance(collate_fn, CaseCollate) else None
 
     def __getitem__(self, i: int) -> CaseItem:
         e = self.encoded

@@ -10,8 +10,9 @@ A site runs each round through two hooks, which a researcher chooses in the Pyth
   in the update's ``metrics``.
 
 The default train step, :class:`ClassifierStep`, is the loop every site ran before the hook
-existed (:func:`~alliance.models.training.train_locally`: Adam, cross-entropy, shuffled
-batches), result for result. Cross-entropy over a single output is identically zero, so a
+existed (:func:`~alliance.models.training.train_locally`: cross-entropy, shuffled batches,
+the study's optimiser: Adam unless its ``[plan]`` names SGD), result for result.
+Cross-entropy over a single output is identically zero, so a
 regression model would train to nothing without a word; the default therefore refuses, before
 anything is trained or charged, a model whose output is not a score per class or targets that
 are not class indices. :class:`LossStep` trains any loss (``mse_loss`` for regression, say)
@@ -68,6 +69,9 @@ class StepSettings:
         The site's shuffling seed for this round.
     proximal_mu
         FedProx's proximal weight (0 disables it).
+    optimiser, momentum
+        The study's local optimiser (``[plan] optimiser``) and SGD's momentum; a step given
+        its own optimiser uses that instead.
     """
 
     epochs: int
@@ -76,6 +80,8 @@ class StepSettings:
     seed: int
     weight_decay: float = 0.0
     proximal_mu: float = 0.0
+    optimiser: Optimiser = Optimiser.ADAM
+    momentum: float = 0.0
 
 
 class TrainStep(Protocol):
@@ -202,7 +208,7 @@ def check_class_scores(
 @dataclass(frozen=True)
 class ClassifierStep:
     """The default step: cross-entropy over class scores, shuffled minibatches, a fresh
-    optimiser each round (Adam unless ``optimiser`` says otherwise).
+    optimiser each round (the study's, Adam unless its plan says otherwise).
 
     It refuses, in :meth:`check`, a model whose output is not a score per class (a 1-output
     regression head, say) and targets that are not class indices (floats), which cross-entropy
@@ -211,10 +217,11 @@ class ClassifierStep:
     Parameters
     ----------
     optimiser
-        Adam (default, the sites' loop before the hook existed) or SGD.
+        Adam or SGD every round, overriding the study's ``[plan] optimiser``; ``None``
+        (default): the plan's (:attr:`StepSettings.optimiser`).
     """
 
-    optimiser: Optimiser = Optimiser.ADAM
+    optimiser: Optimiser | None = None
 
     def check(self, model: nn.Module, dataset: Dataset[Any], *, collate_fn: Collate) -> None:
         """Refuse a model or targets that cross-entropy over classes cannot train."""
@@ -248,7 +255,8 @@ class ClassifierStep:
             proximal_mu=settings.proximal_mu,
             seed=settings.seed,
             collate_fn=collate_fn,
-            optimiser=self.optimiser,
+            optimiser=self.optimiser or settings.optimiser,
+            momentum=settings.momentum if self.optimiser is None else 0.0,
         )
 
     def private_loss(self) -> LossFn | None:
@@ -267,11 +275,12 @@ class LossStep:
         ``loss(outputs, targets)``, the batch mean of per-example losses, e.g.
         ``torch.nn.functional.mse_loss`` for regression (targets shaped as the outputs).
     optimiser
-        Adam (default) or SGD, fresh each round.
+        Adam or SGD, fresh each round, overriding the study's ``[plan] optimiser``; ``None``
+        (default): the plan's (:attr:`StepSettings.optimiser`).
     """
 
     loss: LossFn
-    optimiser: Optimiser = Optimiser.ADAM
+    optimiser: Optimiser | None = None
 
     def check(self, model: nn.Module, dataset: Dataset[Any], *, collate_fn: Collate) -> None:
         """Refuse a loss that is not a finite number the model's parameters can move."""
@@ -311,7 +320,8 @@ class LossStep:
             seed=settings.seed,
             collate_fn=collate_fn,
             loss_fn=self.loss,
-            optimiser=self.optimiser,
+            optimiser=self.optimiser or settings.optimiser,
+            momentum=settings.momentum if self.optimiser is None else 0.0,
         )
 
     def private_loss(self) -> LossFn | None:
@@ -320,11 +330,12 @@ class LossStep:
         return self.loss
 
 
-def _adam_only(optimiser: Optimiser) -> None:
-    if optimiser is not Optimiser.ADAM:
+def _adam_only(optimiser: Optimiser | None) -> None:
+    if optimiser is not None and optimiser is not Optimiser.ADAM:
         raise ConfigError(
             f"this study trains with DP-SGD, whose private steps use Adam, but the train_step "
-            f"asks for {optimiser.value}; choose optimiser=Optimiser.ADAM for a private study"
+            f"asks for {optimiser.value}; choose optimiser=Optimiser.ADAM (or None, the "
+            "study's) for a private study"
         )
 
 

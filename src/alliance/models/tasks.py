@@ -97,6 +97,8 @@ class PhenotypeRankerKind:
             ontology, ontology.catalogue(chosen, min_phenotypes=min_phenotypes)
         )
         f = self.features
+        #: Batches of encoded cases, also gathered by index in training (the study's collate).
+        self.collate = f.collate
         parameters = (3 * f.n_terms + f.n_diseases) * dim + f.n_diseases + 2
         if parameters > MAX_PARAMETERS:
             raise ConfigError(
@@ -118,10 +120,6 @@ class PhenotypeRankerKind:
         )
         data = CaseDataset(self.features.encode(result.cases))
         return LoadedCases(data, len(result.cases), result.issues)
-
-    def collate(self, items: list[Any]) -> Any:
-        """Sparse batches of encoded cases."""
-        return self.features.collate(items)
 
 
 MODEL_KINDS: dict[str, Callable[..., StudyModel]] = {"phenotype-ranker": PhenotypeRankerKind}

@@ -7,6 +7,13 @@ FedProx's proximal term is added when ``proximal_mu`` > 0. The optimiser is Adam
 another :class:`Optimiser` is chosen. Shuffling uses an explicit generator, so the same seed
 gives the same model.
 
+Batches are built by indexing the whole site's data, with no DataLoader and no Python work per
+item where the data allows (:func:`index_batches`: an :class:`IndexedDataset` such as the
+ranker's cases gathers its own batches; a ``TensorDataset`` is indexed whole). The order is
+drawn from the generator exactly as ``DataLoader(shuffle=True)`` drew it (:func:`shuffled_order`)
+and the batches hold the same values, so the loop trains the same model, to the bit, as the
+DataLoader loop it replaced (tests/unit/test_local_batches.py keeps that loop as the reference).
+
 This is the loop behind the sites' default training step
 (:class:`~alliance.models.steps.ClassifierStep`); a study whose task it does not fit passes its
 own :class:`~alliance.models.steps.TrainStep`.
@@ -17,21 +24,24 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset, TensorDataset, default_collate
 
 __all__ = [
+    "IndexedDataset",
     "LocalResult",
     "LossFn",
     "Optimiser",
     "call_model",
     "get_weights",
+    "index_batches",
     "set_weights",
+    "shuffled_order",
     "train_locally",
 ]
 
@@ -45,11 +55,18 @@ class Optimiser(Enum):
     SGD = "sgd"
 
     def build(
-        self, params: list[nn.Parameter], *, learning_rate: float, weight_decay: float
+        self,
+        params: list[nn.Parameter],
+        *,
+        learning_rate: float,
+        weight_decay: float,
+        momentum: float = 0.0,
     ) -> torch.optim.Optimizer:
-        """A fresh optimiser of this kind over ``params``."""
+        """A fresh optimiser of this kind over ``params`` (``momentum``: SGD's only)."""
         if self is Optimiser.SGD:
-            return torch.optim.SGD(params, lr=learning_rate, weight_decay=weight_decay)
+            return torch.optim.SGD(
+                params, lr=learning_rate, weight_decay=weight_decay, momentum=momentum
+            )
         return torch.optim.Adam(params, lr=learning_rate, weight_decay=weight_decay)
 
 
@@ -99,6 +116,7 @@ def train_locally(
     collate_fn: Callable[[list[Any]], Any] | None = None,
     loss_fn: LossFn | None = None,
     optimiser: Optimiser = Optimiser.ADAM,
+    momentum: float = 0.0,
 ) -> LocalResult:
     """Train ``model`` in place for ``epochs`` passes over ``dataset`` (Adam by default).
 
@@ -115,11 +133,11 @@ def train_locally(
     proximal_mu
         FedProx: adds ``mu/2 · ||w − w_start||²`` to the loss (0 disables).
     collate_fn
-        Batch builder for the DataLoader.
+        Batch builder: ``collate_fn(items)`` is a batch (the DataLoader default when ``None``).
     loss_fn
         ``loss(outputs, targets)``; cross-entropy by default.
-    optimiser
-        The local optimiser; Adam by default.
+    optimiser, momentum
+        The local optimiser, Adam by default; SGD's momentum.
 
     Returns
     -------
@@ -131,16 +149,18 @@ def train_locally(
         return LocalResult(0, 0, 0.0)
     loss_of = loss_fn or nn.functional.cross_entropy
     gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, generator=gen, collate_fn=collate_fn
-    )
+    batch_of = index_batches(dataset, collate_fn)
     params = [p for p in model.parameters() if p.requires_grad]
     start = [p.detach().clone() for p in params] if proximal_mu > 0 else []
-    opt = optimiser.build(params, learning_rate=learning_rate, weight_decay=weight_decay)
+    opt = optimiser.build(
+        params, learning_rate=learning_rate, weight_decay=weight_decay, momentum=momentum
+    )
     model.train()
     total, steps = 0.0, 0
     for _ in range(epochs):
-        for inputs, targets in loader:
+        order = shuffled_order(n, gen)
+        for lo in range(0, n, batch_size):
+            inputs, targets = batch_of(order[lo : lo + batch_size])
             opt.zero_grad(set_to_none=True)
             loss = loss_of(call_model(model, inputs), targets)
             if proximal_mu > 0:
@@ -152,3 +172,48 @@ def train_locally(
             total += float(loss.detach())
             steps += 1
     return LocalResult(num_examples=n, steps=steps, mean_loss=total / max(steps, 1))
+
+
+def shuffled_order(n: int, generator: torch.Generator) -> torch.Tensor:
+    """One epoch's order of ``n`` items, drawn from ``generator`` exactly as
+    ``DataLoader(shuffle=True, generator=generator)`` draws it (torch 2.x, one process).
+
+    The loader takes its workers' base seed first, then the sampler a permutation, and a
+    second permutation (sliced to nothing) when it runs out; drawing the same three keeps the
+    generator's state, so every epoch's order, and the model, is the loader loop's to the bit.
+    """
+    torch.empty((), dtype=torch.int64).random_(generator=generator)
+    order = torch.randperm(n, generator=generator)
+    torch.randperm(n, generator=generator)
+    return order
+
+
+@runtime_checkable
+class IndexedDataset(Protocol):
+    """A dataset that builds a batch straight from item indices, with no Python per item."""
+
+    def batcher(self, collate_fn: Any) -> Callable[[torch.Tensor], Any] | None:
+        """The function from item indices (an int64 tensor) to the batch that ``collate_fn``
+        builds from those items, value for value; ``None`` if it cannot for this collate_fn."""
+        ...
+
+
+def index_batches(
+    dataset: Dataset[Any], collate_fn: Callable[[list[Any]], Any] | None
+) -> Callable[[torch.Tensor], Any]:
+    """The batch of the items at given indices, equal to ``collate_fn([dataset[i] ...])``.
+
+    An :class:`IndexedDataset` builds it itself, a :class:`~torch.utils.data.TensorDataset`
+    with the default collate is indexed as whole tensors; any other dataset is read item by
+    item and collated (still without a DataLoader's per-batch machinery).
+    """
+    if isinstance(dataset, IndexedDataset):
+        built = dataset.batcher(collate_fn)
+        if built is not None:
+            return built
+    if collate_fn is None and isinstance(dataset, TensorDataset):
+        tensors = dataset.tensors
+        # default_collate stacks each field of the items: the same values as indexing.
+        return lambda indices: [t[indices] for t in tensors]
+    collate = collate_fn or default_collate
+    return lambda indices: collate([dataset[i] for i in indices.tolist()])

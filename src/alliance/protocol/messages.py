@@ -27,6 +27,7 @@ from alliance.secagg.context import RoundContext
 
 __all__ = [
     "MAX_CARD_CHARS",
+    "PLAN_OPTIMISERS",
     "REFUSAL_REASONS",
     "FinalEvaluation",
     "ModelUpdate",
@@ -59,6 +60,15 @@ class TrainingPlan:
         L2 penalty of the local optimiser.
     seed
         Base seed; each site derives its own stream from it, the round and its id.
+    optimiser
+        The local optimiser, one of :data:`PLAN_OPTIMISERS`: ``"adam"`` (default) or ``"sgd"``
+        (cheaper per step). A fresh one every round.
+    momentum
+        SGD's momentum, in [0, 1); 0 for Adam.
+
+    A plan with the default optimiser is written (in a task, a study built in code) without
+    ``optimiser`` and ``momentum``, so tasks and study texts from before these fields existed
+    read the same and hash the same.
     """
 
     local_epochs: int = 1
@@ -67,13 +77,42 @@ class TrainingPlan:
     proximal_mu: float = 0.0
     weight_decay: float = 0.0
     seed: int = 0
+    optimiser: str = "adam"
+    momentum: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.optimiser not in PLAN_OPTIMISERS:
+            raise ProtocolError(
+                f"training plan field 'optimiser' must be one of {list(PLAN_OPTIMISERS)}, "
+                f"got {self.optimiser!r}"
+            )
+        m = self.momentum
+        if not _is_number(m) or not math.isfinite(m) or not 0 <= m < 1:
+            raise ProtocolError(
+                f"training plan field 'momentum' must be a finite number in [0, 1), got {m!r}"
+            )
+        if m > 0 and self.optimiser != "sgd":
+            raise ProtocolError(
+                f"training plan field 'momentum' applies to optimiser 'sgd' only, but the "
+                f"optimiser is {self.optimiser!r}; remove momentum or choose sgd"
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        """The plan as a message and a study write it (optional fields only when not default)."""
+        raw = asdict(self)
+        for key in _PLAN_OPTIONAL:
+            if raw[key] == getattr(TrainingPlan, key):
+                del raw[key]
+        return raw
 
     @classmethod
     def from_json(cls, raw: Any) -> TrainingPlan:
         """Validate a plan received in a message."""
-        if not isinstance(raw, dict) or set(raw) != set(cls.__dataclass_fields__):
+        required = set(cls.__dataclass_fields__) - set(_PLAN_OPTIONAL)
+        if not isinstance(raw, dict) or not required <= set(raw) <= set(cls.__dataclass_fields__):
             raise ProtocolError(
-                f"training plan must have exactly the fields {sorted(cls.__dataclass_fields__)}"
+                f"training plan must have the fields {sorted(required)} and may have "
+                f"{sorted(_PLAN_OPTIONAL)}"
             )
         for key, (low, high) in _PLAN_INTS.items():
             value = raw[key]
@@ -92,9 +131,13 @@ class TrainingPlan:
         return cls(**raw)
 
 
+#: The local optimisers a plan may name.
+PLAN_OPTIMISERS = ("adam", "sgd")
 #: Bounds of a training plan, so that neither a study file nor a task asks for absurd work.
 _PLAN_INTS = {"local_epochs": (1, 1000), "batch_size": (1, 1_000_000), "seed": (0, 2**63 - 1)}
 _PLAN_NUMBERS = {"learning_rate": 100.0, "proximal_mu": 1000.0, "weight_decay": 100.0}
+#: Fields written only when they differ from the default (added after format version 1).
+_PLAN_OPTIONAL = ("optimiser", "momentum")
 
 
 def check_same_shapes(arrays: Arrays, reference: Arrays, *, what: str) -> None:
@@ -141,7 +184,7 @@ class TrainTask:
             self.header,
             {
                 "model_version": self.model_version,
-                "plan": asdict(self.plan),
+                "plan": self.plan.to_json(),
                 "privacy": self.privacy.to_json(),
                 "secagg": self.secagg.to_json(),
                 "cohort": list(self.cohort),

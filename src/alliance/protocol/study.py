@@ -24,6 +24,7 @@ hash a hospital puts in its policy. Example::
     local_epochs = 1
     batch_size = 64
     learning_rate = 0.01
+    optimiser = "adam"                        # default; or "sgd" (with momentum in [0, 1))
 
     [model]
     kind = "phenotype-ranker"
@@ -39,8 +40,10 @@ Every field is checked with bounds, so that a study that cannot run gets no hash
 approve: ``id`` (and each site id) is matched whole against 1-63 lowercase letters, digits or
 '-'; ``title`` is one line of at most :data:`MAX_TITLE` characters; ``rounds`` is 1 to
 :data:`MAX_ROUNDS`; ``seed`` 0 to :data:`MAX_SEED`; ``quorum`` 1 to the invited sites;
-``round_timeout_s`` a finite number in (0, :data:`MAX_TIMEOUT_S`]. ``[strategy]`` becomes a
-:class:`~alliance.protocol.strategy_spec.StrategySpec` and ``[model]`` a
+``round_timeout_s`` a finite number in (0, :data:`MAX_TIMEOUT_S`]; ``[plan]`` as
+:class:`~alliance.protocol.messages.TrainingPlan` bounds it (``optimiser`` ``"adam"`` or
+``"sgd"``, ``momentum`` for SGD only; a study with patient-level DP-SGD trains with Adam).
+``[strategy]`` becomes a :class:`~alliance.protocol.strategy_spec.StrategySpec` and ``[model]`` a
 :class:`~alliance.protocol.model_spec.ModelSpec`: typed records that refuse unknown options and
 values out of bounds. All of it is checked once, when :class:`StudySpec` is made, whether by
 :meth:`StudySpec.parse` (``alliance study hash``, ``alliance study submit``, the coordinator,
@@ -63,7 +66,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from alliance.core.config import parse_toml
-from alliance.core.errors import ConfigError
+from alliance.core.errors import ConfigError, ProtocolError
 from alliance.protocol.aggregation import AggregationPlan, check_combination
 from alliance.protocol.messages import TrainingPlan
 from alliance.protocol.model_spec import ModelSpec
@@ -208,6 +211,15 @@ class StudySpec:
         ):
             if not isinstance(getattr(self, name), kind):
                 raise ConfigError(f"{name} must be a {kind.__name__}, got {getattr(self, name)!r}")
+        try:
+            TrainingPlan.from_json(self.plan.to_json())  # a plan built in code, checked as read
+        except ProtocolError as exc:
+            raise ConfigError(f"[plan] {exc}") from None
+        if self.privacy.patient_level and self.plan.optimiser != "adam":
+            raise ConfigError(
+                f'[plan] optimiser = "{self.plan.optimiser}" cannot train this study: its '
+                '[privacy] DP-SGD steps use Adam; remove optimiser (or set "adam")'
+            )
         if self.privacy.rounds != self.rounds:
             raise ConfigError(
                 f"[privacy] is calibrated for {self.privacy.rounds} rounds but the study has "
@@ -341,7 +353,7 @@ def _fields(raw: Mapping[str, Any]) -> dict[str, Any]:
     rounds = check_int("rounds", study.get("rounds"), minimum=1, maximum=MAX_ROUNDS)
     seed = check_int("seed", study.get("seed", 0), minimum=0, maximum=MAX_SEED)
     sites = check_sites(study.get("sites", ALL_SITES))
-    plan_raw = {**asdict(TrainingPlan(seed=seed)), **(_table(raw, "plan") or {})}
+    plan_raw = {**TrainingPlan(seed=seed).to_json(), **(_table(raw, "plan") or {})}
     try:
         plan = TrainingPlan.from_json(plan_raw)
     except Exception as exc:
@@ -391,7 +403,7 @@ def _render(fields_: Mapping[str, Any]) -> str:
             "round_timeout_s": fields_["round_timeout_s"],
         },
         "strategy": fields_["strategy"].to_table(),
-        "plan": asdict(fields_["plan"]),
+        "plan": fields_["plan"].to_json(),
         "model": fields_["model"].to_table(),
     }
     if privacy != PrivacyPlan(rounds=privacy.rounds):

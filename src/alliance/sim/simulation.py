@@ -174,8 +174,8 @@ class Simulation:
         bringing its answer back (the answer's staleness); 0 brings it within the same version.
     train_step
         How each site trains a round (:class:`~alliance.models.steps.TrainStep`); the default,
-        cross-entropy with Adam, refuses a model that is not a classifier. Under DP-SGD only
-        the step's loss is used.
+        cross-entropy with the plan's optimiser, refuses a model that is not a classifier.
+        Under DP-SGD only the step's loss is used.
     eval_step
         What each site reports on its ``test`` data (:class:`~alliance.models.steps.EvalStep`;
         default top-k counts, e.g. :class:`~alliance.evaluation.regression.RegressionEvaluation`

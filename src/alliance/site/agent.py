@@ -4,12 +4,13 @@ The site always initiates: it polls its :class:`~alliance.transport.base.SiteLin
 message. For a :class:`~alliance.protocol.messages.TrainTask` addressed to it within its
 federation it (1) loads the global weights, (2) evaluates them on its held-out cases with its
 evaluation step and keeps only aggregate counts (top-k by default), (3) trains locally with its
-training step (:mod:`alliance.models.steps`; cross-entropy and Adam by default), the task's plan
-and the study's privacy plan (:mod:`alliance.site.privatize`: DP-SGD charged to the hospital's
-ledger, client-level clipping and noise), and (4) submits the parameter delta, its number of
-training examples and those counts — or, under secure aggregation, takes part in the masking stages
-(:mod:`alliance.site.secure`) so that the coordinator only ever sees the sum. A task that would
-take the hospital past its privacy budget is declined with a
+training step (:mod:`alliance.models.steps`; cross-entropy and the plan's optimiser, Adam by
+default), the task's plan and the study's privacy plan (:mod:`alliance.site.privatize`:
+DP-SGD charged to the hospital's ledger, client-level clipping and noise), and (4) submits the
+parameter delta, its number of training examples and those counts — or, under secure
+aggregation, takes part in the masking stages (:mod:`alliance.site.secure`) so that the
+coordinator only ever sees the sum. A task that would take the hospital past its privacy budget
+is declined with a
 :class:`~alliance.protocol.messages.Refusal` that says only "budget". Nothing else leaves the
 site.
 
@@ -96,7 +97,8 @@ class Site:
         Source of privacy noise (default: a fresh CSPRNG; a fixed key only in tests).
     train_step
         How a round trains (default :class:`~alliance.models.steps.ClassifierStep`:
-        cross-entropy and Adam, which refuses a model that is not a classifier). Under DP-SGD
+        cross-entropy and the plan's optimiser, which refuses a model that is not a
+        classifier). Under DP-SGD
         only its loss is used (:meth:`~alliance.models.steps.TrainStep.private_loss`).
     eval_step
         What the site reports on ``test`` (default

@@ -15,7 +15,8 @@ from a cryptographically secure source) and the round is one event
 3. the round is charged before training starts, so a crash can never release an uncharged update.
 
 The round's training is the study's :class:`~alliance.models.steps.TrainStep` (the default:
-cross-entropy with Adam). It checks first that it can train the model, before anything is
+cross-entropy with the plan's optimiser, Adam unless ``[plan] optimiser`` says
+otherwise). It checks first that it can train the model, before anything is
 charged; under DP-SGD the site's own mechanism trains, with the step's loss
 (:meth:`~alliance.models.steps.TrainStep.private_loss`).
 
@@ -39,7 +40,7 @@ from torch.utils.data import Dataset
 
 from alliance.core.errors import ConfigError
 from alliance.models.steps import ClassifierStep, StepSettings, TrainStep
-from alliance.models.training import get_weights
+from alliance.models.training import Optimiser, get_weights
 from alliance.privacy.accountant import SampledGaussian, calibrate_noise
 from alliance.privacy.dpsgd import DPSGDConfig, train_privately
 from alliance.privacy.ledger import Charge, PrivacyLedger
@@ -124,6 +125,11 @@ def train_under_plan(
     step.check(model, dataset, collate_fn=collate_fn)
     if privacy.patient_level:
         loss_fn = step.private_loss()
+        if plan.optimiser != "adam":
+            raise ConfigError(
+                f"the plan asks for optimiser {plan.optimiser!r} but this study trains with "
+                "DP-SGD, whose private steps use Adam; the study must not name another"
+            )
         if ledger is None:
             raise ConfigError(
                 "this study trains with DP-SGD but the site has no privacy ledger; set "
@@ -157,6 +163,8 @@ def train_under_plan(
             weight_decay=plan.weight_decay,
             proximal_mu=plan.proximal_mu,
             seed=seed,
+            optimiser=Optimiser(plan.optimiser),
+            momentum=plan.momentum,
         )
         loss = step.train(model, dataset, settings=settings, collate_fn=collate_fn).mean_loss
     after = get_weights(model)
