@@ -70,8 +70,14 @@ def test_a_custom_step_trains_regression_and_reports_its_metrics() -> None:
         assert float(nn.functional.mse_loss(result.model(x), y)) < 0.02
     # Not a ranker: no top-k accuracy is made up from its counts.
     assert result.history[-1].evaluation()["n"] == 0
-    updates = [opened(data) for sender, data in sent if sender != "coordinator"]
+    from_sites = [opened(data) for sender, data in sent if sender != "coordinator"]
+    updates = [e for e in from_sites if e.header.kind is MessageKind.MODEL_UPDATE]
     assert len(updates) == 3 * 8
+    # Each site also reports on the final model it received: a card's top-k counts, which a
+    # regression model has none of, so none are made up.
+    finals = [e for e in from_sites if e.header.kind is MessageKind.FINAL_EVALUATION]
+    assert len(finals) == 3 and len(from_sites) == 3 * 8 + 3
+    assert all(f.body["metrics"] == {} for f in finals)
     for env in updates:
         assert env.header.kind is MessageKind.MODEL_UPDATE
         metrics = env.body["metrics"]
