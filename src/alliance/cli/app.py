@@ -22,6 +22,7 @@ from alliance.cli import clinic as _clinic  # noqa: F401 - registers site clinic
 from alliance.cli import courier as _courier  # noqa: F401 - registers export/import
 from alliance.cli import enrolment as _enrolment  # noqa: F401 - site init, sign-request...
 from alliance.cli import models as _models  # noqa: F401 - study model, site models
+from alliance.cli import personal as _personal  # noqa: F401 - site personalise
 from alliance.cli.audit import app as audit_app
 from alliance.cli.clinical import diagnose, evaluate
 from alliance.cli.common import console, err, errors, state

@@ -50,6 +50,7 @@ from alliance.evaluation.metrics import top_k
 from alliance.evaluation.ranking import rank_dataset
 from alliance.evaluation.report import write_report
 from alliance.models.features import PhenotypeFeatures
+from alliance.models.personal import Personalisation, personalise
 from alliance.models.ranker import CaseDataset, PhenotypeRanker
 from alliance.models.training import train_locally
 from alliance.protocol.aggregation import AggregationMode, AggregationPlan
@@ -111,6 +112,12 @@ class DemoConfig:
     courier_delay: int = 3
     #: Asynchronous run: a reply ``tau`` versions late counts ``(1 + tau) ** -a`` of its cases.
     staleness_exponent: float = 0.5
+    #: How each hospital derives its personalised model (:mod:`alliance.models.personal`); the
+    #: first is the kept one, the others are reported for comparison.
+    personalisation: tuple[Personalisation, ...] = (
+        Personalisation.PRIOR,
+        Personalisation.FINETUNE,
+    )
 
 
 @dataclass
@@ -275,6 +282,9 @@ def run_demo(cfg: DemoConfig, *, progress: Progress | None = None) -> DemoResult
 
     fed = federation(on_round=on_round).run()
     fed_union = _ranks(fed.model, union, features)  # type: ignore[arg-type]
+    say("personalised models", 0, len(cohorts))
+    personal = _personalised(cfg, cohorts, fed.model, train, test, features)  # type: ignore[arg-type]
+    say("personalised models", len(cohorts), len(cohorts))
     rounds.append({"round": cfg.rounds, **top_k(fed_union).as_dict()})
 
     offline_run: dict[str, Any] | None = None
@@ -381,6 +391,7 @@ def run_demo(cfg: DemoConfig, *, progress: Progress | None = None) -> DemoResult
         prior=prior_union,
     )
     metrics["privacy"] = private_runs
+    metrics["personalised"] = personal
     metrics["site_files"] = site_files
     if offline_run is not None:
         metrics["offline"] = offline_run
@@ -584,3 +595,29 @@ def write_demo_outputs(result: DemoResult, out: str | Path) -> dict[str, Path]:
         },
     )
     return {"metrics": metrics_path, "report": report, "model": model}
+
+
+def _personalised(
+    cfg: DemoConfig,
+    cohorts: Sequence[SiteCohort],
+    federated: PhenotypeRanker,
+    train: Mapping[str, CaseDataset],
+    test: Mapping[str, CaseDataset],
+    features: PhenotypeFeatures,
+) -> dict[str, Any]:
+    """Each hospital personalises the federated model on its own training cases, each way;
+    its own held-out cases score the result (they never enter the choice)."""
+    out: dict[str, Any] = {}
+    for c in cohorts:
+        site = c.hospital.id
+        runs: dict[str, Any] = {}
+        for method in cfg.personalisation:
+            model, fit = personalise(
+                federated, train[site], method=method, collate_fn=features.collate, seed=cfg.seed
+            )
+            runs[method.value] = {
+                **top_k(_ranks(model, test[site], features)).as_dict(),
+                "fit": fit.as_dict(),
+            }
+        out[site] = runs
+    return out
