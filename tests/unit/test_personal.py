@@ -8,6 +8,7 @@ synthetic consortium.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ from alliance.models.personal import (
 from alliance.models.ranker import CaseDataset, PhenotypeRanker
 
 
-def dataset(features: PhenotypeFeatures, cases: list[Case]) -> CaseDataset:
+def dataset(features: PhenotypeFeatures, cases: Sequence[Case]) -> CaseDataset:
     return CaseDataset(features.encode(cases))
 
 
@@ -57,8 +58,10 @@ def test_case_mix_bias_is_shrunk_log_counts() -> None:
 def test_validation_split_is_seeded_disjoint_and_whole() -> None:
     fit, val = validation_split(50, seed=3)
     again = validation_split(50, seed=3)
-    assert np.array_equal(fit, again[0]) and np.array_equal(val, again[1])
-    assert len(val) == 10 and not set(fit) & set(val)
+    assert np.array_equal(fit, again[0])
+    assert np.array_equal(val, again[1])
+    assert len(val) == 10
+    assert not set(fit) & set(val)
     assert sorted([*fit, *val]) == list(range(50))
     assert len(validation_split(4, seed=3)[1]) == 0  # too few to choose on
 
@@ -73,7 +76,8 @@ def test_prior_correction_improves_a_specialised_hospital_on_its_held_out_cases(
     model, fit = personalise(
         federated, train, method=Personalisation.PRIOR, collate_fn=features.collate, seed=7
     )
-    assert fit.personalised and fit.setting["strength"] > 0
+    assert fit.personalised
+    assert fit.setting["strength"] > 0
     assert top1(model, test, features) >= top1(federated, test, features) + 0.1
     # The federated model is left as it was; only the disease bias differs.
     assert np.array_equal(federated.disease_bias.detach().numpy(), before.numpy())
