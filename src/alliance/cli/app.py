@@ -22,13 +22,13 @@ from alliance.cli import clinic as _clinic  # noqa: F401 - registers site clinic
 from alliance.cli import courier as _courier  # noqa: F401 - registers export/import
 from alliance.cli import enrolment as _enrolment  # noqa: F401 - site init, sign-request...
 from alliance.cli import models as _models  # noqa: F401 - study model, site models
-from alliance.cli import personal as _personal  # noqa: F401 - site personalise
 from alliance.cli.audit import app as audit_app
 from alliance.cli.clinical import diagnose, evaluate
 from alliance.cli.common import console, err, errors, state
 from alliance.cli.consortium import app as consortium_app
 from alliance.cli.data import app as data_app
 from alliance.cli.deploy import coordinator_app, site_app, study_app
+from alliance.cli.personal import print_personalised  # also registers site personalise
 from alliance.core.errors import ConfigError, DataError
 from alliance.core.logging import configure_logging
 from alliance.protocol.aggregation import AggregationMode
@@ -348,6 +348,7 @@ def _print_demo(m: dict[str, Any]) -> None:
             _pct(p["pooled"]["top10"]),
         )
     console.print(table)
+    print_personalised(m)
     o = m["overall"]
     summary = Table(title=f"All hospitals' test cases together (n = {o['federated']['n']})")
     for col in ("Model", "top-1", "top-3", "top-10"):

@@ -30,6 +30,7 @@ Measured on the 12-hospital demo (seed 7): see the README's *Personalised models
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from enum import Enum
@@ -46,12 +47,15 @@ from alliance.models.training import train_locally
 
 __all__ = [
     "FINETUNE_EPOCHS",
+    "MIX_WEIGHTS",
     "PRIOR_DROPS",
     "PRIOR_STRENGTHS",
     "PersonalFit",
     "Personalisation",
     "case_mix_bias",
+    "mix_rankers",
     "personalise",
+    "personalise_with_local",
     "validation_split",
 ]
 
@@ -61,6 +65,8 @@ PRIOR_STRENGTHS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 PRIOR_DROPS: tuple[float, ...] = (0.0, 0.5, 1.0)
 #: Candidate epochs of bias fine-tuning (0: the federated model).
 FINETUNE_EPOCHS: tuple[int, ...] = (0, 1, 2, 4)
+#: Candidate weights of the hospital's own model in the mix (0: the prior-corrected model).
+MIX_WEIGHTS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 #: Fraction of a hospital's training cases held for validation.
 VALIDATION_FRACTION = 0.2
 
@@ -72,6 +78,9 @@ class Personalisation(Enum):
 
     PRIOR = "prior"
     FINETUNE = "finetune"
+    #: The prior-corrected model mixed with the hospital's own model
+    #: (:func:`personalise_with_local`; needs that model, so the demo's comparison only).
+    MIX = "mix"
 
 
 @dataclass(frozen=True)
@@ -150,6 +159,8 @@ def personalise(
 ) -> tuple[PhenotypeRanker, PersonalFit]:
     """The personalised model of a hospital with training cases ``train`` (``federated`` is
     not changed), and what was chosen on the validation split of ``train``."""
+    if method is Personalisation.MIX:
+        raise ValueError("mixing with the hospital's own model is personalise_with_local's")
     labels = np.asarray(train.encoded.labels, dtype=np.int64)
     fit_idx, val_idx = validation_split(len(labels), seed=seed)
     tuning = _Tuning(collate_fn, seed=seed, learning_rate=learning_rate, batch_size=batch_size)
@@ -180,6 +191,64 @@ def personalise(
         tuning.run(model, train, int(chosen["epochs"]))
     fit = PersonalFit(method, chosen, len(labels), len(val_idx), scores)
     return model, fit
+
+
+def personalise_with_local(
+    federated: PhenotypeRanker,
+    train: CaseDataset,
+    *,
+    local: PhenotypeRanker,
+    local_fit: Callable[[Subset[Any]], PhenotypeRanker],
+    collate_fn: Collate,
+    seed: int = 0,
+) -> tuple[PhenotypeRanker, PersonalFit]:
+    """The prior-corrected federated model mixed with the hospital's own model ``local``.
+
+    The mix is ``(1 − w)·federated + w·local`` in logit space (:func:`mix_rankers`, itself a
+    ranker); ``w`` is chosen on the validation split of ``train`` with the hospital's model
+    retrained on the rest by ``local_fit`` (so no validation case was seen by what is scored),
+    then applied to ``local`` (trained on all of ``train``).
+    """
+    corrected, prior = personalise(
+        federated, train, method=Personalisation.PRIOR, collate_fn=collate_fn, seed=seed
+    )
+    labels = np.asarray(train.encoded.labels, dtype=np.int64)
+    fit_idx, val_idx = validation_split(len(labels), seed=seed)
+    candidates = [{**prior.setting, "local": w} for w in MIX_WEIGHTS]
+    scores: dict[str, list[float]] = {}
+    if len(val_idx):
+        val = Subset(train, val_idx.tolist())
+        shift = _prior_shift(
+            labels[fit_idx], federated.disease_bias.detach().numpy(), prior.setting
+        )
+        fed = _scores(federated, val, collate_fn) + shift
+        own = _scores(local_fit(Subset(train, fit_idx.tolist())), val, collate_fn)
+        for c in candidates:
+            w = np.float32(c["local"])
+            scores[_label(c)] = _hits((1 - w) * fed + w * own, labels[val_idx])
+    chosen = _best(candidates, scores)
+    model = mix_rankers(corrected, local, weight=chosen["local"])
+    return model, PersonalFit(Personalisation.MIX, chosen, len(labels), len(val_idx), scores)
+
+
+def mix_rankers(a: PhenotypeRanker, b: PhenotypeRanker, *, weight: float) -> PhenotypeRanker:
+    """One ranker scoring exactly ``(1 − weight)·a + weight·b`` (logits): the linear parameters
+    mixed, the embeddings side by side scaled by the square roots (width ``a.dim + b.dim``)."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"weight must be in [0, 1], got {weight}")
+    if weight == 0.0:
+        return _copy(a)
+    mixed = _copy(a)
+    sa, sb = math.sqrt(1.0 - weight), math.sqrt(weight)
+    with torch.no_grad():
+        for name in ("term_obs", "term_exc", "term_out", "disease_emb"):
+            wide = torch.cat([sa * getattr(a, name), sb * getattr(b, name)], dim=1)
+            mixed._parameters[name] = nn.Parameter(wide)
+        for name in ("prior_obs", "prior_exc", "disease_bias"):
+            value = (1.0 - weight) * getattr(a, name) + weight * getattr(b, name)
+            mixed._parameters[name] = nn.Parameter(value)
+    mixed.dim = a.dim + b.dim
+    return mixed
 
 
 def _candidates(method: Personalisation) -> list[dict[str, float]]:
