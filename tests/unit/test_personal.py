@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
+import torch
 
 from alliance.data.cases import Case
 from alliance.data.synth import SiteCohort
@@ -22,10 +23,12 @@ from alliance.models.personal import (
     PRIOR_STRENGTHS,
     Personalisation,
     case_mix_bias,
+    mix_rankers,
     personalise,
     validation_split,
 )
 from alliance.models.ranker import CaseDataset, PhenotypeRanker
+from alliance.sim.demo_personal import wilson_interval
 
 
 def dataset(features: PhenotypeFeatures, cases: Sequence[Case]) -> CaseDataset:
@@ -139,3 +142,29 @@ def test_bias_fine_tuning_changes_only_the_disease_bias(
         assert not np.array_equal(
             model.disease_bias.detach().numpy(), federated.disease_bias.detach().numpy()
         )
+
+
+def test_a_mix_of_two_rankers_is_one_ranker_with_the_mixed_logits(
+    features: PhenotypeFeatures, small_consortium: tuple[SiteCohort, ...]
+) -> None:
+    a, b = PhenotypeRanker(features, dim=4, seed=1), PhenotypeRanker(features, dim=6, seed=2)
+    with torch.no_grad():
+        for p in (*a.parameters(), *b.parameters()):
+            p.add_(torch.randn_like(p) * 0.3)
+    data = dataset(features, small_consortium[0].train[:20])
+    (observed, excluded), _ = features.collate([data[i] for i in range(len(data))])
+    for weight in (0.0, 0.3, 1.0):
+        mixed = mix_rankers(a, b, weight=weight)
+        assert mixed.dim == (a.dim if weight == 0 else a.dim + b.dim)
+        expected = (1 - weight) * a(observed, excluded) + weight * b(observed, excluded)
+        torch.testing.assert_close(mixed(observed, excluded), expected, rtol=1e-4, atol=1e-3)
+    with pytest.raises(ValueError, match="weight"):
+        mix_rankers(a, b, weight=1.5)
+
+
+def test_wilson_interval_brackets_the_proportion() -> None:
+    low, high = wilson_interval(0.5, 100)
+    assert low == pytest.approx(0.4038, abs=1e-3)
+    assert high == pytest.approx(0.5962, abs=1e-3)
+    assert wilson_interval(0.0, 0) == (0.0, 1.0)
+    assert wilson_interval(1.0, 10)[1] == pytest.approx(1.0)
