@@ -53,3 +53,19 @@ def test_the_choice_is_reported_with_its_validation_scores(demo: DemoResult) -> 
         assert set(fit["setting"]) == {"strength", "drop", "local"}
         assert fit["n_validation"] < fit["n_train"]
         assert set(runs["chosen"]["verdict"].values()) <= {"at least", "within CI", "below"}
+
+
+@pytest.mark.slow
+def test_the_demo_table_shows_every_hospital_with_its_choice(
+    demo: DemoResult, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rich.console import Console
+
+    from alliance.cli import personal
+
+    personal.console = Console(width=160)  # type: ignore[assignment]
+    personal.print_personalised(demo.metrics)
+    out = capsys.readouterr().out
+    assert "Personalised models on each hospital's held-out cases" in out
+    for site in demo.metrics["sites"]:
+        assert site["name"][:20] in out

@@ -74,14 +74,18 @@ def print_personalised(m: dict[str, Any]) -> None:
         return
     table = Table(title="Personalised models on each hospital's held-out cases (%)")
     table.add_column(
-        "Hospital", no_wrap=True, overflow="ellipsis", max_width=max(12, console.width - 76)
+        "Hospital",
+        no_wrap=True,
+        overflow="ellipsis",
+        max_width=max(12, min(34, console.width - 100)),
     )
     methods = [k for k in next(iter(personal.values())) if k != "chosen"]
     heads = ["local", "fed", *methods]
     for head in heads:
         for k in ("1", "10"):
             table.add_column(f"{head}\ntop-{k}", justify="right", no_wrap=True, min_width=6)
-    table.add_column("chosen", no_wrap=True)
+    table.add_column("chosen\nsetting", no_wrap=True)
+    table.add_column("vs best\n1 / 10", no_wrap=True)
     for s in m["sites"]:
         own, runs = m["per_site"][s["id"]], personal[s["id"]]
         cells = [own["local"], own["federated"], *(runs[name] for name in methods)]
@@ -89,13 +93,15 @@ def print_personalised(m: dict[str, Any]) -> None:
         table.add_row(
             s["name"],
             *(_pct(c[k]) for c in cells for k in ("top1", "top10")),
-            _setting(runs["chosen"]["fit"]) + f" ({verdict['top1']}/{verdict['top10']})",
+            _setting(runs["chosen"]["fit"]),
+            f"{_MARK[verdict['top1']]} / {_MARK[verdict['top10']]}",
         )
     console.print(table)
     console.print(
-        "chosen: the first method's model, its setting picked on a validation split of the "
-        "hospital's training cases (0 = the federated model); verdict against the better of local "
-        "and federated at top-1/top-10 (within CI: inside the 95 % Wilson interval)",
+        "chosen: the first method's model, set on a validation split of the hospital's "
+        "training cases (prior: strength of the case-mix correction; own: weight of the "
+        "hospital's own model). vs best: against the better of local and federated, ≥ at "
+        "least as good, ≈ within the 95 % Wilson interval, < below",
         highlight=False,
     )
 
@@ -104,5 +110,10 @@ def _pct(value: Any) -> str:
     return "—" if value is None else f"{100 * float(value):.1f}"
 
 
+_MARK = {"at least": "≥", "within CI": "≈", "below": "<"}
+_SHORT = {"strength": "prior", "local": "own", "epochs": "epochs", "drop": "drop"}
+
+
 def _setting(fit: dict[str, Any]) -> str:
-    return ",".join(f"{k} {v:g}" for k, v in fit["setting"].items() if v) or "federated"
+    shown = [f"{_SHORT.get(k, k)} {v:g}" for k, v in fit["setting"].items() if v]
+    return ", ".join(shown) or "federated"
