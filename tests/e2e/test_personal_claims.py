@@ -57,13 +57,13 @@ def test_the_choice_is_reported_with_its_validation_scores(demo: DemoResult) -> 
 
 @pytest.mark.slow
 def test_the_demo_table_shows_every_hospital_with_its_choice(
-    demo: DemoResult, capsys: pytest.CaptureFixture[str]
+    demo: DemoResult, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from rich.console import Console
 
     from alliance.cli import personal
 
-    personal.console = Console(width=160)  # type: ignore[assignment]
+    monkeypatch.setattr(personal, "console", Console(width=160))
     personal.print_personalised(demo.metrics)
     out = capsys.readouterr().out
     assert "Personalised models on each hospital's held-out cases" in out
