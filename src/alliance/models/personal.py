@@ -8,8 +8,10 @@ training cases only, with nothing exchanged:
 
 - **prior correction** (:attr:`Personalisation.PRIOR`, kept): add a per-disease log-prior bias
   fitted on the hospital's training cases, with additive shrinkage ``alpha`` toward a flat
-  prior, ``delta_d = strength · log(n_d + alpha)`` (constants cancel in the ranking), to the
-  federated model's ``disease_bias``. Closed form, one vector, no training;
+  prior, ``delta_d = strength · log(n_d + alpha) − drop · b_d`` (constants cancel in the
+  ranking; ``b`` is the federated model's learned ``disease_bias``, which carries the
+  federation's case mix, and ``drop`` the share of it taken out), to ``disease_bias``. Closed
+  form, one vector, no training;
 - **bias fine-tuning** (:attr:`Personalisation.FINETUNE`, compared): a few epochs of local
   training of ``disease_bias`` alone, every other parameter frozen at the federated weights.
 
@@ -23,6 +25,14 @@ candidates are fitted on the rest of the training cases and scored on the valida
 (top-1 + top-10 hits; ties to the weaker setting), and ``0`` — the federated model itself — is
 always a candidate, so the hospital keeps the federated model when personalising does not help
 on its validation cases. The chosen setting is then refitted on all training cases.
+
+- **mix with the hospital's own model** (:attr:`Personalisation.MIX`, the demo's chosen one):
+  the prior-corrected model and the hospital's own model mixed in logit space
+  (:func:`personalise_with_local`, :func:`mix_rankers`: one ranker of twice the width).
+
+Caveat: the validation cases were among the hospital's training cases in the federated study, so
+the federated model has seen them; the choice leans toward it (measured on the demo, where two
+specialised hospitals stay short of their own model at top-1).
 
 Measured on the 12-hospital demo (seed 7): see the README's *Personalised models*.
 """
