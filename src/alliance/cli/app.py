@@ -28,6 +28,7 @@ from alliance.cli.common import console, err, errors, state
 from alliance.cli.consortium import app as consortium_app
 from alliance.cli.data import app as data_app
 from alliance.cli.deploy import coordinator_app, site_app, study_app
+from alliance.cli.personal import print_personalised  # also registers site personalise
 from alliance.core.errors import ConfigError, DataError
 from alliance.core.logging import configure_logging
 from alliance.protocol.aggregation import AggregationMode
@@ -349,6 +350,7 @@ def _print_demo(m: dict[str, Any]) -> None:
             _pct(p["pooled"]["top10"]),
         )
     console.print(table)
+    print_personalised(m)
     o = m["overall"]
     summary = Table(title=f"All hospitals' test cases together (n = {o['federated']['n']})")
     for col in ("Model", "top-1", "top-3", "top-10"):

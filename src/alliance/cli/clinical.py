@@ -62,8 +62,10 @@ def _model(model: Path | None, config: Path | None) -> ModelInUse:
     from alliance.site.config import SiteConfig
     from alliance.site.received import model_in_use
 
-    state_dir = SiteConfig.load(config).state_dir if config is not None else None
-    return model_in_use(model=model, state_dir=state_dir)
+    if config is None:
+        return model_in_use(model=model, state_dir=None)
+    site = SiteConfig.load(config)
+    return model_in_use(model=model, state_dir=site.state_dir, choice=site.clinic_model)
 
 
 def _terms(terms: Sequence[str], onto: Ontology, absent: frozenset[str] = frozenset()) -> str:
@@ -241,7 +243,7 @@ def _evaluate_config(
     else:
         site = SiteConfig.load(config)
         data = site.data
-        used = model_in_use(model=None, state_dir=site.state_dir)
+        used = model_in_use(model=None, state_dir=site.state_dir, choice=site.clinic_model)
     result = evaluate_local(data, used.loaded, cases=on, where=str(config))
     report = result.as_dict()
     where = ", ".join(result.sources)

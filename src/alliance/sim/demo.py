@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
+from torch.utils.data import Dataset
 
 from alliance.algorithms.strategies import build_strategy
 from alliance.coordinator.rounds import RoundRecord
@@ -50,12 +51,14 @@ from alliance.evaluation.metrics import top_k
 from alliance.evaluation.ranking import rank_dataset
 from alliance.evaluation.report import write_report
 from alliance.models.features import PhenotypeFeatures
+from alliance.models.personal import Personalisation
 from alliance.models.ranker import CaseDataset, PhenotypeRanker
 from alliance.models.training import train_locally
 from alliance.protocol.aggregation import AggregationMode, AggregationPlan
 from alliance.protocol.messages import TrainingPlan
 from alliance.protocol.privacy import PrivacyPlan, SecAggPlan
 from alliance.protocol.strategy_spec import StrategySpec, strategy_name
+from alliance.sim.demo_personal import judge_personalised, personalise_sites
 from alliance.sim.simulation import Simulation, SimulationResult
 from alliance.store.modelfile import save_model
 
@@ -111,6 +114,10 @@ class DemoConfig:
     courier_delay: int = 3
     #: Asynchronous run: a reply ``tau`` versions late counts ``(1 + tau) ** -a`` of its cases.
     staleness_exponent: float = 0.5
+    #: How each hospital derives its personalised model (:mod:`alliance.models.personal`); the
+    #: first is the kept one, the others are reported for comparison.
+    #: Fine-tuning the disease bias (``Personalisation.FINETUNE``) was measured and dropped.
+    personalisation: tuple[Personalisation, ...] = (Personalisation.MIX, Personalisation.PRIOR)
 
 
 @dataclass
@@ -218,7 +225,7 @@ def run_demo(cfg: DemoConfig, *, progress: Progress | None = None) -> DemoResult
         torch.manual_seed(cfg.seed)
         return PhenotypeRanker(features, dim=cfg.dim, seed=cfg.seed)
 
-    def fit(data: CaseDataset) -> PhenotypeRanker:
+    def fit(data: Dataset[Any]) -> PhenotypeRanker:
         model = fresh()
         train_locally(
             model,
@@ -234,9 +241,10 @@ def run_demo(cfg: DemoConfig, *, progress: Progress | None = None) -> DemoResult
     # Local-only: each hospital alone.
     local_union: dict[str, npt.NDArray[np.int64]] = {}
     local_own: dict[str, npt.NDArray[np.int64]] = {}
+    local_models: dict[str, PhenotypeRanker] = {}
     for i, c in enumerate(cohorts):
         say("local-only training", i, len(cohorts))
-        model = fit(train[c.hospital.id])
+        model = local_models[c.hospital.id] = fit(train[c.hospital.id])
         local_union[c.hospital.id] = _ranks(model, union, features)
         local_own[c.hospital.id] = _ranks(model, test[c.hospital.id], features)
     say("local-only training", len(cohorts), len(cohorts))
@@ -275,6 +283,18 @@ def run_demo(cfg: DemoConfig, *, progress: Progress | None = None) -> DemoResult
 
     fed = federation(on_round=on_round).run()
     fed_union = _ranks(fed.model, union, features)  # type: ignore[arg-type]
+    say("personalised models", 0, len(cohorts))
+    personal = personalise_sites(
+        fed.model,  # type: ignore[arg-type]
+        train,
+        test,
+        features,
+        methods=cfg.personalisation,
+        seed=cfg.seed,
+        local=local_models,
+        local_fit=fit,
+    )
+    say("personalised models", len(cohorts), len(cohorts))
     rounds.append({"round": cfg.rounds, **top_k(fed_union).as_dict()})
 
     offline_run: dict[str, Any] | None = None
@@ -381,6 +401,7 @@ def run_demo(cfg: DemoConfig, *, progress: Progress | None = None) -> DemoResult
         prior=prior_union,
     )
     metrics["privacy"] = private_runs
+    metrics["personalised"] = judge_personalised(personal, metrics["per_site"])
     metrics["site_files"] = site_files
     if offline_run is not None:
         metrics["offline"] = offline_run

@@ -8,6 +8,7 @@ later needs no restart. The agent that runs from it is :mod:`alliance.site.runne
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,16 @@ from alliance.core.errors import ConfigError
 from alliance.data.loading import DataConfig
 from alliance.privacy.ledger import PrivacyLedger
 
-__all__ = ["FilesFolders", "SiteConfig", "describe"]
+__all__ = ["ClinicChoice", "FilesFolders", "SiteConfig", "describe"]
+
+
+class ClinicChoice(Enum):
+    """``[clinic] model``: which model the hospital's clinicians use (diagnose, evaluate, the
+    clinic page): the federated model as received, or the hospital's personalised one
+    (:mod:`alliance.site.personalise`)."""
+
+    FEDERATED = "federated"
+    PERSONALISED = "personalised"
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,7 @@ class SiteConfig:
     budget_epsilon: float = 8.0
     budget_delta: float = 1e-5
     files: FilesFolders | None = None
+    clinic_model: ClinicChoice = ClinicChoice.FEDERATED
 
     @property
     def transport(self) -> str:
@@ -152,7 +163,20 @@ class SiteConfig:
                 "privacy", "delta", default=1e-5, minimum=0.0, maximum=0.01, exclusive_minimum=True
             ),
             files=files,
+            clinic_model=_clinic_choice(f),
         )
+
+
+def _clinic_choice(f: TomlFile) -> ClinicChoice:
+    value = f.string("clinic", "model", default=ClinicChoice.FEDERATED.value)
+    try:
+        return ClinicChoice(value)
+    except ValueError:
+        raise ConfigError(
+            f'{f.path}: [clinic] model = {value!r}; use "federated" (the model as received, '
+            'the default) or "personalised" (corrected at this hospital for its case mix, '
+            "built by `alliance site personalise`)"
+        ) from None
 
 
 def _approved_studies(f: TomlFile) -> tuple[str, ...]:
@@ -184,5 +208,6 @@ def describe(config: SiteConfig) -> dict[str, Any]:
         "format": config.data.train.format.value,
         "approved_studies": len(config.approved_studies),
         "min_cohort": config.min_cohort,
+        "clinic_model": config.clinic_model.value,
         "privacy_budget": {"epsilon": config.budget_epsilon, "delta": config.budget_delta},
     }

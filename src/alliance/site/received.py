@@ -11,6 +11,10 @@ received model's card says it (the card is verified by the hospital before it ke
 so it is not verified again here); only the fields needed are read, defensively (``notice``, or
 ``intended_use`` and ``not_intended_use``, at the top of the card or inside its ``card`` object),
 and :data:`RESEARCH_USE` stands in when the card says nothing readable.
+
+From the store, the hospital's ``[clinic] model`` setting decides between the federated model
+as received and the hospital's personalised one (:mod:`alliance.site.personalise`); callers
+that read ``site.toml`` pass it as ``choice``, others get the choice the hospital recorded.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from typing import Any
 
 from alliance.core.errors import ConfigError, ModelError
 from alliance.data.ontology import Ontology, load_ontology
+from alliance.site.config import ClinicChoice
 from alliance.site.model_store import ModelStore, StoredModel
+from alliance.site.personalise import personal_model_path, recorded_choice
 from alliance.store.modelfile import LoadedModel, load_model
 
 __all__ = ["RESEARCH_USE", "ModelInUse", "card_notice", "model_in_use", "received_model"]
@@ -60,6 +66,7 @@ class ModelInUse:
     notice: str
     stored: StoredModel | None = None
     revision: int | None = None
+    personalised: bool = False
 
     def describe(self) -> str:
         """One line naming the model: study and version, or the file."""
@@ -67,8 +74,10 @@ class ModelInUse:
         if self.stored is None:
             return f"model file {self.path}{card}"
         received = self.stored.received_at.strftime("%Y-%m-%d %H:%M UTC")
+        own = ", personalised at this hospital" if self.personalised else ""
         return (
-            f"study {self.stored.study}, version {self.stored.version}{card} (received {received})"
+            f"study {self.stored.study}, version {self.stored.version}{card}{own} "
+            f"(received {received})"
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -80,14 +89,22 @@ class ModelInUse:
             "version": stored.version if stored else None,
             "received": stored.received_at.isoformat() if stored else None,
             "card_revision": self.revision,
+            "personalised": self.personalised,
             "notice": self.notice,
         }
 
 
 def model_in_use(
-    *, model: Path | None, state_dir: Path | None, ontology: Ontology | None = None
+    *,
+    model: Path | None,
+    state_dir: Path | None,
+    ontology: Ontology | None = None,
+    choice: ClinicChoice | None = None,
 ) -> ModelInUse:
     """The model file ``model``, or the newest model received into ``state_dir``; exactly one.
+
+    With ``state_dir``, ``choice`` (the hospital's ``[clinic] model``; the choice recorded in
+    ``state_dir`` when ``None``) picks the federated model or the hospital's personalised one.
 
     Raises
     ------
@@ -108,16 +125,20 @@ def model_in_use(
         notice, revision = card_notice(card) if card.is_file() else (RESEARCH_USE, None)
         return ModelInUse(load_model(model, onto), model, notice, None, revision)
     assert state_dir is not None
-    return received_model(state_dir, onto)
+    return received_model(state_dir, onto, choice=choice or recorded_choice(state_dir))
 
 
-def received_model(state_dir: Path, ontology: Ontology) -> ModelInUse:
-    """The newest model in the hospital's store under ``state_dir``, loaded.
+def received_model(
+    state_dir: Path, ontology: Ontology, *, choice: ClinicChoice = ClinicChoice.FEDERATED
+) -> ModelInUse:
+    """The newest model in the hospital's store under ``state_dir``, loaded (its personalised
+    model with ``choice`` personalised).
 
     Raises
     ------
     ModelError
-        No model was received yet (the message says how one arrives), or it cannot be loaded.
+        No model was received yet (the message says how one arrives), the personalised model
+        was chosen but not built yet, or the model cannot be loaded.
     """
     stored = ModelStore(state_dir).newest()
     if stored is None:
@@ -128,9 +149,20 @@ def received_model(state_dir: Path, ontology: Ontology) -> ModelInUse:
             "import` of the coordinator's bundles and `alliance site run --until-idle`); or "
             "pass --model FILE instead of --config"
         )
-    loaded = load_model(stored.model_path, ontology)
+    path = stored.model_path
+    if choice is ClinicChoice.PERSONALISED:
+        path = personal_model_path(stored)
+        if not path.is_file():
+            raise ModelError(
+                f'[clinic] model = "personalised" but study {stored.study} version '
+                f"{stored.version} has no personalised model yet ({path} is missing); run "
+                "`alliance site personalise --config site.toml`, or set [clinic] model = "
+                '"federated"'
+            )
+    loaded = load_model(path, ontology)
     notice, revision = card_notice(stored.card_path)
-    return ModelInUse(loaded, stored.model_path, notice, stored, revision)
+    personalised = choice is ClinicChoice.PERSONALISED
+    return ModelInUse(loaded, path, notice, stored, revision, personalised)
 
 
 def card_notice(card_path: Path) -> tuple[str, int | None]:
