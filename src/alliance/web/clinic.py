@@ -131,15 +131,21 @@ def load_clinic_model(
         The hospital has received no model yet, or the model file cannot be read as a ranker of
         the installed HPO release.
     """
-    state_dir = SiteConfig.load(config).state_dir if config is not None else None
-    used = model_in_use(model=model, state_dir=state_dir, ontology=ontology)
+    site = SiteConfig.load(config) if config is not None else None
+    used = model_in_use(
+        model=model,
+        state_dir=None if site is None else site.state_dir,
+        ontology=ontology,
+        choice=None if site is None else site.clinic_model,
+    )
     notices = (RESEARCH_NOTICE,) if used.notice == RESEARCH_USE else (RESEARCH_NOTICE, used.notice)
     stored = used.stored
     if stored is None:
         return ClinicModel(used.loaded, source=used.path.name, notices=notices)
     return ClinicModel(
         used.loaded,
-        source=f"study {stored.study} version {stored.version}",
+        source=f"study {stored.study} version {stored.version}"
+        + (", personalised at this hospital" if used.personalised else ""),
         study=stored.study,
         version=stored.version,
         notices=notices,
