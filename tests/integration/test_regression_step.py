@@ -76,7 +76,8 @@ def test_a_custom_step_trains_regression_and_reports_its_metrics() -> None:
     # Each site also reports on the final model it received: a card's top-k counts, which a
     # regression model has none of, so none are made up.
     finals = [e for e in from_sites if e.header.kind is MessageKind.FINAL_EVALUATION]
-    assert len(finals) == 3 and len(from_sites) == 3 * 8 + 3
+    assert len(finals) == 3
+    assert len(from_sites) == 3 * 8 + 3
     assert all(f.body["metrics"] == {} for f in finals)
     for env in updates:
         assert env.header.kind is MessageKind.MODEL_UPDATE
