@@ -145,6 +145,11 @@ def test_hospitals_with_their_own_keys_complete_a_study_over_mutual_tls(
     assert status["rejections"] == 0
 
 
+#: A poll the coordinator serves: a message waiting for the site (the finished study's end,
+#: sent again once its card holds every hospital's evaluation), or none.
+SERVED = (200, 204)
+
+
 def poll(d: RequestDeployment, folder: Path) -> int | str:
     """The coordinator's answer to a site's poll with the certificate and key in ``folder``."""
     context = client_context(
@@ -168,13 +173,13 @@ def test_a_hospital_rotates_its_keys_without_downtime_and_the_old_certificate_is
     old.mkdir()
     for name in ("site.crt", "site.key", "ca.crt"):
         (old / name).write_bytes((hospital / name).read_bytes())
-    assert poll(d, old) == 204
+    assert poll(d, old) in SERVED
     alliance("site", "init", "--site", site, "--out", str(hospital), "--rotate")
     alliance("consortium", "sign-request", str(consortium), str(hospital / "site.csr"), "--rotate")
     alliance("site", "install-cert", str(consortium / "sites" / site), "--dir", str(hospital))
     assert (hospital / "site.key").read_bytes() != (old / "site.key").read_bytes()
-    assert poll(d, hospital) == 204
-    assert poll(d, old) == 204  # both served while the site switches
+    assert poll(d, hospital) in SERVED
+    assert poll(d, old) in SERVED  # both served while the site switches
     alliance("consortium", "revoke-site", str(consortium), site, "--previous")
-    assert poll(d, old) != 204  # the coordinator re-read its crl.pem
-    assert poll(d, hospital) == 204
+    assert poll(d, old) not in SERVED  # the coordinator re-read its crl.pem
+    assert poll(d, hospital) in SERVED

@@ -87,12 +87,15 @@ def test_after_set_up_a_site_on_files_exchanges_one_bundle_pair_per_round(tmp_pa
     for site in "bd":
         before = bundles(tmp_path / "1" / "coordinator" / "inbox", sender=site)
         after = bundles(tmp_path / "3" / "coordinator" / "inbox", sender=site)
+        # After the study each hospital sends its evaluation of the final model (round 0).
+        assert before.pop((0, "final_evaluation")) == after.pop((0, "final_evaluation")) == 1
         received = bundles(tmp_path / "3" / site / "inbox")
         assert per_round(before) == {1: 5, 2: 5, 3: 5, 4: 5}
         # Set-up in round 1, its two slots used in rounds 2 and 3, spent: a new set-up in 4.
         assert per_round(after) == {1: 3, 2: 1, 3: 1, 4: 3}
         assert after[(2, "masked")] == after[(3, "masked")] == 1
-        assert received.pop((4, "study_end")) == 1
+        # The study's end (with the final model) names no round.
+        assert received.pop((0, "study_end")) == 1
         assert per_round(received) == {1: 3, 2: 1, 3: 1, 4: 3}
         assert received[(2, "train_task")] == received[(3, "train_task")] == 1
         assert not (tmp_path / "3" / "coordinator" / "inbox" / "rejected").exists()

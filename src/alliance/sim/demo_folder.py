@@ -1,6 +1,7 @@
 """The demo's output folder: what an earlier run left there, and clearing only that.
 
-``alliance demo --out DIR`` writes ``metrics.json``, ``report.html``, ``model.alliance`` and,
+``alliance demo --out DIR`` writes ``metrics.json``, ``report.html``, ``dashboard.html``,
+``model.alliance`` and,
 with its hospitals' own files, ``hospitals/<hospital id>/`` (``data.toml``,
 ``local_codes.csv`` and the ``train`` and ``test`` files or folders of
 :func:`~alliance.data.site_files.write_site_files`). Writing a new run over an earlier one
@@ -21,7 +22,7 @@ from alliance.data.synth import DEMO_HOSPITALS
 
 __all__ = ["DEMO_OUTPUTS", "foreign_entries", "prepare_output"]
 
-DEMO_OUTPUTS = ("metrics.json", "report.html", "model.alliance")
+DEMO_OUTPUTS = ("metrics.json", "report.html", "dashboard.html", "model.alliance")
 """The files a demo run writes at the top of its folder (``hospitals/`` besides)."""
 
 _HOSPITAL_FILES = ("data.toml", "local_codes.csv")
